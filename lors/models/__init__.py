@@ -1,0 +1,1 @@
+"""Models built on the lors core: ViT/DeiT classifier and the AdaMixer detector."""

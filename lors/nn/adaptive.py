@@ -1,0 +1,144 @@
+"""Adaptive LORS (LORS_A): stacked generators of query-dependent matrices.
+
+Some networks *generate* a weight from a query vector ``q`` (AdaMixer generates
+a channel-mixing matrix M and a spatial-mixing matrix S for every query). With
+``P`` parameter groups (AdaMixer: one matrix per sampling group), layer ``i`` of
+a stack of N generators produces
+
+    M_i(q)[p] = reshape(G_shared(q))[p] + sum_{k=1..K_i} L_ipk @ Z_ipk(q) @ R_ipk
+
+where ``G_shared`` is a Linear ``d_q -> P*rows*cols`` shared by all layers,
+``Z_i(q) = reshape(G_i(q))`` are the small query-generated cores (r_i x r_i,
+``G_i`` a private Linear ``d_q -> P*K_i*r_i^2``), and ``L_ipk`` (rows x r_i),
+``R_ipk`` (r_i x cols) are static parameters.
+
+:class:`GeneratorStack` is the dense counterpart: one Linear ``d_q -> P*rows*cols``
+per layer. Both return ``(..., P, rows, cols)`` from ``stack(q, i)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
+
+
+class AdaptiveLors(nn.Module):
+    """N generators ``q (..., d_q) -> M (..., P, rows, cols)`` sharing one generator.
+
+    Args:
+        num_layers: number of stacked generators N.
+        query_dim: d_q, size of the query vector.
+        rows, cols: shape of each generated matrix.
+        rank: core size r_i (an int or a list of N ints).
+        groups: number of cores K_i per layer (an int or a list of N ints).
+        param_groups: P, number of matrices generated per query (leading dim).
+        bias: give the generators biases.
+
+    Parameters: ``shared.weight`` (P*rows*cols, d_q), ``shared.bias``;
+    ``private.{i}.weight`` (P*K_i*r_i^2, d_q), ``private.{i}.bias``;
+    ``left.{i}`` (P, K_i, rows, r_i); ``right.{i}`` (P, K_i, r_i, cols).
+
+    Init as in the paper's code: shared generator weight zero (bias as
+    ``nn.Linear``), private generator weight and bias zero, left/right factors
+    Kaiming-uniform. At init every layer therefore generates the same matrix.
+    """
+
+    def __init__(self, num_layers: int, query_dim: int, rows: int, cols: int, rank: IntOrList,
+                 groups: IntOrList = 1, param_groups: int = 1, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.num_layers = positive_int(num_layers, "num_layers")
+        self.query_dim = positive_int(query_dim, "query_dim")
+        self.rows = positive_int(rows, "rows")
+        self.cols = positive_int(cols, "cols")
+        self.param_groups = positive_int(param_groups, "param_groups")
+        self.ranks = per_layer(rank, num_layers, "rank")
+        self.groups = per_layer(groups, num_layers, "groups")
+        rank_fits(self.ranks, rows, cols)
+        kw = dict(device=device, dtype=dtype)
+        P = param_groups
+        self.shared = nn.Linear(query_dim, P * rows * cols, bias=bias, **kw)
+        self.private = nn.ModuleList(
+            [nn.Linear(query_dim, P * k * r * r, bias=bias, **kw) for r, k in zip(self.ranks, self.groups)])
+        self.left = nn.ParameterList(
+            [nn.Parameter(torch.empty(P, k, rows, r, **kw)) for r, k in zip(self.ranks, self.groups)])
+        self.right = nn.ParameterList(
+            [nn.Parameter(torch.empty(P, k, r, cols, **kw)) for r, k in zip(self.ranks, self.groups)])
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.shared.reset_parameters()  # default bias init
+        nn.init.zeros_(self.shared.weight)
+        for gen in self.private:
+            nn.init.zeros_(gen.weight)
+            if gen.bias is not None:
+                nn.init.zeros_(gen.bias)
+        # Kaiming-uniform (gain sqrt 2) with the fan-in of each 2-D factor.
+        for L, R in zip(self.left, self.right):
+            nn.init.uniform_(L, -math.sqrt(6.0 / L.shape[-1]), math.sqrt(6.0 / L.shape[-1]))
+            nn.init.uniform_(R, -math.sqrt(6.0 / R.shape[-1]), math.sqrt(6.0 / R.shape[-1]))
+
+    def cores(self, q: torch.Tensor, i: int) -> torch.Tensor:
+        """Layer i's query-generated cores Z: (..., P, K_i, r_i, r_i)."""
+        r, k = self.ranks[i], self.groups[i]
+        return self.private[i](q).unflatten(-1, (self.param_groups, k, r, r))
+
+    def shared_matrix(self, q: torch.Tensor) -> torch.Tensor:
+        """The shared generator's matrix: (..., P, rows, cols)."""
+        return self.shared(q).unflatten(-1, (self.param_groups, self.rows, self.cols))
+
+    def forward(self, q: torch.Tensor, i: int) -> torch.Tensor:
+        """Generate layer i's matrices: q (..., d_q) -> (..., P, rows, cols)."""
+        last_dim(q, self.query_dim, f"{type(self).__name__} layer {i}")
+        if not 0 <= i < self.num_layers:
+            raise IndexError(f"layer index {i} out of range for a stack of {self.num_layers} layers")
+        P, k, r = self.param_groups, self.groups[i], self.ranks[i]
+        Z = self.cores(q, i)  # (..., P, K, r, r)
+        LZ = self.left[i] @ Z  # (..., P, K, rows, r)
+        # Sum over the K groups inside one matmul: [L_1 Z_1 | ... | L_K Z_K] @ [R_1; ...; R_K]
+        LZ = LZ.transpose(-3, -2).reshape(*LZ.shape[:-4], P, self.rows, k * r)  # (..., P, rows, K r)
+        R = self.right[i].reshape(P, k * r, self.cols)  # (P, K r, cols)
+        return self.shared_matrix(q) + LZ @ R
+
+    def shared_parameter_names(self) -> list[str]:
+        return [n for n, _ in self.shared.named_parameters(prefix="shared")]
+
+    def extra_repr(self) -> str:
+        return (f"num_layers={self.num_layers}, query_dim={self.query_dim}, rows={self.rows}, "
+                f"cols={self.cols}, ranks={self.ranks}, groups={self.groups}, "
+                f"param_groups={self.param_groups}")
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+
+class GeneratorStack(nn.Module):
+    """Dense counterpart of :class:`AdaptiveLors`: one Linear ``d_q -> P*rows*cols`` per layer.
+
+    Init as AdaMixer: generator weights zero, biases as ``nn.Linear``.
+    """
+
+    def __init__(self, num_layers: int, query_dim: int, rows: int, cols: int, param_groups: int = 1,
+                 bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.num_layers = positive_int(num_layers, "num_layers")
+        self.query_dim = positive_int(query_dim, "query_dim")
+        self.rows = positive_int(rows, "rows")
+        self.cols = positive_int(cols, "cols")
+        self.param_groups = positive_int(param_groups, "param_groups")
+        self.generators = nn.ModuleList(
+            [nn.Linear(query_dim, param_groups * rows * cols, bias=bias, device=device, dtype=dtype)
+             for _ in range(num_layers)])
+        for gen in self.generators:
+            nn.init.zeros_(gen.weight)
+
+    def forward(self, q: torch.Tensor, i: int) -> torch.Tensor:
+        """Generate layer i's matrices: q (..., d_q) -> (..., P, rows, cols)."""
+        last_dim(q, self.query_dim, f"{type(self).__name__} layer {i}")
+        return self.generators[i](q).unflatten(-1, (self.param_groups, self.rows, self.cols))
+
+    def __len__(self) -> int:
+        return self.num_layers

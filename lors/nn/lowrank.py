@@ -1,0 +1,184 @@
+"""LCT: low-rank compressible training with factorised linear layers.
+
+A weight is held as ``W = U @ V`` (U: out x r, V: r x in) and trained in that
+form. SVD moves a dense layer into factored form (:meth:`LowRankLinear.from_dense`)
+and back (:meth:`LowRankLinear.to_dense`); a tolerance epsilon picks the smallest
+rank whose relative Frobenius error stays under it (:func:`rank_for_epsilon`);
+:meth:`LowRankLinear.reproject` re-balances (and optionally re-truncates) the
+factors during training. Storage is ``r * (in + out)`` instead of ``in * out``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checks import epsilon_in_range, last_dim, positive_int, rank_fits
+
+
+def rank_for_epsilon(singular_values: torch.Tensor, epsilon: float) -> int:
+    """Smallest r >= 1 with ||W - W_r||_F / ||W||_F <= epsilon.
+
+    ``singular_values`` are those of W in descending order. The error of the
+    best rank-r approximation is sqrt(sum_{j>r} s_j^2) (Eckart-Young).
+    """
+    epsilon = epsilon_in_range(epsilon)
+    s2 = singular_values.detach().double().pow(2)
+    total = s2.sum()
+    if total == 0:
+        return 1
+    # tail[r] = sum_{j >= r} s_j^2, the squared error of keeping the first r values
+    tail = torch.flip(torch.cumsum(torch.flip(s2, [0]), 0), [0])
+    tail = torch.cat([tail, tail.new_zeros(1)])
+    rel = (tail / total).sqrt()
+    ok = torch.nonzero(rel <= epsilon).flatten()
+    return max(1, int(ok[0]))
+
+
+def relative_error(weight: torch.Tensor, approx: torch.Tensor) -> float:
+    """||W - approx||_F / ||W||_F, computed in float64."""
+    w = weight.detach().double()
+    return float((w - approx.detach().double()).norm() / w.norm())
+
+
+def _balanced_svd(matrix: torch.Tensor, rank: Optional[int], epsilon: Optional[float]):
+    """Truncated SVD of a float64 matrix as balanced factors (U sqrt(S), sqrt(S) V^T)."""
+    U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
+    if rank is None:
+        rank = rank_for_epsilon(S, epsilon)
+    root = S[:rank].sqrt()
+    return U[:, :rank] * root, root[:, None] * Vh[:rank]
+
+
+class LowRankLinear(nn.Module):
+    """Linear layer ``y = x (U V)^T + b`` with factors U (out, r) and V (r, in).
+
+    Args:
+        in_features, out_features: layer sizes.
+        rank: r, 1 <= r <= min(in_features, out_features).
+        bias: learn an additive bias.
+
+    Init: V as ``nn.Linear`` would initialise an (r, in) weight and U as one of
+    shape (out, r), i.e. Kaiming-uniform on each factor. Use
+    :meth:`from_dense` to start from a trained layer instead.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        positive_int(rank, "rank")
+        rank_fits([rank], out_features, in_features)
+        kw = dict(device=device, dtype=dtype)
+        self.U = nn.Parameter(torch.empty(out_features, rank, **kw))
+        self.V = nn.Parameter(torch.empty(rank, in_features, **kw))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **kw))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.V, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.U, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def rank(self) -> int:
+        return self.U.shape[1]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense product U @ V (out, in)."""
+        return self.U @ self.V
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out), computed as (x V^T) U^T."""
+        last_dim(x, self.in_features, type(self).__name__)
+        return F.linear(F.linear(x, self.V), self.U, self.bias)
+
+    def num_stored(self) -> int:
+        """Parameters stored: r (in + out) (+ out for the bias)."""
+        return self.rank * (self.in_features + self.out_features) + (0 if self.bias is None else self.out_features)
+
+    def num_dense(self) -> int:
+        """Parameters the dense layer would store: in * out (+ out)."""
+        return self.in_features * self.out_features + (0 if self.bias is None else self.out_features)
+
+    @classmethod
+    @torch.no_grad()
+    def from_dense(cls, linear: nn.Linear, rank: Optional[int] = None,
+                   epsilon: Optional[float] = None) -> "LowRankLinear":
+        """Factorise ``linear`` by truncated SVD.
+
+        Give exactly one of ``rank`` (keep r singular values) or ``epsilon``
+        (smallest rank with relative Frobenius error <= epsilon). Factors are
+        balanced: U = U_r sqrt(S_r), V = sqrt(S_r) V_r^T. Computed in float64.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        if (rank is None) == (epsilon is None):
+            raise ValueError("give exactly one of rank= or epsilon= (got "
+                             f"rank={rank!r}, epsilon={epsilon!r})")
+        out_f, in_f = linear.weight.shape
+        if rank is not None:
+            positive_int(rank, "rank")
+            rank_fits([rank], out_f, in_f)
+        else:
+            epsilon_in_range(epsilon)
+        U, V = _balanced_svd(linear.weight.detach().double(), rank, epsilon)
+        w = linear.weight
+        layer = cls(in_f, out_f, U.shape[1], bias=linear.bias is not None, device=w.device, dtype=w.dtype)
+        layer.U.copy_(U)
+        layer.V.copy_(V)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias)
+        return layer
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Linear:
+        """An ``nn.Linear`` computing the same function (weight = U @ V, in float64 then cast)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.U.device, dtype=self.U.dtype)
+        lin.weight.copy_(self.U.double() @ self.V.double())
+        if self.bias is not None:
+            lin.bias.copy_(self.bias)
+        return lin
+
+    @torch.no_grad()
+    def reproject(self, epsilon: Optional[float] = None) -> int:
+        """Re-balance the factors through an SVD of U @ V; optionally truncate to ``epsilon``.
+
+        Without ``epsilon`` the product U @ V is unchanged (to float rounding) and the
+        factors become balanced (U^T U = V V^T = diag(S)). With ``epsilon`` the rank may
+        shrink to the smallest one meeting the tolerance. Uses QR of both factors, so
+        the cost is O((in + out) r^2), never a dense SVD.
+
+        If the rank changes, U and V become new ``nn.Parameter`` objects: rebuild the
+        optimizer (its state refers to the old tensors). Returns the new rank.
+        """
+        if epsilon is not None:
+            epsilon_in_range(epsilon)
+        Qu, Ru = torch.linalg.qr(self.U.double())  # U = Qu Ru
+        Qv, Rv = torch.linalg.qr(self.V.double().T)  # V^T = Qv Rv
+        core = Ru @ Rv.T  # U V = Qu (Ru Rv^T) Qv^T, core is r x r
+        Uc, Vc = _balanced_svd(core, None if epsilon is not None else self.rank, epsilon)
+        U, V = Qu @ Uc, Vc @ Qv.T
+        if U.shape[1] == self.rank:
+            self.U.copy_(U)
+            self.V.copy_(V)
+        else:
+            self.U = nn.Parameter(U.to(self.U.dtype), requires_grad=self.U.requires_grad)
+            self.V = nn.Parameter(V.to(self.V.dtype), requires_grad=self.V.requires_grad)
+        return self.rank
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"bias={self.bias is not None}")

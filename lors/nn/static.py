@@ -1,0 +1,252 @@
+"""Static LORS (LORS_T): stacked linear layers that share one weight.
+
+Layer ``i`` of a stack of ``N`` layers computes ``y = x @ W_i^T + b_i`` with
+
+    W_i = W_shared + sum_{k=1..K_i} B_ik @ A_ik        A_ik: (r_i, d_in), B_ik: (d_out, r_i)
+
+``W_shared`` is stored once; each layer keeps only its ``K_i`` groups of
+rank-``r_i`` residual factors and (optionally) a private bias.
+
+Also here: :class:`LinearStack`, the dense counterpart with the same
+``stack(x, i)`` interface, and :class:`StackLayer`, a parameter-free view that
+makes layer ``i`` of any stack look like an ordinary ``nn.Linear`` to the block
+that uses it (so the shared weight is registered once, by the stack's owner).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
+
+PATHS = ("auto", "materialize", "lowrank")
+
+
+class LorsLinearStack(nn.Module):
+    """``num_layers`` linear maps ``in_features -> out_features`` sharing one weight.
+
+    Args:
+        num_layers: number of stacked layers N.
+        in_features, out_features: d_in and d_out of every layer.
+        rank: rank r_i of each residual group; an int or a list of N ints.
+        groups: number of residual groups K_i per layer; an int or a list of N ints.
+        bias: give every layer a private bias (initialised to zero).
+        path: how ``forward`` computes: ``"auto"`` (cheaper of the two by FLOPs),
+            ``"materialize"`` (build W_i, one matmul) or ``"lowrank"``
+            (``x W_shared^T + (x A^T) B^T``). All three are exact.
+
+    Parameters (``state_dict`` keys): ``shared_weight`` (d_out, d_in);
+    ``A.{i}`` (K_i, r_i, d_in); ``B.{i}`` (K_i, d_out, r_i); ``bias`` (N, d_out).
+
+    Init follows the paper: ``shared_weight`` as ``nn.Linear`` (Kaiming-uniform),
+    every ``A`` Kaiming-uniform, every ``B`` and every bias zero, so at init
+    every layer equals the shared layer.
+    """
+
+    def __init__(self, num_layers: int, in_features: int, out_features: int,
+                 rank: IntOrList, groups: IntOrList = 1, bias: bool = True,
+                 path: str = "auto", device=None, dtype=None):
+        super().__init__()
+        self.num_layers = positive_int(num_layers, "num_layers")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.ranks = per_layer(rank, num_layers, "rank")
+        self.groups = per_layer(groups, num_layers, "groups")
+        rank_fits(self.ranks, out_features, in_features)
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        self.path = path
+        kw = dict(device=device, dtype=dtype)
+        self.shared_weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
+        self.A = nn.ParameterList(
+            [nn.Parameter(torch.empty(k, r, in_features, **kw)) for r, k in zip(self.ranks, self.groups)])
+        self.B = nn.ParameterList(
+            [nn.Parameter(torch.empty(k, out_features, r, **kw)) for r, k in zip(self.ranks, self.groups)])
+        if bias:
+            self.bias = nn.Parameter(torch.empty(num_layers, out_features, **kw))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.shared_weight, a=math.sqrt(5))  # nn.Linear's default
+        bound = math.sqrt(6.0 / self.in_features)  # Kaiming-uniform, gain sqrt(2), fan_in = d_in
+        for a in self.A:
+            nn.init.uniform_(a, -bound, bound)
+        for b in self.B:
+            nn.init.zeros_(b)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    # -- factors -------------------------------------------------------------
+    def factors(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's residual as one pair (B_cat (d_out, K r), A_cat (K r, d_in)), B_cat @ A_cat = sum_k B_ik A_ik."""
+        A, B = self.A[i], self.B[i]  # (K, r, d_in), (K, d_out, r)
+        return B.permute(1, 0, 2).reshape(self.out_features, -1), A.reshape(-1, self.in_features)
+
+    def weight(self, i: int) -> torch.Tensor:
+        """Effective dense weight W_i (d_out, d_in)."""
+        B, A = self.factors(i)
+        return self.shared_weight + B @ A
+
+    def layer_bias(self, i: int):
+        return None if self.bias is None else self.bias[i]
+
+    def uses_lowrank_path(self, i: int, tokens: int) -> bool:
+        """True when the factored path costs fewer multiply-adds for ``tokens`` input rows.
+
+        materialize: R*d_in*d_out (build W_i) + T*d_in*d_out
+        lowrank:     T*d_in*d_out + T*R*(d_in + d_out),   R = K_i * r_i
+        """
+        if self.path != "auto":
+            return self.path == "lowrank"
+        return tokens * (self.in_features + self.out_features) < self.in_features * self.out_features
+
+    def forward(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Apply layer ``i``: x (..., d_in) -> (..., d_out)."""
+        last_dim(x, self.in_features, f"{type(self).__name__} layer {i}")
+        if not 0 <= i < self.num_layers:
+            raise IndexError(f"layer index {i} out of range for a stack of {self.num_layers} layers")
+        B, A = self.factors(i)
+        bias = self.layer_bias(i)
+        if self.uses_lowrank_path(i, x.numel() // self.in_features):
+            return F.linear(x, self.shared_weight, bias) + F.linear(F.linear(x, A), B)
+        return F.linear(x, self.shared_weight + B @ A, bias)
+
+    # -- conversions ---------------------------------------------------------
+    def layer(self, i: int) -> "StackLayer":
+        """A parameter-free ``nn.Linear``-like view of layer i (see :class:`StackLayer`)."""
+        return StackLayer(self, i)
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.ModuleList:
+        """N independent ``nn.Linear`` layers computing exactly the same outputs."""
+        out = nn.ModuleList()
+        for i in range(self.num_layers):
+            lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                            device=self.shared_weight.device, dtype=self.shared_weight.dtype)
+            lin.weight.copy_(self.weight(i))
+            if self.bias is not None:
+                lin.bias.copy_(self.bias[i])
+            out.append(lin)
+        return out
+
+    @classmethod
+    @torch.no_grad()
+    def from_linears(cls, linears: Sequence[nn.Linear], rank: IntOrList, groups: IntOrList = 1,
+                     path: str = "auto") -> "LorsLinearStack":
+        """Build a stack that approximates existing layers.
+
+        ``shared_weight`` is the mean of the layers' weights; layer i's residual is
+        the truncated SVD (rank ``r_i * K_i``) of ``W_i - mean``, split into K_i
+        groups of rank r_i with balanced factors. At full rank the result is exact.
+        Computed in float64, stored in the layers' dtype.
+        """
+        linears = list(linears)
+        if len(linears) == 0:
+            raise ValueError("linears must hold at least one nn.Linear")
+        shapes = {tuple(l.weight.shape) for l in linears}
+        if len(shapes) != 1:
+            raise ValueError(f"linears must all have the same weight shape, got {sorted(shapes)}")
+        has_bias = {l.bias is not None for l in linears}
+        if len(has_bias) != 1:
+            raise ValueError("linears must either all have a bias or all have none")
+        out_f, in_f = shapes.pop()
+        ref = linears[0].weight
+        stack = cls(len(linears), in_f, out_f, rank, groups, bias=has_bias.pop(), path=path,
+                    device=ref.device, dtype=ref.dtype)
+        for r, k in zip(stack.ranks, stack.groups):
+            rank_fits([r * k], out_f, in_f, name="rank*groups")
+        weights = torch.stack([l.weight.detach().double() for l in linears])  # (N, d_out, d_in)
+        mean = weights.mean(0)
+        stack.shared_weight.copy_(mean)
+        for i, (r, k) in enumerate(zip(stack.ranks, stack.groups)):
+            U, S, Vh = torch.linalg.svd(weights[i] - mean, full_matrices=False)
+            root = S[: r * k].sqrt()
+            B = U[:, : r * k] * root  # (d_out, K r)
+            A = root[:, None] * Vh[: r * k]  # (K r, d_in)
+            stack.B[i].copy_(B.reshape(out_f, k, r).permute(1, 0, 2))
+            stack.A[i].copy_(A.reshape(k, r, in_f))
+            if stack.bias is not None:
+                stack.bias[i].copy_(linears[i].bias)
+        return stack
+
+    def shared_parameter_names(self) -> list[str]:
+        return ["shared_weight"]
+
+    def extra_repr(self) -> str:
+        return (f"num_layers={self.num_layers}, in_features={self.in_features}, "
+                f"out_features={self.out_features}, ranks={self.ranks}, groups={self.groups}, "
+                f"bias={self.bias is not None}, path={self.path!r}")
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+
+class LinearStack(nn.Module):
+    """Dense counterpart of :class:`LorsLinearStack`: N ``nn.Linear`` with the ``stack(x, i)`` interface."""
+
+    def __init__(self, num_layers: int, in_features: int, out_features: int, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        self.num_layers = positive_int(num_layers, "num_layers")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.layers = nn.ModuleList(
+            [nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+             for _ in range(num_layers)])
+
+    def weight(self, i: int) -> torch.Tensor:
+        return self.layers[i].weight
+
+    def layer_bias(self, i: int):
+        return self.layers[i].bias
+
+    def forward(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        last_dim(x, self.in_features, f"{type(self).__name__} layer {i}")
+        return self.layers[i](x)
+
+    def layer(self, i: int) -> "StackLayer":
+        return StackLayer(self, i)
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+
+class StackLayer(nn.Module):
+    """Layer ``i`` of a stack, usable wherever an ``nn.Linear`` is expected.
+
+    The view holds no parameters and does not register the stack as a child,
+    so the stack's shared weight appears once in ``parameters()`` and
+    ``state_dict()`` (under the stack's owner). ``weight`` and ``bias`` are the
+    effective tensors of layer i, recomputed on access.
+    """
+
+    def __init__(self, stack: nn.Module, index: int):
+        super().__init__()
+        if not 0 <= index < len(stack):
+            raise IndexError(f"layer index {index} out of range for a stack of {len(stack)} layers")
+        object.__setattr__(self, "stack", stack)  # not a submodule: owned elsewhere
+        self.index = index
+        self.in_features = stack.in_features
+        self.out_features = stack.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.stack.weight(self.index)
+
+    @property
+    def bias(self):
+        return self.stack.layer_bias(self.index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stack(x, self.index)
+
+    def extra_repr(self) -> str:
+        return (f"layer {self.index} of {type(self.stack).__name__}, in_features={self.in_features}, "
+                f"out_features={self.out_features}")
