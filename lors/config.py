@@ -1,0 +1,170 @@
+"""Experiment configuration: YAML <-> dataclasses, checked key by key.
+
+A YAML file has three sections that map 1:1 onto dataclasses below::
+
+    model: {...}   # ViTConfig: arguments of lors.models.vit.VisionTransformer
+    data:  {...}   # DataConfig: dataset and loader
+    train: {...}   # TrainConfig: optimiser, schedule, logging, checkpoints
+
+No inheritance, no includes. ``--set section.key=value`` overrides a key (the value
+is parsed as YAML, so ``--set train.lr=1e-3`` and ``--set model.rank=[8,8]`` work).
+Unknown keys and values of the wrong type raise ``ConfigError`` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, ill-typed or out of range."""
+
+
+@dataclass
+class ViTConfig:
+    preset: Optional[str] = None        # "deit-tiny" | "deit-small": sets dim/depth/heads/mlp_dim
+    img_size: int = 8
+    patch_size: int = 2
+    in_chans: int = 1
+    num_classes: int = 10
+    dim: Optional[int] = None           # without a preset: 64
+    depth: Optional[int] = None         # without a preset: 12
+    heads: Optional[int] = None         # without a preset: 4
+    mlp_dim: Optional[int] = None       # without a preset: 128
+    variant: str = "dense"              # "dense" | "lors" | "lct"
+    rank: Union[int, list[int]] = 4     # LORS residual rank (per block or one for all)
+    attn_groups: Union[int, list[int]] = 1
+    mlp_groups: Union[int, list[int]] = 1
+    lct_rank: Optional[int] = None      # LowRankLinear rank for variant "lct"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"             # "digits" | "cifar10" | "cifar100" | "imagefolder"
+    root: Optional[str] = None          # directory for cifar*/imagefolder (train/ and val/ subfolders)
+    img_size: Optional[int] = None      # resize imagefolder images to this size
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    augment: bool = True                # random crop (pad 1/8 of the size) + horizontal flip
+    hflip: bool = False                 # horizontal flips (off for digits, on for natural images)
+    test_fraction: float = 0.2          # digits: held-out stratified fraction
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: int = 3
+    label_smoothing: float = 0.1
+    clip_grad: Optional[float] = 1.0    # max gradient norm; null disables
+    mixup: float = 0.0                  # Beta(alpha, alpha) for mixup; 0 disables
+    cutmix: float = 0.0                 # Beta(alpha, alpha) for cutmix; 0 disables
+    seed: int = 0
+    output_dir: str = "runs/exp"
+    device: str = "auto"                # "auto" | "cpu" | "cuda"
+    progress: bool = True               # tqdm progress bar
+    # LCT schedule: train dense for lct_warmup_epochs, then factorise the block linears
+    # at lct_epsilon (or lct_rank) and continue in factored form.
+    lct_epsilon: Optional[float] = None
+    lct_rank: Optional[int] = None
+    lct_warmup_epochs: int = 0
+    lct_targets: Optional[str] = None   # regex of module paths to factorise (default: the model's block linears)
+
+
+@dataclass
+class Config:
+    model: ViTConfig = field(default_factory=ViTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return any(_type_ok(value, t) for t in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """YAML 1.1 reads '3e-4' (no dot) as a string: accept such numbers for float fields."""
+    allowed = typing.get_args(tp) if typing.get_origin(tp) is Union else (tp,)
+    if isinstance(value, str) and float in allowed:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and ill-typed values."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; allowed keys: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value or {}, f"{prefix}{key}.")
+        elif _type_ok(_coerce(value, tp), tp):
+            kwargs[key] = _coerce(value, tp)
+        else:
+            raise ConfigError(f"config key '{prefix}{key}' must be {_type_name(tp)}, got {value!r}")
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one ``section.key=value`` override to a raw config dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {path}: '{k}' is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Read a YAML config (or start from defaults), apply ``--set`` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return from_dict(Config, data)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)

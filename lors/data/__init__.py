@@ -1,0 +1,1 @@
+"""Datasets: classification (digits, CIFAR, ImageFolder)."""

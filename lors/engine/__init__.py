@@ -1,0 +1,1 @@
+"""Model-agnostic training engine: optimisation, checkpoints, logging, distributed helpers."""

@@ -1,0 +1,97 @@
+"""Checkpoints as safetensors (tensors) + JSON (config and training state), written atomically.
+
+A checkpoint named ``last`` in ``run_dir`` is two files:
+
+* ``last-<epoch>.safetensors``: ``model.<key>`` for the model's state_dict, ``optim.<i>.<name>``
+  for the optimizer state, ``rng.torch`` for the torch RNG state;
+* ``last.json``: config, epoch, step, metric history, optimizer hyper-parameters,
+  LCT ranks and the name of the tensors file.
+
+The tensors file is written under a fresh name first and ``last.json`` is replaced
+atomically afterwards, so a kill at any moment leaves a complete, consistent pair.
+Loading never unpickles anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Split an optimizer state_dict into flat tensors and JSON-able param-group settings."""
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any],
+                    optimizer: Optional[torch.optim.Optimizer] = None, name: str = "last") -> Path:
+    """Write ``name.json`` + its tensors file into ``run_dir``; returns the JSON path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = dict(meta)
+    if optimizer is not None:
+        opt_tensors, meta["optimizer_groups"] = optimizer_to_flat(optimizer)
+        tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors_name = f"{name}-{meta.get('epoch', 0):04d}.safetensors"
+    tmp = run_dir / (tensors_name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, run_dir / tensors_name)
+    meta["tensors_file"] = tensors_name
+    json_path = run_dir / f"{name}.json"
+    old = json.loads(json_path.read_text()).get("tensors_file") if json_path.is_file() else None
+    _atomic_write_text(json_path, json.dumps(meta, indent=2))
+    if old and old != tensors_name and (run_dir / old).is_file():
+        (run_dir / old).unlink()
+    return json_path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read a checkpoint given its JSON path or its run directory: (meta, tensors)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.json"
+    if path.suffix == ".safetensors":
+        raise ValueError(f"give the checkpoint's .json file (or its directory), not {path.name}")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    meta = json.loads(path.read_text())
+    tensors_path = path.parent / meta["tensors_file"]
+    if not tensors_path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} refers to missing tensors file {tensors_path}")
+    return meta, load_file(str(tensors_path))
+
+
+def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load ``model.*`` tensors strictly; a mismatch names the missing and unexpected keys."""
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit this model: missing keys {missing[:8]}, "
+                         f"unexpected keys {unexpected[:8]}")

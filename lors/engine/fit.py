@@ -1,0 +1,142 @@
+"""The training run: seeding, data loading, LCT schedule, per-epoch evaluation, checkpoints, resume, DDP.
+
+``fit`` is model-agnostic: it receives a model factory, datasets and the train
+section of a config. Determinism: the model is built after ``torch.manual_seed(seed)``
+and the torch RNG is re-seeded from (seed, epoch) at the start of every epoch, and
+the sampler shuffles by (seed, epoch); a resumed run therefore continues exactly as
+the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..accounting import count_parameters
+from ..convert import lct, lct_ranks
+from . import distributed
+from .checkpoint import load_model_state, optimizer_from_flat, read_checkpoint, save_checkpoint
+from .logger import RunLogger
+from .optim import build_optimizer, lr_at
+from .train import evaluate, mix_batch, train_one_epoch
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {name!r}")
+    return torch.device(name)
+
+
+def _factorise(model: nn.Module, tcfg, default_targets: str) -> dict[str, int]:
+    targets = tcfg.lct_targets or default_targets
+    if tcfg.lct_epsilon is not None:
+        lct(model, epsilon=tcfg.lct_epsilon, targets=targets)
+    else:
+        lct(model, rank=tcfg.lct_rank, targets=targets)
+    return lct_ranks(model)
+
+
+def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_dir: str | Path,
+        resume: bool = False, lct_targets: str = r".*", log: Callable[[str], None] = print) -> list[dict]:
+    """Train ``build_model()`` per ``config.train``; returns the per-epoch history.
+
+    Writes ``run_dir/last.json`` + tensors after every epoch and ``run_dir/log.csv``.
+    With ``resume=True`` continues from ``run_dir/last.json``.
+    """
+    tcfg = config.train
+    device = pick_device(tcfg.device)
+    rank, world = distributed.init_distributed(device)
+    main = rank == 0
+    run_dir = Path(run_dir)
+    lct_scheduled = tcfg.lct_epsilon is not None or tcfg.lct_rank is not None
+    if tcfg.lct_epsilon is not None and tcfg.lct_rank is not None:
+        raise ValueError("set only one of train.lct_epsilon and train.lct_rank")
+
+    torch.manual_seed(tcfg.seed)
+    model = build_model()
+    start_epoch, step, history, ranks, meta = 0, 0, [], {}, None
+    if resume:
+        meta, tensors = read_checkpoint(run_dir / "last.json")
+        if meta.get("lct_ranks"):
+            lct(model, rank=meta["lct_ranks"], targets="|".join(map(re.escape, meta["lct_ranks"])))
+            ranks = meta["lct_ranks"]
+        load_model_state(model, tensors)
+        start_epoch, step, history = meta["epoch"] + 1, meta["step"], meta["history"]
+        if main:
+            log(f"resuming from {run_dir / 'last.json'} at epoch {start_epoch + 1}")
+    model.to(device)
+
+    def make_optimizer():
+        return build_optimizer(model, tcfg.lr, tcfg.weight_decay)
+
+    optimizer = make_optimizer()
+    if meta is not None and "optimizer_groups" in meta:
+        optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer_groups"]))
+    wrapped = DistributedDataParallel(model) if world > 1 else model
+
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=tcfg.seed)
+    batch_size = config.data.batch_size
+    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=False,
+                        num_workers=config.data.num_workers)
+    test_loader = DataLoader(test_set, batch_size=config.data.eval_batch_size, shuffle=False)
+    steps_per_epoch = len(loader)
+    total_steps = tcfg.epochs * steps_per_epoch
+    warmup_steps = tcfg.warmup_epochs * steps_per_epoch
+    lr_fn = lambda s: lr_at(s, total_steps, warmup_steps, tcfg.lr, tcfg.min_lr)
+    num_classes = config.model.num_classes
+    loss_fn = lambda logits, target: F.cross_entropy(logits.float(), target, label_smoothing=tcfg.label_smoothing)
+    prepare = lambda x, y: mix_batch(x, y, num_classes, tcfg.mixup, tcfg.cutmix)
+    logger = RunLogger(run_dir, enabled=main)
+    if main:
+        log(f"run {run_dir}: {count_parameters(model):,} parameters, {len(train_set)} train / "
+            f"{len(test_set)} test samples, {tcfg.epochs} epochs, device {device}, world size {world}")
+
+    for epoch in range(start_epoch, tcfg.epochs):
+        if lct_scheduled and not ranks and epoch >= tcfg.lct_warmup_epochs:
+            ranks = _factorise(model, tcfg, lct_targets)
+            optimizer = make_optimizer()  # new parameters: fresh optimizer state
+            wrapped = DistributedDataParallel(model) if world > 1 else model
+            if main:
+                log(f"LCT: factorised {len(ranks)} layers at epoch {epoch + 1}, ranks {sorted(set(ranks.values()))}, "
+                    f"now {count_parameters(model):,} parameters")
+        torch.manual_seed(tcfg.seed * 100_003 + epoch)
+        sampler.set_epoch(epoch)
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tcfg.epochs}", leave=False,
+                   disable=not (tcfg.progress and main))
+        stats, step = train_one_epoch(wrapped, loader, optimizer, loss_fn, lr_fn, step, device,
+                                      tcfg.clip_grad, prepare, bar)
+        bar.close()
+        metrics = evaluate(model, test_loader, device)
+        row = {"epoch": epoch + 1, "train_loss": round(stats["loss"], 6), **{k: round(v, 4) for k, v in metrics.items()},
+               "lr": stats["lr"], "epoch_time": round(stats["epoch_time"], 3),
+               "samples_per_s": round(stats["samples_per_s"], 1), "params": count_parameters(model)}
+        history.append(row)
+        if main:
+            logger.log(row)
+            log(" ".join(f"{k}={v}" for k, v in row.items()))
+            save_checkpoint(run_dir, model, {"config": dataclasses.asdict(config), "epoch": epoch, "step": step,
+                                             "history": history, "lct_ranks": ranks, "world_size": world},
+                            optimizer)
+        distributed.barrier()
+    logger.close()
+    return history
+
+
+def load_for_eval(checkpoint: str | Path, build_model: Callable[[], nn.Module]) -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from a checkpoint (including LCT-factorised layers)."""
+    meta, tensors = read_checkpoint(checkpoint)
+    model = build_model()
+    if meta.get("lct_ranks"):
+        lct(model, rank=meta["lct_ranks"], targets="|".join(map(re.escape, meta["lct_ranks"])))
+    load_model_state(model, tensors)
+    return model, meta

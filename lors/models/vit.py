@@ -1,0 +1,174 @@
+"""Vision Transformer / DeiT classifier whose blocks hold dense, LORS or LCT linear weights.
+
+Pre-norm blocks (LayerNorm -> multi-head self-attention -> residual, LayerNorm ->
+MLP -> residual), a class token, learned position embeddings, a final norm and a
+linear head. ``variant`` decides how the blocks' qkv, proj, fc1 and fc2 weights
+are held:
+
+* ``dense``: every block owns ordinary ``nn.Linear`` layers;
+* ``lors``: one :class:`~lors.LorsLinearStack` per kind (qkv, proj, fc1, fc2) across
+  all blocks, owned by ``model.stacks``; each block uses a parameter-free view of
+  its layer, so the shared weights appear once in ``state_dict``;
+* ``lct``: every block linear is a :class:`~lors.LowRankLinear` of rank ``lct_rank``.
+  (Factorising a trained dense model at a tolerance epsilon is done with
+  :func:`lors.lct`, which the training engine calls after a dense warm-up.)
+
+Norms, embeddings and the head stay dense in every variant.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.checks import per_layer, positive_int
+from ..nn.lowrank import LowRankLinear
+from ..nn.static import LorsLinearStack
+
+VARIANTS = ("dense", "lors", "lct")
+PRESETS = {
+    "deit-tiny": dict(dim=192, depth=12, heads=3, mlp_dim=768),
+    "deit-small": dict(dim=384, depth=12, heads=6, mlp_dim=1536),
+}
+# The official LORS DeiT-Tiny schedule: more residual groups in late attention / early MLP layers.
+PAPER_ATTN_GROUPS = [1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 6]
+PAPER_MLP_GROUPS = [6, 4, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+# Regex matching the block linears; `lors.lct` uses it as its default target for this model.
+BLOCK_LINEARS = r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
+
+LinearFactory = Callable[[str, int, int, int], nn.Module]  # (kind, block index, in, out) -> module
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, qkv: nn.Module, proj: nn.Module):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.heads = heads
+        self.qkv, self.proj = qkv, proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, T, C/heads)
+        return self.proj(out.transpose(1, 2).reshape(B, T, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, fc1: nn.Module, fc2: nn.Module):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = fc1, nn.GELU(), fc2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, index: int, make_linear: LinearFactory):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, make_linear("qkv", index, dim, 3 * dim),
+                              make_linear("proj", index, dim, dim))
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(make_linear("fc1", index, dim, mlp_dim), make_linear("fc2", index, mlp_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier. Input (B, in_chans, img_size, img_size) -> logits (B, num_classes).
+
+    Args:
+        img_size, patch_size, in_chans, num_classes: image and label geometry.
+        dim, depth, heads, mlp_dim: transformer size (see ``PRESETS``).
+        variant: ``"dense"``, ``"lors"`` or ``"lct"``.
+        rank: LORS residual rank (int or one per block).
+        attn_groups, mlp_groups: LORS residual groups per block for qkv/proj and fc1/fc2.
+        lct_rank: rank of every block linear for ``variant="lct"``.
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
+                 dim: int = 192, depth: int = 12, heads: int = 3, mlp_dim: int = 768, variant: str = "dense",
+                 rank: int | Sequence[int] = 32, attn_groups: int | Sequence[int] = 1,
+                 mlp_groups: int | Sequence[int] = 1, lct_rank: Optional[int] = None):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        for name, value in [("img_size", img_size), ("patch_size", patch_size), ("dim", dim), ("depth", depth)]:
+            positive_int(value, name)
+        if img_size % patch_size:
+            raise ValueError(f"img_size={img_size} must be divisible by patch_size={patch_size}")
+        self.variant = variant
+        num_patches = (img_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.stacks = nn.ModuleDict()  # LORS stacks shared by the blocks (empty unless variant="lors")
+
+        if variant == "dense":
+            make_linear = lambda kind, i, d_in, d_out: nn.Linear(d_in, d_out)
+        elif variant == "lct":
+            if lct_rank is None:
+                raise ValueError("variant='lct' needs lct_rank (an int); to factorise at a tolerance, "
+                                 "train dense and call lors.lct(model, epsilon=...)")
+            make_linear = lambda kind, i, d_in, d_out: LowRankLinear(d_in, d_out, lct_rank)
+        else:
+            groups = {"qkv": per_layer(attn_groups, depth, "attn_groups"),
+                      "proj": per_layer(attn_groups, depth, "attn_groups"),
+                      "fc1": per_layer(mlp_groups, depth, "mlp_groups"),
+                      "fc2": per_layer(mlp_groups, depth, "mlp_groups")}
+            shapes = {"qkv": (dim, 3 * dim), "proj": (dim, dim), "fc1": (dim, mlp_dim), "fc2": (mlp_dim, dim)}
+            for kind, (d_in, d_out) in shapes.items():
+                self.stacks[kind] = LorsLinearStack(depth, d_in, d_out, rank=rank, groups=groups[kind])
+            make_linear = lambda kind, i, d_in, d_out: self.stacks[kind].layer(i)
+
+        self.blocks = nn.ModuleList([Block(dim, heads, mlp_dim, i, make_linear) for i in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normalised class-token features (B, dim)."""
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, num_patches, dim)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 0]
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def block_parameter_count(self) -> int:
+        """Unique parameters held by the transformer blocks (including shared LORS stacks)."""
+        params = {id(p): p for p in self.blocks.parameters()}
+        params.update({id(p): p for p in self.stacks.parameters()})
+        return sum(p.numel() for p in params.values())
+
+
+SMALL = dict(dim=64, depth=12, heads=4, mlp_dim=128)  # sizes used when no preset is given
+
+
+def resolve_sizes(preset: Optional[str], dim=None, depth=None, heads=None, mlp_dim=None) -> dict:
+    """dim/depth/heads/mlp_dim from ``preset`` (or ``SMALL``), with explicit values taking precedence."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"model.preset must be one of {tuple(PRESETS)} or null, got {preset!r}")
+    sizes = dict(PRESETS[preset] if preset else SMALL)
+    sizes.update({k: v for k, v in dict(dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim).items() if v is not None})
+    return sizes
+
+
+def build_vit(cfg) -> VisionTransformer:
+    """Build from a :class:`lors.config.ViTConfig` (the only config -> constructor bridge)."""
+    sizes = resolve_sizes(cfg.preset, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_dim)
+    return VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
+                             num_classes=cfg.num_classes, variant=cfg.variant, rank=cfg.rank,
+                             attn_groups=cfg.attn_groups, mlp_groups=cfg.mlp_groups, lct_rank=cfg.lct_rank,
+                             **sizes)

@@ -1,0 +1,62 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lors.config import ConfigError, load_config
+from lors.demo import demo_config
+from lors.models.vit import build_vit
+from lors.paper import DEIT_TINY, vit_linear_counts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_unknown_key_names_it(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  dimm: 3\n")
+    with pytest.raises(ConfigError, match=r"model\.dimm.*allowed keys: .*dim"):
+        load_config(f)
+
+
+@pytest.mark.parametrize("override,key", [("train.epochs=ten", "train.epochs"), ("model.rank=[1, x]", "model.rank"),
+                                          ("data.augment=3", "data.augment"), ("trainer.lr=1", "trainer")])
+def test_ill_typed_or_unknown_override(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(ROOT / "configs/digits_vit_lors.yaml", ["model.rank=[1,2,3,4,5,6,7,8,9,10,11,12]",
+                                                             "train.lr=3e-4"])
+    assert cfg.model.rank == list(range(1, 13)) and cfg.train.lr == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("variant", ["dense", "lors", "lct"])
+def test_shipped_digits_configs_equal_the_demo(variant):
+    cfg = load_config(ROOT / f"configs/digits_vit_{variant}.yaml")
+    demo = demo_config(variant)
+    cfg.train.output_dir = demo.train.output_dir
+    assert cfg == demo
+
+
+def test_deit_tiny_lors_count_matches_closed_form():
+    cfg = load_config(ROOT / "configs/deit_tiny_cifar100_lors.yaml")
+    with torch.device("meta"):
+        m = build_vit(cfg.model)
+    c = vit_linear_counts(**DEIT_TINY)
+    norms = 12 * 2 * 2 * 192
+    assert m.block_parameter_count() == c.lors + norms
+    out = subprocess.run([sys.executable, "-m", "lors.cli", "count", str(ROOT / "configs/deit_tiny_cifar100_lors.yaml")],
+                         capture_output=True, text=True, check=True).stdout
+    dense_blocks = c.dense + norms
+    assert f"blocks {c.lors + norms:,} vs dense {dense_blocks:,}" in out
+    assert f"({100 * (1 - (c.lors + norms) / dense_blocks):.1f}% fewer)" in out
+
+
+def test_cli_reports_config_errors(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("train:\n  epochs: many\n")
+    r = subprocess.run([sys.executable, "-m", "lors.cli", "count", str(f)], capture_output=True, text=True)
+    assert r.returncode == 2 and "train.epochs" in r.stderr

@@ -1,0 +1,177 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from lors.config import load_config
+from lors.data.classification import build_dataset
+from lors.engine.checkpoint import read_checkpoint, save_checkpoint, load_model_state, optimizer_from_flat
+from lors.engine.fit import fit
+from lors.engine.optim import build_optimizer, lr_at, param_groups
+from lors.engine.train import mix_batch, train_one_epoch
+from lors.models.vit import BLOCK_LINEARS, VisionTransformer, build_vit
+
+HERE = Path(__file__).resolve().parent
+TINY = ["model.dim=16", "model.depth=2", "model.heads=2", "model.mlp_dim=32", "model.patch_size=4",
+        "train.progress=false", "train.warmup_epochs=1", "train.lr=0.003"]
+
+
+def run(cfg, run_dir, resume=False):
+    train_set = build_dataset(cfg.data, "train", cfg.train.seed, train=True)
+    test_set = build_dataset(cfg.data, "test", cfg.train.seed)
+    return fit(cfg, lambda: build_vit(cfg.model), train_set, test_set, run_dir, resume=resume,
+               lct_targets=BLOCK_LINEARS, log=lambda s: None)
+
+
+def test_param_groups_exempt_norms_biases_embeddings():
+    m = VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, dim=8, depth=2, heads=2, mlp_dim=8,
+                          variant="lors", rank=1)
+    decay, no_decay = param_groups(m, 0.05)
+    names = {id(p): n for n, p in m.named_parameters()}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert "stacks.qkv.bias" in no_decay_names  # 2-D per-layer LORS bias
+    assert {"cls_token", "pos_embed", "norm.weight", "blocks.0.norm1.weight"} <= no_decay_names
+    assert {"stacks.qkv.shared_weight", "stacks.qkv.A.0", "stacks.fc2.B.1", "head.weight"} <= decay_names
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_lr_schedule_warmup_then_cosine():
+    lrs = [lr_at(s, 100, 10, 1.0, 0.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5, abs=0.02)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
+
+
+def test_mixup_targets_are_convex_combinations():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 4, 4), torch.arange(8) % 3
+    x2, t = mix_batch(x, y, 3, mixup=0.8, cutmix=0.0)
+    assert t.shape == (8, 3) and torch.allclose(t.sum(1), torch.ones(8))
+    assert not torch.equal(x2, x)
+
+
+def test_checkpoint_round_trip_and_optimizer_state(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
+    opt = build_optimizer(m, 1e-2, 0.1)
+    m(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path, m, {"epoch": 3, "note": "x"}, opt)
+    meta, tensors = read_checkpoint(tmp_path)
+    assert meta["epoch"] == 3 and (tmp_path / meta["tensors_file"]).is_file()
+    m2 = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
+    load_model_state(m2, tensors)
+    for a, b in zip(m.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    opt2 = build_optimizer(m2, 1e-2, 0.1)
+    opt2.load_state_dict(optimizer_from_flat(tensors, meta["optimizer_groups"]))
+    assert torch.equal(opt2.state[m2[0].weight]["exp_avg"], opt.state[m[0].weight]["exp_avg"])
+    with pytest.raises(ValueError, match="does not fit"):
+        load_model_state(nn.Linear(4, 3), tensors)
+    save_checkpoint(tmp_path, m, {"epoch": 4}, opt)  # the older tensors file is removed
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+
+
+def test_training_reduces_loss():
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY)
+    train_set = build_dataset(cfg.data, "train", 0, train=False)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)
+    m = build_vit(cfg.model)
+    opt = build_optimizer(m, 3e-3, 0.0)
+    loss_fn = nn.functional.cross_entropy
+    first, step = train_one_epoch(m, loader, opt, loss_fn, lambda s: 3e-3, 0, torch.device("cpu"), 1.0)
+    for _ in range(3):
+        stats, step = train_one_epoch(m, loader, opt, loss_fn, lambda s: 3e-3, step, torch.device("cpu"), 1.0)
+    assert stats["loss"] < 0.7 * first["loss"]
+
+
+def test_non_finite_loss_stops():
+    m = nn.Linear(2, 2)
+    loader = [(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(RuntimeError, match="non-finite loss"):
+        train_one_epoch(m, loader, build_optimizer(m, 1e-3, 0.0), lambda o, t: o.sum() * float("nan"),
+                        lambda s: 1e-3, 0, torch.device("cpu"))
+
+
+KILLER = """
+import os, signal, sys
+import lors.engine.checkpoint as ck
+calls = {"n": 0}
+real = ck._atomic_write_text
+def killing_write(path, text):
+    calls["n"] += 1
+    if calls["n"] == 3:   # third epoch: tensors file renamed, JSON not yet replaced -> die here
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, text)
+ck._atomic_write_text = killing_write
+from lors.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    overrides = TINY + ["train.epochs=4"]
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("data:\n  dataset: digits\n")
+    full = run(load_config(cfg_path, overrides), tmp_path / "full")
+
+    args = ["train", str(cfg_path), "--output-dir", str(tmp_path / "killed")]
+    for o in overrides:
+        args += ["--set", o]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    r = subprocess.run([sys.executable, "-c", KILLER, *args], capture_output=True, text=True, env=env)
+    assert r.returncode == -9, r.stderr  # really killed
+    meta = json.loads((tmp_path / "killed" / "last.json").read_text())
+    assert meta["epoch"] == 1  # two complete epochs survived; the half-written third did not corrupt them
+    resumed = run(load_config(cfg_path, overrides), tmp_path / "killed", resume=True)
+    assert [h["epoch"] for h in resumed] == [1, 2, 3, 4]
+    for a, b in zip(full, resumed):
+        for k in ("train_loss", "test_loss", "top1"):
+            assert a[k] == b[k], (k, a, b)
+
+
+def test_lct_schedule_factorises_after_warmup_and_resumes(tmp_path):
+    overrides = TINY + ["train.epochs=3", "train.lct_epsilon=0.6", "train.lct_warmup_epochs=1"]
+    hist = run(load_config(None, overrides), tmp_path / "lct")
+    assert hist[1]["params"] < hist[0]["params"]  # factorised before epoch 2
+    meta, tensors = read_checkpoint(tmp_path / "lct")
+    assert 0 < len(meta["lct_ranks"]) <= 8 and any(k.endswith(".U") for k in tensors)
+    # resuming a factorised run rebuilds the factors with the saved ranks
+    cfg = load_config(None, overrides[:-3] + ["train.epochs=4", "train.lct_epsilon=0.6", "train.lct_warmup_epochs=1"])
+    more = run(cfg, tmp_path / "lct", resume=True)
+    assert len(more) == 4 and more[-1]["params"] == hist[-1]["params"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_hold_identical_weights(tmp_path):
+    overrides = TINY + ["train.epochs=2", "model.variant=lors", "model.rank=2", "train.device=cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(HERE / "ddp_worker.py"), str(tmp_path),
+           *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert w0.keys() == w1.keys() and "stacks.qkv.shared_weight" in w0
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    torch.manual_seed(0)
+    init = build_vit(load_config(None, overrides).model).state_dict()
+    assert not torch.equal(init["stacks.qkv.shared_weight"], w0["stacks.qkv.shared_weight"])  # it trained
+    # each rank saw half of the data per epoch
+    meta, _ = read_checkpoint(tmp_path / "run")
+    assert meta["world_size"] == 2
