@@ -101,20 +101,45 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run_demo(epochs: Optional[int] = None, seed: int = 0, out_dir: str = "runs/demo", progress: bool = True,
+def summarize(rows: list[dict]) -> str:
+    """Mean +- std of test top-1 per variant over seeds."""
+    dense_blocks = next(r["block_params"] for r in rows if r["variant"] == "dense")
+    lines = [f"{'variant':<8}{'block params':>14}{'block reduction':>17}{'test top-1 (mean +- std)':>27}{'seeds':>7}"]
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        accs = [r["top1"] for r in rows if r["variant"] == v]
+        blocks = statistics.mean(r["block_params"] for r in rows if r["variant"] == v)
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        lines.append(f"{v:<8}{blocks:>14,.0f}{reduction(dense_blocks, blocks):>16.1f}%"
+                     f"{statistics.mean(accs):>19.2f} +- {std:<5.2f}{len(accs):>5}")
+    return "\n".join(lines)
+
+
+def run_demo(epochs: Optional[int] = None, seeds=(0,), out_dir: str = "runs/demo", progress: bool = True,
              variants=("dense", "lors", "lct")) -> list[dict]:
+    """Train every variant for every seed; print the table(s), save demo.png (first seed)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for v in variants:
-        print(f"\n== {v} ==")
-        rows.append(train_variant(v, out, epochs, seed, progress, log=lambda s: None if "epoch=" in s else print(s)))
-        print(f"{v}: top-1 {rows[-1]['top1']:.2f}%, {rows[-1]['block_params']:,} block parameters")
-    table = format_rows(rows)
-    epochs_used = rows[0]["history"][-1]["epoch"]
-    header = f"ViT on scikit-learn digits (1437 train / 360 test), seed {seed}, {epochs_used} epochs per variant"
-    print(f"\n{header}\n{table}")
-    (out / "results.txt").write_text(f"{header}\n{table}\n")
-    plot(rows, out / "demo.png")
-    print(f"\nplot: {out / 'demo.png'}; runs and checkpoints: {out}/<variant>/")
-    return rows
+    all_rows, report = [], []
+    for seed in seeds:
+        rows = []
+        seed_dir = out if len(seeds) == 1 else out / f"seed{seed}"
+        for v in variants:
+            print(f"\n== {v} (seed {seed}) ==")
+            rows.append(train_variant(v, seed_dir, epochs, seed, progress,
+                                      log=lambda s: None if "epoch=" in s else print(s)))
+            print(f"{v}: top-1 {rows[-1]['top1']:.2f}%, {rows[-1]['block_params']:,} block parameters, "
+                  f"{rows[-1]['epoch_time']:.2f} s/epoch")
+        epochs_used = rows[0]["history"][-1]["epoch"]
+        header = (f"ViT on scikit-learn digits (1437 train / 360 test), seed {seed}, {epochs_used} epochs per "
+                  f"variant, torch threads {__import__('torch').get_num_threads()}")
+        report.append(f"{header}\n{format_rows(rows)}")
+        print(f"\n{report[-1]}")
+        if seed == seeds[0]:
+            plot(rows, out / "demo.png")
+        all_rows += rows
+    if len(seeds) > 1:
+        report.append(f"Over seeds {list(seeds)}:\n{summarize(all_rows)}")
+        print(f"\n{report[-1]}")
+    (out / "results.txt").write_text("\n\n".join(report) + "\n")
+    print(f"\nplot: {out / 'demo.png'}; table: {out / 'results.txt'}; runs and checkpoints under {out}/")
+    return all_rows

@@ -25,6 +25,15 @@ from torch import nn
 from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
 
 
+def _set_dims(module: nn.Module, num_layers, query_dim, rows, cols, param_groups) -> None:
+    """Validate and store the dimensions shared by both generator stacks."""
+    module.num_layers = positive_int(num_layers, "num_layers")
+    module.query_dim = positive_int(query_dim, "query_dim")
+    module.rows = positive_int(rows, "rows")
+    module.cols = positive_int(cols, "cols")
+    module.param_groups = positive_int(param_groups, "param_groups")
+
+
 class AdaptiveLors(nn.Module):
     """N generators ``q (..., d_q) -> M (..., P, rows, cols)`` sharing one generator.
 
@@ -49,11 +58,7 @@ class AdaptiveLors(nn.Module):
     def __init__(self, num_layers: int, query_dim: int, rows: int, cols: int, rank: IntOrList,
                  groups: IntOrList = 1, param_groups: int = 1, bias: bool = True, device=None, dtype=None):
         super().__init__()
-        self.num_layers = positive_int(num_layers, "num_layers")
-        self.query_dim = positive_int(query_dim, "query_dim")
-        self.rows = positive_int(rows, "rows")
-        self.cols = positive_int(cols, "cols")
-        self.param_groups = positive_int(param_groups, "param_groups")
+        _set_dims(self, num_layers, query_dim, rows, cols, param_groups)
         self.ranks = per_layer(rank, num_layers, "rank")
         self.groups = per_layer(groups, num_layers, "groups")
         rank_fits(self.ranks, rows, cols)
@@ -124,11 +129,7 @@ class GeneratorStack(nn.Module):
     def __init__(self, num_layers: int, query_dim: int, rows: int, cols: int, param_groups: int = 1,
                  bias: bool = True, device=None, dtype=None):
         super().__init__()
-        self.num_layers = positive_int(num_layers, "num_layers")
-        self.query_dim = positive_int(query_dim, "query_dim")
-        self.rows = positive_int(rows, "rows")
-        self.cols = positive_int(cols, "cols")
-        self.param_groups = positive_int(param_groups, "param_groups")
+        _set_dims(self, num_layers, query_dim, rows, cols, param_groups)
         self.generators = nn.ModuleList(
             [nn.Linear(query_dim, param_groups * rows * cols, bias=bias, device=device, dtype=dtype)
              for _ in range(num_layers)])
