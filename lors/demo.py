@@ -24,8 +24,9 @@ BASE = {
 }
 VARIANTS = {
     "dense": {},
-    "lors": {"model": {"variant": "lors", "rank": 4, "attn_groups": 1, "mlp_groups": 1}},
-    "lct": {"train": {"lct_epsilon": 0.5, "lct_warmup_epochs": 10}},
+    "lors": {"model": {"variant": "lors", "rank": 6, "attn_groups": [1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2],
+                       "mlp_groups": [2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1]}},
+    "lct": {"train": {"lct_epsilon": 0.8, "lct_warmup_epochs": 4}},
 }
 
 
