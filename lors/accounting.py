@@ -86,9 +86,22 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join([line(header), sep] + [line(b) for b in body[:-1]] + [sep, line(body[-1])])
 
 
+def summary(model: nn.Module) -> str:
+    """One line: trainable / total parameters and how many are shared across layers."""
+    total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    shared = sum(p.numel() for p in _unique_parameters(model) if id(p) in shared_parameter_ids(model))
+    return (f"trainable params: {trainable:,} || all params: {total:,} || trainable%: "
+            f"{100 * trainable / max(1, total):.4f} || shared across layers: {shared:,}")
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    """Print :func:`summary` (the one-liner PEFT users know)."""
+    print(summary(model))
+
+
 def report(model: nn.Module, depth: int = 1) -> str:
-    """Printable parameter report: the per-module table."""
-    return format_table(parameter_table(model, depth))
+    """Printable parameter report: the one-line summary and the per-module table."""
+    return summary(model) + "\n" + format_table(parameter_table(model, depth))
 
 
 # -- closed forms ---------------------------------------------------------------

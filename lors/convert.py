@@ -1,18 +1,86 @@
-"""Apply LCT to any PyTorch model: replace targeted ``nn.Linear`` layers by ``LowRankLinear``.
+"""Apply LORS or LCT to any PyTorch model, and merge back to dense.
 
-``lct(model, rank=..., epsilon=..., targets=...)`` factorises, in place, every
-``nn.Linear`` whose module path matches ``targets`` (a regex, full match) by
-truncated SVD. ``lct_ranks(model)`` lists the ranks that were chosen.
+``convert(model, LorsConfig(...))`` finds stacks of identical blocks (see
+:mod:`lors.discovery`) and turns every targeted weight path that exists in all
+blocks (an ``nn.Linear`` such as ``self_attn.out_proj``, or the fused in-projection
+of an ``nn.MultiheadAttention``) into one :class:`~lors.LorsLinearStack`. The stack
+is registered next to the container as ``<parent>.lors_<container>.<path with __>``;
+each block keeps its module paths, with parameter-free views in place of the Linear
+layers, so the forward signature is unchanged and ``state_dict`` keys are predictable.
+
+``lct(model, rank=..., epsilon=...)`` replaces targeted ``nn.Linear`` layers by
+``LowRankLinear``. ``merge(model)`` returns a new dense model.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import re
-from typing import Optional, Union
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
 
+import torch
 from torch import nn
 
-from .nn.checks import epsilon_in_range
+from .discovery import IN_PROJ, find_stacks, lookup, matches
+from .nn import mha as mha_adapter
+from .nn.checks import epsilon_in_range, per_layer, positive_int
 from .nn.lowrank import LowRankLinear
+from .nn.static import LorsLinearStack, StackLayer
+
+INITS = ("pretrained", "paper")
+
+
+@dataclass
+class LorsConfig:
+    """How :func:`convert` applies static LORS.
+
+    Attributes:
+        targets: which weight paths inside a block to convert. A list of names matches a path
+            equal to a name or ending in ``.name`` (``["query", "value"]``); a string is a regex
+            matched against the whole relative path (``r"attention\\..*"``). ``None``: every
+            Linear and MultiheadAttention in-projection of every stack.
+        rank: residual rank per group, for every layer unless overridden.
+        groups: residual groups per layer.
+        rank_pattern: overrides ``{name: rank}``; a key matches the full per-layer path or any
+            dotted suffix of it, so ``"self_attn.out_proj"`` overrides a path in every layer and
+            ``"layers.5.linear1"`` one layer.
+        epsilon: with ``init="pretrained"``, choose each layer's residual rank as the smallest
+            with ``||W_i - W_i'||_F <= epsilon ||W_i||_F`` instead of ``rank``.
+        min_layers: smallest number of identical blocks that counts as a stack.
+        init: ``"pretrained"`` (shared = mean of the layers, residual = truncated SVD of
+            ``W_i - mean``) or ``"paper"`` (Kaiming shared and A, zero B and biases).
+    """
+
+    targets: Union[Sequence[str], str, None] = None
+    rank: int = 8
+    groups: int = 1
+    rank_pattern: dict = field(default_factory=dict)
+    epsilon: Optional[float] = None
+    min_layers: int = 2
+    init: str = "pretrained"
+
+    def __post_init__(self):
+        positive_int(self.rank, "rank")
+        positive_int(self.groups, "groups")
+        positive_int(self.min_layers, "min_layers")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.epsilon is not None:
+            epsilon_in_range(self.epsilon)
+            if self.init != "pretrained":
+                raise ValueError("epsilon needs init='pretrained' (it measures the error against the weights)")
+        for key, value in self.rank_pattern.items():
+            positive_int(value, f"rank_pattern[{key!r}]")
+        if isinstance(self.targets, (list, tuple)):
+            self.targets = list(self.targets)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Hash of the model's state_dict keys and shapes: identifies a base architecture."""
+    items = sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -21,8 +89,157 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, name, module)
 
 
+def _holder(model: nn.Module, container_path: str) -> tuple[nn.ModuleDict, str]:
+    """The ModuleDict next to the container that owns its stacks, and its path."""
+    if not container_path:
+        raise ValueError("the model itself is a stack; wrap it in a module to convert it")
+    parent_path, _, name = container_path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    attr = f"lors_{name}"
+    if not hasattr(parent, attr):
+        setattr(parent, attr, nn.ModuleDict())
+    return getattr(parent, attr), f"{parent_path + '.' if parent_path else ''}{attr}"
+
+
+def _weights(block: nn.Module, target: str):
+    """(weight, bias) of a target path in one block."""
+    if target.endswith(IN_PROJ):
+        m = block.get_submodule(target[: -len(IN_PROJ)])
+        return m.in_proj_weight, m.in_proj_bias
+    m = block.get_submodule(target)
+    return m.weight, m.bias
+
+
+def _install(block: nn.Module, target: str, stack: LorsLinearStack, index: int) -> None:
+    if target.endswith(IN_PROJ):
+        mha_adapter.attach(block.get_submodule(target[: -len(IN_PROJ)]), stack, index)
+    else:
+        view = StackLayer(stack, index)
+        object.__setattr__(view, "original_cls", type(block.get_submodule(target)))
+        _set_submodule(block, target, view)
+
+
+def _ranks(cfg: LorsConfig, container: str, target: str, weights, n: int) -> list[int]:
+    if cfg.epsilon is not None:
+        total = LorsLinearStack.residual_ranks(weights, cfg.epsilon)
+        return [max(1, -(-r // cfg.groups)) for r in total]  # ceil(r / groups) per group
+    ranks = []
+    for i in range(n):
+        override = lookup(cfg.rank_pattern, f"{container}.{i}.{target}")
+        ranks.append(cfg.rank if override is None else override)
+    return ranks
+
+
+def convert(model: nn.Module, config: Optional[LorsConfig] = None, **kwargs) -> nn.Module:
+    """Apply static LORS to every targeted weight path of every stack in ``model`` (in place).
+
+    Returns ``model``. ``model.lors_conversion`` records what was converted (container,
+    path, ranks, groups): :func:`lors.save` writes it and :func:`lors.load` replays it.
+    Keyword arguments build a :class:`LorsConfig` when ``config`` is not given.
+    """
+    cfg = config if config is not None else LorsConfig(**kwargs)
+    base_fingerprint = fingerprint(model)
+    stacks, examined = find_stacks(model, cfg.min_layers)
+    if not stacks:
+        raise ValueError(f"no stacks of >= {cfg.min_layers} identical blocks with Linear layers found; examined "
+                         f"containers: {', '.join(examined) or '(no ModuleList or Sequential in the model)'}")
+    selected = [(s, t) for s in stacks for t in s.targets if matches(cfg.targets, t)]
+    if not selected:
+        available = sorted({t for s in stacks for t in s.targets})
+        raise ValueError(f"targets={cfg.targets!r} matches no weight path in the stacks "
+                         f"({', '.join(s.path for s in stacks)}); available paths: {', '.join(available)}")
+    records = []
+    for stack_info, target in selected:
+        blocks = stack_info.layers
+        pairs = [_weights(b, target) for b in blocks]
+        weights = [w for w, _ in pairs]
+        biases = None if pairs[0][1] is None else [b for _, b in pairs]
+        ranks = _ranks(cfg, stack_info.path, target, weights, len(blocks))
+        out_f, in_f = weights[0].shape
+        limit = min(out_f, in_f)
+        for i, r in enumerate(ranks):
+            if r * cfg.groups > limit:
+                raise ValueError(f"rank {r} x groups {cfg.groups} is too large for '{stack_info.path}.{i}.{target}' "
+                                 f"({out_f} x {in_f}); allowed: rank * groups <= {limit}")
+        if cfg.init == "pretrained":
+            stack = LorsLinearStack.from_weights(weights, biases, ranks, cfg.groups)
+        else:
+            ref = weights[0]
+            stack = LorsLinearStack(len(blocks), in_f, out_f, ranks, cfg.groups, bias=biases is not None,
+                                    device=ref.device, dtype=ref.dtype)
+        holder, holder_path = _holder(model, stack_info.path)
+        key = target.replace(".", "__")
+        holder[key] = stack
+        for i, block in enumerate(blocks):
+            _install(block, target, stack, i)
+        records.append({"container": stack_info.path, "target": target, "stack": f"{holder_path}.{key}",
+                        "ranks": ranks, "groups": per_layer(cfg.groups, len(blocks), "groups"),
+                        "bias": biases is not None})
+    previous = getattr(model, "lors_conversion", None)
+    model.lors_conversion = {
+        "base_fingerprint": previous["base_fingerprint"] if previous else base_fingerprint,
+        "config": dataclasses.asdict(cfg), "stacks": (previous["stacks"] if previous else []) + records,
+        "lct": previous.get("lct", {}) if previous else {},
+    }
+    return model
+
+
+def rebuild(model: nn.Module, record: dict) -> None:
+    """Recreate one recorded conversion on an unconverted model (structure only, paper init)."""
+    container = model.get_submodule(record["container"])
+    blocks = list(container.children())
+    if len(blocks) != len(record["ranks"]):
+        raise ValueError(f"'{record['container']}' has {len(blocks)} blocks, the checkpoint expects "
+                         f"{len(record['ranks'])}")
+    weight, _ = _weights(blocks[0], record["target"])
+    out_f, in_f = weight.shape
+    stack = LorsLinearStack(len(blocks), in_f, out_f, record["ranks"], record["groups"], bias=record["bias"],
+                            device=weight.device, dtype=weight.dtype)
+    holder, _ = _holder(model, record["container"])
+    holder[record["target"].replace(".", "__")] = stack
+    for i, block in enumerate(blocks):
+        _install(block, record["target"], stack, i)
+
+
+@torch.no_grad()
+def merge(model: nn.Module) -> nn.Module:
+    """A new model with every LORS stack and LowRankLinear folded back into dense weights.
+
+    The input is not modified. Weights are formed in float64 and cast to their dtype,
+    so outputs equal the converted model's to float tolerance.
+    """
+    model = copy.deepcopy(model)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, StackLayer):
+            W, b = _dense(m.stack, m.index)
+            cls = getattr(m, "original_cls", nn.Linear)
+            lin = cls(m.in_features, m.out_features, bias=b is not None, device=W.device, dtype=W.dtype)
+            lin.weight.copy_(W)
+            if b is not None:
+                lin.bias.copy_(b)
+            _set_submodule(model, name, lin)
+        elif isinstance(m, mha_adapter.LorsMultiheadAttention):
+            mha_adapter.detach(m, *_dense(m.lors_stack, m.lors_index))
+        elif isinstance(m, LowRankLinear):
+            _set_submodule(model, name, m.to_dense())
+    for name, m in list(model.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if child_name.startswith("lors_") and isinstance(child, nn.ModuleDict):
+                delattr(m, child_name)
+    if hasattr(model, "lors_conversion"):
+        del model.lors_conversion
+    return model
+
+
+def _dense(stack: LorsLinearStack, i: int):
+    B, A = stack.factors(i)
+    W = (stack.shared_weight.double() + B.double() @ A.double()).to(stack.shared_weight.dtype)
+    b = stack.layer_bias(i)
+    return W, (None if b is None else b.detach().clone())
+
+
 def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon: Optional[float] = None,
-        targets: str = r".*", skip_if_larger: bool = True) -> nn.Module:
+        targets: str = r".*", skip_if_larger: bool = True, verbose: bool = False) -> nn.Module:
     """Factorise the targeted ``nn.Linear`` layers of ``model`` in place; returns ``model``.
 
     Args:
@@ -33,6 +250,7 @@ def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon
         skip_if_larger: leave a layer dense when its chosen rank would store at least as many
             parameters as the dense weight (r (in + out) >= in out); such layers are not in
             :func:`lct_ranks`.
+        verbose: print each layer's chosen rank and the total parameter change.
 
     Exactly one of ``rank``/``epsilon``. Raises ``ValueError`` if no Linear matches.
     """
@@ -40,24 +258,37 @@ def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon
         raise ValueError(f"give exactly one of rank= or epsilon= (got rank={rank!r}, epsilon={epsilon!r})")
     if epsilon is not None:
         epsilon_in_range(epsilon)
+    base_fingerprint = fingerprint(model)
     pattern = re.compile(targets)
     paths = [name for name, m in model.named_modules()
-             if isinstance(m, nn.Linear) and pattern.fullmatch(name)]
+             if type(m) in (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear) and pattern.fullmatch(name)]
     if not paths:
         linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
         raise ValueError(f"targets={targets!r} matches no nn.Linear; the model's Linear paths are: "
                          f"{', '.join(linears[:20]) or '(none)'}{' ...' if len(linears) > 20 else ''}")
+    before = after = 0
     for path in paths:
         linear = model.get_submodule(path)
         if isinstance(rank, dict):
             if path not in rank:
-                raise ValueError(f"rank dict has no entry for target '{path}'")
+                continue
             layer = LowRankLinear.from_dense(linear, rank=rank[path])
         else:
             layer = LowRankLinear.from_dense(linear, rank=rank, epsilon=epsilon)
         if skip_if_larger and not isinstance(rank, dict) and layer.num_stored() >= layer.num_dense():
+            if verbose:
+                print(f"  {path}: rank {layer.rank} would not save parameters, kept dense")
             continue
+        before, after = before + layer.num_dense(), after + layer.num_stored()
+        if verbose:
+            print(f"  {path}: rank {layer.rank} ({layer.num_stored():,} vs {layer.num_dense():,} parameters)")
         _set_submodule(model, path, layer)
+    if verbose and before:
+        print(f"lct: {before:,} -> {after:,} parameters in the factorised layers ({100 * (1 - after / before):.1f}% fewer)")
+    conversion = getattr(model, "lors_conversion", None) or {"base_fingerprint": base_fingerprint, "config": None,
+                                                             "stacks": [], "lct": {}}
+    conversion["lct"] = lct_ranks(model)
+    model.lors_conversion = conversion
     return model
 
 

@@ -88,6 +88,7 @@ def plot(rows: list[dict], path: Path) -> None:
         a.scatter(r["block_params"], r["top1"], s=60, label=r["variant"])
         a.annotate(r["variant"], (r["block_params"], r["top1"]), textcoords="offset points", xytext=(5, 5))
         b.plot([h["epoch"] for h in r["history"]], [h["top1"] for h in r["history"]], label=r["variant"])
+    a.margins(0.15)
     a.set_xlabel("parameters in the transformer blocks")
     a.set_ylabel("test top-1 (%)")
     a.set_title("accuracy vs parameters (digits)")

@@ -29,7 +29,7 @@ def test_wrong_input_shape():
 
 
 def test_from_linears_errors():
-    with pytest.raises(ValueError, match="same weight shape"):
+    with pytest.raises(ValueError, match="same shape"):
         LorsLinearStack.from_linears([nn.Linear(4, 3), nn.Linear(4, 2)], rank=1)
     with pytest.raises(ValueError, match=r"rank\*groups"):
         LorsLinearStack.from_linears([nn.Linear(4, 3), nn.Linear(4, 3)], rank=2, groups=2)

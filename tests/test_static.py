@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -132,3 +134,11 @@ def test_linear_stack_interface():
     x = torch.randn(4, 5)
     assert torch.allclose(d(x, 2), d.layers[2](x))
     assert count_parameters(d) == 3 * (5 * 2 + 2)
+
+
+def test_from_linears_identical_layers_residuals_still_train():
+    lin = nn.Linear(6, 4)
+    s = LorsLinearStack.from_linears([lin, copy.deepcopy(lin)], rank=2)
+    assert all(b.abs().sum() == 0 for b in s.B) and all(a.abs().sum() > 0 for a in s.A)
+    s(torch.randn(3, 6), 1).sum().backward()
+    assert s.B[1].grad.abs().sum() > 0

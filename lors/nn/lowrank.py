@@ -19,15 +19,17 @@ from torch import nn
 from .checks import epsilon_in_range, last_dim, positive_int, rank_fits
 
 
-def rank_for_epsilon(singular_values: torch.Tensor, epsilon: float) -> int:
+def rank_for_epsilon(singular_values: torch.Tensor, epsilon: float, reference_norm: Optional[float] = None) -> int:
     """Smallest r >= 1 with ||W - W_r||_F / ||W||_F <= epsilon.
 
     ``singular_values`` are those of W in descending order. The error of the
     best rank-r approximation is sqrt(sum_{j>r} s_j^2) (Eckart-Young).
+    ``reference_norm`` replaces ||W||_F as the denominator (e.g. the norm of the
+    full layer weight when W is only a residual).
     """
     epsilon = epsilon_in_range(epsilon)
     s2 = singular_values.detach().double().pow(2)
-    total = s2.sum()
+    total = s2.sum() if reference_norm is None else torch.tensor(float(reference_norm) ** 2, dtype=torch.float64)
     if total == 0:
         return 1
     # tail[r] = sum_{j >= r} s_j^2, the squared error of keeping the first r values

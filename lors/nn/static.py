@@ -15,7 +15,7 @@ that uses it (so the shared weight is registered once, by the stack's owner).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -137,44 +137,65 @@ class LorsLinearStack(nn.Module):
         return out
 
     @classmethod
-    @torch.no_grad()
     def from_linears(cls, linears: Sequence[nn.Linear], rank: IntOrList, groups: IntOrList = 1,
                      path: str = "auto") -> "LorsLinearStack":
         """Build a stack that approximates existing layers.
 
         ``shared_weight`` is the mean of the layers' weights; layer i's residual is
-        the truncated SVD (rank ``r_i * K_i``) of ``W_i - mean``, split into K_i
-        groups of rank r_i with balanced factors. At full rank the result is exact.
+        the truncated SVD (rank ``r_i * K_i``) of ``W_i - mean = U S V^T``, split into K_i
+        groups of rank r_i with ``B = U S`` and ``A = V^T`` (orthonormal rows, so A is never
+        zero and B can learn even where the residual is zero). At full rank the result is exact.
         Computed in float64, stored in the layers' dtype.
         """
         linears = list(linears)
         if len(linears) == 0:
             raise ValueError("linears must hold at least one nn.Linear")
-        shapes = {tuple(l.weight.shape) for l in linears}
-        if len(shapes) != 1:
-            raise ValueError(f"linears must all have the same weight shape, got {sorted(shapes)}")
         has_bias = {l.bias is not None for l in linears}
         if len(has_bias) != 1:
             raise ValueError("linears must either all have a bias or all have none")
+        biases = [l.bias for l in linears] if has_bias.pop() else None
+        return cls.from_weights([l.weight for l in linears], biases, rank, groups, path)
+
+    @classmethod
+    @torch.no_grad()
+    def from_weights(cls, weights: Sequence[torch.Tensor], biases: Optional[Sequence[torch.Tensor]],
+                     rank: IntOrList, groups: IntOrList = 1, path: str = "auto") -> "LorsLinearStack":
+        """Like :meth:`from_linears`, from weight matrices (d_out, d_in) and optional biases (d_out,)."""
+        shapes = {tuple(w.shape) for w in weights}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"weights must all be matrices of the same shape, got {sorted(shapes)}")
         out_f, in_f = shapes.pop()
-        ref = linears[0].weight
-        stack = cls(len(linears), in_f, out_f, rank, groups, bias=has_bias.pop(), path=path,
+        ref = weights[0]
+        stack = cls(len(weights), in_f, out_f, rank, groups, bias=biases is not None, path=path,
                     device=ref.device, dtype=ref.dtype)
         for r, k in zip(stack.ranks, stack.groups):
             rank_fits([r * k], out_f, in_f, name="rank*groups")
-        weights = torch.stack([l.weight.detach().double() for l in linears])  # (N, d_out, d_in)
-        mean = weights.mean(0)
+        w64 = torch.stack([w.detach().double() for w in weights])  # (N, d_out, d_in)
+        mean = w64.mean(0)
         stack.shared_weight.copy_(mean)
         for i, (r, k) in enumerate(zip(stack.ranks, stack.groups)):
-            U, S, Vh = torch.linalg.svd(weights[i] - mean, full_matrices=False)
-            root = S[: r * k].sqrt()
-            B = U[:, : r * k] * root  # (d_out, K r)
-            A = root[:, None] * Vh[: r * k]  # (K r, d_in)
+            U, S, Vh = torch.linalg.svd(w64[i] - mean, full_matrices=False)
+            # Scale on B, orthonormal rows in A: exact, and where the residual is (near) zero this is the
+            # paper's trainable start (A non-zero, B zero). Balanced sqrt(S) factors would both be zero
+            # there, a saddle point that gradients cannot leave (e.g. deep-copied identical layers).
+            B = U[:, : r * k] * S[: r * k]  # (d_out, K r)
+            A = Vh[: r * k]  # (K r, d_in)
             stack.B[i].copy_(B.reshape(out_f, k, r).permute(1, 0, 2))
             stack.A[i].copy_(A.reshape(k, r, in_f))
-            if stack.bias is not None:
-                stack.bias[i].copy_(linears[i].bias)
+            if biases is not None:
+                stack.bias[i].copy_(biases[i])
         return stack
+
+    @staticmethod
+    @torch.no_grad()
+    def residual_ranks(weights: Sequence[torch.Tensor], epsilon: float) -> list[int]:
+        """Per layer, the smallest residual rank r with ||W_i - (mean + R_i,r)||_F <= epsilon ||W_i||_F."""
+        from .lowrank import rank_for_epsilon
+
+        w64 = torch.stack([w.detach().double() for w in weights])
+        mean = w64.mean(0)
+        return [rank_for_epsilon(torch.linalg.svdvals(w - mean), epsilon, reference_norm=float(w.norm()))
+                for w in w64]
 
     def shared_parameter_names(self) -> list[str]:
         return ["shared_weight"]
