@@ -77,6 +77,9 @@ class TrainConfig:
     lct_rank: Optional[int] = None
     lct_warmup_epochs: int = 0
     lct_targets: Optional[str] = None   # regex of module paths to factorise (default: the model's block linears)
+    lct_reproject_every: int = 0        # every N steps re-balance U, V by SVD of U V (0: never)
+    lct_reproject_epsilon: Optional[float] = None  # ... and re-truncate each layer to this tolerance
+    lct_frobenius_decay: float = 0.0    # lambda of (lambda/2)||U V||_F^2 replacing weight decay on U, V
 
 
 @dataclass

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -167,6 +168,11 @@ def convert(model: nn.Module, config: Optional[LorsConfig] = None, **kwargs) -> 
             ref = weights[0]
             stack = LorsLinearStack(len(blocks), in_f, out_f, ranks, cfg.groups, bias=biases is not None,
                                     device=ref.device, dtype=ref.dtype)
+        dense_count = sum(w.numel() for w in weights) + (0 if biases is None else sum(b.numel() for b in biases))
+        if sum(p.numel() for p in stack.parameters()) > dense_count:
+            warnings.warn(f"LORS stack for '{stack_info.path}.*.{target}' (ranks {ranks}) holds more parameters "
+                          f"than the {len(blocks)} dense layers it replaces; lower rank/epsilon to save memory",
+                          stacklevel=2)
         holder, holder_path = _holder(model, stack_info.path)
         key = target.replace(".", "__")
         holder[key] = stack

@@ -7,6 +7,9 @@ from lors import LorsConfig, convert, count_parameters, lct, lct_ranks, merge
 from lors.models.vit import VisionTransformer
 from lors.nn.static import StackLayer
 
+# Full-rank conversions (used to check exactness) are larger than dense: convert() warns, as it should.
+pytestmark = pytest.mark.filterwarnings("ignore:LORS stack")
+
 
 def encoder(batch_first=True, layers=3, d=32, ff=64, seed=0):
     torch.manual_seed(seed)

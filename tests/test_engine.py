@@ -175,3 +175,26 @@ def test_ddp_two_cpu_processes_hold_identical_weights(tmp_path):
     # each rank saw half of the data per epoch
     meta, _ = read_checkpoint(tmp_path / "run")
     assert meta["world_size"] == 2
+
+
+def test_lct_reprojection_retruncates_and_frobenius_decay(tmp_path):
+    overrides = TINY + ["train.epochs=2", "train.lct_rank=6", "train.lct_warmup_epochs=0",
+                        "train.lct_reproject_every=10", "train.lct_reproject_epsilon=0.5",
+                        "train.lct_frobenius_decay=0.01"]
+    hist = run(load_config(None, overrides), tmp_path / "r")
+    meta, _ = read_checkpoint(tmp_path / "r")
+    ranks = meta["lct_ranks"]
+    assert len(ranks) == 8 and max(ranks.values()) < 6  # re-truncated below the starting rank
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in hist)
+
+
+def test_frobenius_penalty_matches_dense_formula_and_groups():
+    from lors import LowRankLinear
+    from lors.nn.lowrank import frobenius_penalty
+
+    torch.manual_seed(0)
+    m = nn.Sequential(LowRankLinear(7, 5, 3), nn.ReLU(), LowRankLinear(5, 4, 2))
+    expected = sum((l.U @ l.V).pow(2).sum() for l in (m[0], m[2]))
+    assert torch.allclose(frobenius_penalty(m), expected)
+    groups = param_groups(m, 0.1, exempt=frozenset(id(p) for p in (m[0].U, m[0].V)))
+    assert any(p is m[0].U for p in groups[1]["params"]) and any(p is m[2].U for p in groups[0]["params"])

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..accounting import count_parameters
 from ..convert import lct, lct_ranks
+from ..nn.lowrank import frobenius_penalty, low_rank_layers
 from . import distributed
 from .checkpoint import load_model_state, optimizer_from_flat, read_checkpoint, save_checkpoint
 from .logger import RunLogger
@@ -64,12 +65,12 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
 
     torch.manual_seed(tcfg.seed)
     model = build_model()
-    start_epoch, step, history, ranks, meta = 0, 0, [], {}, None
+    start_epoch, step, history, lct_done, meta = 0, 0, [], False, None
     if resume:
         meta, tensors = read_checkpoint(run_dir / "last.json")
         if meta.get("lct_ranks"):
             lct(model, rank=meta["lct_ranks"], targets="|".join(map(re.escape, meta["lct_ranks"])))
-            ranks = meta["lct_ranks"]
+        lct_done = meta.get("lct_done", False)
         load_model_state(model, tensors)
         start_epoch, step, history = meta["epoch"] + 1, meta["step"], meta["history"]
         if main:
@@ -77,7 +78,30 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
     model.to(device)
 
     def make_optimizer():
-        return build_optimizer(model, tcfg.lr, tcfg.weight_decay)
+        # With Frobenius decay the LCT factors get (lambda/2)||UV||^2 instead of AdamW's decay on U and V.
+        exempt = frozenset(id(p) for m in low_rank_layers(model) for p in (m.U, m.V)) \
+            if tcfg.lct_frobenius_decay > 0 else frozenset()
+        return build_optimizer(model, tcfg.lr, tcfg.weight_decay, exempt)
+
+    def regularizer():
+        return 0.5 * tcfg.lct_frobenius_decay * frobenius_penalty(model)
+
+    def reproject_hook(current_step):
+        """Every lct_reproject_every steps: re-balance (and optionally re-truncate) the LCT factors."""
+        nonlocal optimizer, wrapped
+        layers = low_rank_layers(model)
+        if not layers or current_step % tcfg.lct_reproject_every:
+            return None
+        before = [m.rank for m in layers]
+        after = [m.reproject(tcfg.lct_reproject_epsilon) for m in layers]
+        if before == after:  # same shapes: drop the factors' Adam moments, they refer to the old basis
+            for m in layers:
+                optimizer.state.pop(m.U, None)
+                optimizer.state.pop(m.V, None)
+            return None
+        optimizer = make_optimizer()  # new parameter tensors
+        wrapped = DistributedDataParallel(model) if world > 1 else model
+        return wrapped, optimizer
 
     optimizer = make_optimizer()
     if meta is not None and "optimizer_groups" in meta:
@@ -102,8 +126,8 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
             f"{len(test_set)} test samples, {tcfg.epochs} epochs, device {device}, world size {world}")
 
     for epoch in range(start_epoch, tcfg.epochs):
-        if lct_scheduled and not ranks and epoch >= tcfg.lct_warmup_epochs:
-            ranks = _factorise(model, tcfg, lct_targets)
+        if lct_scheduled and not lct_done and epoch >= tcfg.lct_warmup_epochs:
+            ranks, lct_done = _factorise(model, tcfg, lct_targets), True
             optimizer = make_optimizer()  # new parameters: fresh optimizer state
             wrapped = DistributedDataParallel(model) if world > 1 else model
             if main:
@@ -113,8 +137,10 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
         sampler.set_epoch(epoch)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tcfg.epochs}", leave=False,
                    disable=not (tcfg.progress and main))
-        stats, step = train_one_epoch(wrapped, loader, optimizer, loss_fn, lr_fn, step, device,
-                                      tcfg.clip_grad, prepare, bar)
+        stats, step = train_one_epoch(
+            wrapped, loader, optimizer, loss_fn, lr_fn, step, device, tcfg.clip_grad, prepare, bar,
+            regularizer=regularizer if tcfg.lct_frobenius_decay > 0 else None,
+            step_hook=reproject_hook if tcfg.lct_reproject_every > 0 else None)
         bar.close()
         metrics = evaluate(model, test_loader, device)
         row = {"epoch": epoch + 1, "train_loss": round(stats["loss"], 6), **{k: round(v, 4) for k, v in metrics.items()},
@@ -125,7 +151,8 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
             logger.log(row)
             log(" ".join(f"{k}={v}" for k, v in row.items()))
             save_checkpoint(run_dir, model, {"config": dataclasses.asdict(config), "epoch": epoch, "step": step,
-                                             "history": history, "lct_ranks": ranks, "world_size": world},
+                                             "history": history, "lct_ranks": lct_ranks(model), "lct_done": lct_done,
+                                             "world_size": world},
                             optimizer)
         distributed.barrier()
     logger.close()

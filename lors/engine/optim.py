@@ -9,23 +9,25 @@ from torch import nn
 NO_DECAY_NAMES = ("bias", "cls_token", "pos_embed", "query_embed")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, exempt: frozenset = frozenset()) -> list[dict]:
     """Two AdamW groups: decay for weight matrices/factors; none for norms, biases and embeddings.
 
-    A parameter is exempt when it is 1-D (norm scales, biases) or its name ends in a
-    ``NO_DECAY_NAMES`` entry (covers 2-D per-layer LORS biases and token embeddings).
+    A parameter is exempt when it is 1-D (norm scales, biases), its name ends in a
+    ``NO_DECAY_NAMES`` entry (covers 2-D per-layer LORS biases and token embeddings),
+    or its id is in ``exempt`` (e.g. LCT factors regularised by Frobenius decay instead).
     """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         last = name.rsplit(".", 1)[-1]
-        (no_decay if p.ndim <= 1 or last in NO_DECAY_NAMES else decay).append(p)
+        (no_decay if p.ndim <= 1 or last in NO_DECAY_NAMES or id(p) in exempt else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                    exempt: frozenset = frozenset()) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay, exempt), lr=lr)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:

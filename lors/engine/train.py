@@ -49,11 +49,15 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: Callable,
                     lr_fn: Callable[[int], float], step: int, device: torch.device,
                     clip_grad: Optional[float] = None, prepare: Optional[Callable] = None,
-                    progress=None) -> tuple[dict, int]:
+                    progress=None, regularizer: Optional[Callable[[], torch.Tensor]] = None,
+                    step_hook: Optional[Callable[[int], Optional[tuple]]] = None) -> tuple[dict, int]:
     """Train for one pass over ``loader``; returns ({"loss", "lr", "samples_per_s"}, next step).
 
     ``prepare(x, y) -> (x, target)`` may transform a batch (mixup); ``progress`` is an
-    optional tqdm bar updated with loss, lr and throughput.
+    optional tqdm bar updated with loss, lr and throughput. ``regularizer()`` is added
+    to the loss (the reported loss excludes it). ``step_hook(step)`` runs after each
+    optimizer step; if it returns ``(model, optimizer)`` those replace the current ones
+    (for hooks that change the parameters, e.g. LCT re-truncation).
     """
     model.train()
     total_loss, total_n, t0 = 0.0, 0, time.perf_counter()
@@ -69,11 +73,15 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss {loss.item()} at step {step}; stopping")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + regularizer() if regularizer is not None else loss).backward()
         if clip_grad:
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
         step += 1
+        if step_hook is not None:
+            replaced = step_hook(step)
+            if replaced is not None:
+                model, optimizer = replaced
         n = x.shape[0]
         total_loss += loss.item() * n
         total_n += n

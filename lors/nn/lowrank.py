@@ -184,3 +184,19 @@ class LowRankLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
                 f"bias={self.bias is not None}")
+
+
+def frobenius_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum over the model's LowRankLinear layers of ||U V||_F^2, computed as sum((U^T U) * (V V^T)).
+
+    Costs O(r^2 (in + out)) per layer. Used as "Frobenius decay" in place of plain
+    weight decay on U and V (which penalises ||U||^2 + ||V||^2, not the product).
+    """
+    terms = [((m.U.T @ m.U) * (m.V @ m.V.T)).sum() for m in model.modules() if isinstance(m, LowRankLinear)]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+def low_rank_layers(model: nn.Module) -> list[LowRankLinear]:
+    return [m for m in model.modules() if isinstance(m, LowRankLinear)]
