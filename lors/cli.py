@@ -4,56 +4,68 @@
     lors train CONFIG [--set k=v ...] [--resume] [--output-dir DIR]
     lors eval CONFIG --checkpoint PATH
     lors count [CONFIG]               parameter report (no CONFIG: the paper's settings)
+    lors make-shapes OUT --train N --val M [--size 128] [--seed S]   synthetic COCO-format detection set
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from torch.utils.data import DataLoader
+
 from . import paper
 from .accounting import count_parameters, reduction, report
 from .config import ConfigError, load_config
 
 
-def _build(cfg):
-    from .models.vit import build_vit
-    return lambda: build_vit(cfg.model)
-
-
-def _datasets(cfg):
-    from .data.classification import build_dataset
-    return (build_dataset(cfg.data, "train", cfg.train.seed, train=True),
-            build_dataset(cfg.data, "test", cfg.train.seed))
-
-
 def cmd_train(args) -> int:
     from .engine.fit import fit
-    from .models.vit import BLOCK_LINEARS
+    from .experiment import build_experiment
 
     cfg = load_config(args.config, args.set)
     run_dir = args.output_dir or cfg.train.output_dir
-    train_set, test_set = _datasets(cfg)
-    history = fit(cfg, _build(cfg), train_set, test_set, run_dir, resume=args.resume, lct_targets=BLOCK_LINEARS)
+    exp = build_experiment(cfg)
+    history = fit(cfg, exp.build_model, exp.train_set, exp.test_set, run_dir, task=exp.task, resume=args.resume,
+                  lct_targets=exp.lct_targets)
     if history:
-        print(f"final: top1={history[-1]['top1']:.2f}% after {history[-1]['epoch']} epochs; checkpoint {run_dir}/last.json")
+        last = history[-1]
+        main_metric = "AP" if "AP" in last else "top1"
+        print(f"final: {main_metric}={last[main_metric]:.2f} after {last['epoch']} epochs; checkpoint {run_dir}/last.json")
     return 0
 
 
 def cmd_eval(args) -> int:
-    import torch
-
     from .engine.fit import load_for_eval, pick_device
-    from .engine.train import evaluate
+    from .experiment import build_experiment
 
     cfg = load_config(args.config, args.set)
-    model, meta = load_for_eval(args.checkpoint, _build(cfg))
-    _, test_set = _datasets(cfg)
+    exp = build_experiment(cfg)
+    model, meta = load_for_eval(args.checkpoint, exp.build_model)
     device = pick_device(cfg.train.device)
-    loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.data.eval_batch_size)
-    metrics = evaluate(model.to(device), loader, device)
+    loader = DataLoader(exp.test_set, batch_size=cfg.data.eval_batch_size, collate_fn=exp.task.collate_fn)
+    metrics = exp.task.evaluate(model.to(device), loader, device)
     print(f"checkpoint {args.checkpoint} (epoch {meta['epoch'] + 1}), {count_parameters(model):,} parameters")
     print("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return 0
+
+
+def _count_detector(cfg) -> None:
+    import dataclasses
+
+    import torch
+
+    from .models.adamixer.detector import build_adamixer
+
+    with torch.device("meta"):
+        model = build_adamixer(cfg.model)
+        dense = build_adamixer(dataclasses.replace(cfg.model, decoder="dense"))
+    print(report(model))
+    dec, dense_dec = count_parameters(model.decoder), count_parameters(dense.decoder)
+    mix, dense_mix = count_parameters(model.decoder.mixing), count_parameters(dense.decoder.mixing)
+    total, dense_total = count_parameters(model), count_parameters(dense)
+    print(f"\ndecoder {cfg.model.decoder}: {dec:,} vs dense {dense_dec:,} ({reduction(dense_dec, dec):.1f}% fewer); "
+          f"mixing {mix:,} vs dense {dense_mix:,} ({reduction(dense_mix, mix):.1f}% fewer); "
+          f"total {total:,} vs dense {dense_total:,} ({reduction(dense_total, total):.1f}% fewer)")
 
 
 def cmd_count(args) -> int:
@@ -65,9 +77,13 @@ def cmd_count(args) -> int:
 
     import torch
 
+    from .config import DetectionConfig
     from .models.vit import build_vit
 
     cfg = load_config(args.config, args.set)
+    if isinstance(cfg, DetectionConfig):
+        _count_detector(cfg)
+        return 0
     with torch.device("meta"):  # count without allocating
         model = build_vit(cfg.model)
         dense = build_vit(dataclasses.replace(cfg.model, variant="dense"))
@@ -77,6 +93,17 @@ def cmd_count(args) -> int:
     print(f"\nvariant {cfg.model.variant}: blocks {blocks:,} vs dense {dense_blocks:,} "
           f"({reduction(dense_blocks, blocks):.1f}% fewer); total {total:,} vs dense {dense_total:,} "
           f"({reduction(dense_total, total):.1f}% fewer)")
+    return 0
+
+
+def cmd_make_shapes(args) -> int:
+    from .data.detection import write_shapes
+
+    for name in ("train", "val", "size"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    out = write_shapes(args.out, args.train, args.val, args.size, args.seed)
+    print(f"wrote {args.train} train / {args.val} val images ({args.size} px, seed {args.seed}) to {out}")
     return 0
 
 
@@ -114,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("count", help="parameter report for a config (or the paper's settings)")
     with_config(p, required=False)
     p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("make-shapes", help="write a synthetic COCO-format detection set")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--train", type=int, default=2000, help="training images")
+    p.add_argument("--val", type=int, default=200, help="validation images")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_shapes)
 
     p = sub.add_parser("demo", help="dense vs LORS vs LCT ViT on scikit-learn digits")
     p.add_argument("--epochs", type=int, default=None, help="epochs per variant (default: the demo's setting)")

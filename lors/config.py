@@ -1,9 +1,11 @@
 """Experiment configuration: YAML <-> dataclasses, checked key by key.
 
-A YAML file has three sections that map 1:1 onto dataclasses below::
+A YAML file has three sections that map 1:1 onto dataclasses below, chosen by
+an optional top-level ``task`` key::
 
-    model: {...}   # ViTConfig: arguments of lors.models.vit.VisionTransformer
-    data:  {...}   # DataConfig: dataset and loader
+    task: classification | detection    # default: classification
+    model: {...}   # ViTConfig (classification) or AdaMixerConfig (detection)
+    data:  {...}   # DataConfig or DetectionDataConfig
     train: {...}   # TrainConfig: optimiser, schedule, logging, checkpoints
 
 No inheritance, no includes. ``--set section.key=value`` overrides a key (the value
@@ -84,9 +86,56 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    task: str = "classification"
     model: ViTConfig = field(default_factory=ViTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class AdaMixerConfig:
+    num_classes: int = 3
+    backbone_depth: int = 18            # 18 | 34 | 50
+    backbone_width: int = 16            # 64 = the standard ResNet
+    frozen_bn: bool = False
+    backbone_weights: Optional[str] = None  # local torchvision ResNet checkpoint (.safetensors or .pth)
+    feat_channels: int = 64             # neck channels = query dimension
+    num_queries: int = 30
+    num_stages: int = 6
+    num_heads: int = 4
+    n_groups: int = 2                   # sampling groups
+    in_points: int = 16                 # sampled points per group
+    out_points: int = 64                # points after spatial mixing
+    ffn_dim: int = 256
+    decoder: str = "dense"              # "dense" | "lors"
+    core_size: int = 4                  # LORS: side k of each query-generated core
+    core_groups: Union[int, list[int]] = field(default_factory=lambda: [1, 1, 2, 2, 3, 3])
+    out_rank: int = 8                   # LORS: rank of each stage's out-projection residual
+
+
+@dataclass
+class DetectionDataConfig:
+    root: str = "data/shapes"           # COCO-format dataset directory
+    train_images: str = "train"         # image folders and instances files, relative to root
+    val_images: str = "val"
+    train_ann: str = "annotations/instances_train.json"
+    val_ann: str = "annotations/instances_val.json"
+    max_size: int = 128                 # longer image side after resizing
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    num_workers: int = 0
+    top_k: int = 100                    # detections kept per image
+
+
+@dataclass
+class DetectionConfig:
+    task: str = "detection"
+    model: AdaMixerConfig = field(default_factory=AdaMixerConfig)
+    data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+TASKS = {"classification": Config, "detection": DetectionConfig}
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -156,8 +205,10 @@ def apply_override(data: dict, assignment: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
-    """Read a YAML config (or start from defaults), apply ``--set`` overrides, validate."""
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None):
+    """Read a YAML config (or start from defaults), apply ``--set`` overrides, validate.
+
+    Returns a :class:`Config` or, with ``task: detection``, a :class:`DetectionConfig`."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -166,8 +217,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         data = yaml.safe_load(path.read_text()) or {}
     for assignment in overrides or []:
         apply_override(data, assignment)
-    return from_dict(Config, data)
+    task = data.get("task", "classification")
+    if task not in TASKS:
+        raise ConfigError(f"config key 'task' must be one of {tuple(TASKS)}, got {task!r}")
+    return from_dict(TASKS[task], data)
 
 
-def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)

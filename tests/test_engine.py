@@ -15,6 +15,7 @@ from lors.data.classification import build_dataset
 from lors.engine.checkpoint import read_checkpoint, save_checkpoint, load_model_state, optimizer_from_flat
 from lors.engine.fit import fit
 from lors.engine.optim import build_optimizer, lr_at, param_groups
+from lors.engine.tasks import ClassificationTask
 from lors.engine.train import mix_batch, train_one_epoch
 from lors.models.vit import BLOCK_LINEARS, VisionTransformer, build_vit
 
@@ -87,7 +88,8 @@ def test_training_reduces_loss():
     loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)
     m = build_vit(cfg.model)
     opt = build_optimizer(m, 3e-3, 0.0)
-    loss_fn = nn.functional.cross_entropy
+    task = ClassificationTask(10)
+    loss_fn = lambda model, batch: task.loss(model, batch, torch.device("cpu"))
     first, step = train_one_epoch(m, loader, opt, loss_fn, lambda s: 3e-3, 0, torch.device("cpu"), 1.0)
     for _ in range(3):
         stats, step = train_one_epoch(m, loader, opt, loss_fn, lambda s: 3e-3, step, torch.device("cpu"), 1.0)
@@ -98,7 +100,7 @@ def test_non_finite_loss_stops():
     m = nn.Linear(2, 2)
     loader = [(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))]
     with pytest.raises(RuntimeError, match="non-finite loss"):
-        train_one_epoch(m, loader, build_optimizer(m, 1e-3, 0.0), lambda o, t: o.sum() * float("nan"),
+        train_one_epoch(m, loader, build_optimizer(m, 1e-3, 0.0), lambda mod, b: (mod(b[0]).sum() * float("nan"), 4),
                         lambda s: 1e-3, 0, torch.device("cpu"))
 
 

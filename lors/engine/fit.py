@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -27,7 +26,8 @@ from . import distributed
 from .checkpoint import load_model_state, optimizer_from_flat, read_checkpoint, save_checkpoint
 from .logger import RunLogger
 from .optim import build_optimizer, lr_at
-from .train import evaluate, mix_batch, train_one_epoch
+from .tasks import ClassificationTask
+from .train import train_one_epoch
 
 
 def pick_device(name: str) -> torch.device:
@@ -47,9 +47,12 @@ def _factorise(model: nn.Module, tcfg, default_targets: str) -> dict[str, int]:
     return lct_ranks(model)
 
 
-def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_dir: str | Path,
+def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_dir: str | Path, task=None,
         resume: bool = False, lct_targets: str = r".*", log: Callable[[str], None] = print) -> list[dict]:
     """Train ``build_model()`` per ``config.train``; returns the per-epoch history.
+
+    ``task`` supplies the loss, the evaluation and the collate function (see
+    :mod:`lors.engine.tasks`); default: classification with ``config.model.num_classes``.
 
     Writes ``run_dir/last.json`` + tensors after every epoch and ``run_dir/log.csv``.
     With ``resume=True`` continues from ``run_dir/last.json``.
@@ -109,17 +112,17 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
     wrapped = DistributedDataParallel(model) if world > 1 else model
 
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=tcfg.seed)
-    batch_size = config.data.batch_size
-    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=False,
-                        num_workers=config.data.num_workers)
-    test_loader = DataLoader(test_set, batch_size=config.data.eval_batch_size, shuffle=False)
+    if task is None:
+        task = ClassificationTask(config.model.num_classes, tcfg.label_smoothing, tcfg.mixup, tcfg.cutmix)
+    loader = DataLoader(train_set, batch_size=config.data.batch_size, sampler=sampler, drop_last=False,
+                        num_workers=config.data.num_workers, collate_fn=task.collate_fn)
+    test_loader = DataLoader(test_set, batch_size=config.data.eval_batch_size, shuffle=False,
+                             collate_fn=task.collate_fn)
     steps_per_epoch = len(loader)
     total_steps = tcfg.epochs * steps_per_epoch
     warmup_steps = tcfg.warmup_epochs * steps_per_epoch
     lr_fn = lambda s: lr_at(s, total_steps, warmup_steps, tcfg.lr, tcfg.min_lr)
-    num_classes = config.model.num_classes
-    loss_fn = lambda logits, target: F.cross_entropy(logits.float(), target, label_smoothing=tcfg.label_smoothing)
-    prepare = lambda x, y: mix_batch(x, y, num_classes, tcfg.mixup, tcfg.cutmix)
+    compute_loss = lambda m, batch: task.loss(m, batch, device)
     logger = RunLogger(run_dir, enabled=main)
     if main:
         log(f"run {run_dir}: {count_parameters(model):,} parameters, {len(train_set)} train / "
@@ -138,11 +141,11 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tcfg.epochs}", leave=False,
                    disable=not (tcfg.progress and main))
         stats, step = train_one_epoch(
-            wrapped, loader, optimizer, loss_fn, lr_fn, step, device, tcfg.clip_grad, prepare, bar,
+            wrapped, loader, optimizer, compute_loss, lr_fn, step, device, tcfg.clip_grad, bar,
             regularizer=regularizer if tcfg.lct_frobenius_decay > 0 else None,
             step_hook=reproject_hook if tcfg.lct_reproject_every > 0 else None)
         bar.close()
-        metrics = evaluate(model, test_loader, device)
+        metrics = task.evaluate(model, test_loader, device)
         row = {"epoch": epoch + 1, "train_loss": round(stats["loss"], 6), **{k: round(v, 4) for k, v in metrics.items()},
                "lr": stats["lr"], "epoch_time": round(stats["epoch_time"], 3),
                "samples_per_s": round(stats["samples_per_s"], 1), "params": count_parameters(model)}

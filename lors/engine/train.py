@@ -46,30 +46,26 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, 
     return x, lam * target + (1 - lam) * target[perm]
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, compute_loss: Callable,
                     lr_fn: Callable[[int], float], step: int, device: torch.device,
-                    clip_grad: Optional[float] = None, prepare: Optional[Callable] = None,
-                    progress=None, regularizer: Optional[Callable[[], torch.Tensor]] = None,
+                    clip_grad: Optional[float] = None, progress=None,
+                    regularizer: Optional[Callable[[], torch.Tensor]] = None,
                     step_hook: Optional[Callable[[int], Optional[tuple]]] = None) -> tuple[dict, int]:
-    """Train for one pass over ``loader``; returns ({"loss", "lr", "samples_per_s"}, next step).
+    """Train for one pass over ``loader``; returns ({"loss", "lr", "samples_per_s", "epoch_time"}, next step).
 
-    ``prepare(x, y) -> (x, target)`` may transform a batch (mixup); ``progress`` is an
-    optional tqdm bar updated with loss, lr and throughput. ``regularizer()`` is added
-    to the loss (the reported loss excludes it). ``step_hook(step)`` runs after each
-    optimizer step; if it returns ``(model, optimizer)`` those replace the current ones
-    (for hooks that change the parameters, e.g. LCT re-truncation).
+    ``compute_loss(model, batch) -> (loss, batch size)`` moves the batch to the device and
+    computes the loss; ``progress`` is an optional tqdm bar updated with loss, lr and
+    throughput. ``regularizer()`` is added to the loss (the reported loss excludes it).
+    ``step_hook(step)`` runs after each optimizer step; if it returns ``(model, optimizer)``
+    those replace the current ones (for hooks that change the parameters, e.g. LCT re-truncation).
     """
     model.train()
     total_loss, total_n, t0 = 0.0, 0, time.perf_counter()
     lr = lr_fn(step)
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if prepare is not None:
-            x, y = prepare(x, y)
+    for batch in loader:
         lr = lr_fn(step)
         set_lr(optimizer, lr)
-        with autocast_for(device):
-            loss = loss_fn(model(x), y)
+        loss, n = compute_loss(model, batch)
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss {loss.item()} at step {step}; stopping")
         optimizer.zero_grad(set_to_none=True)
@@ -82,7 +78,6 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             replaced = step_hook(step)
             if replaced is not None:
                 model, optimizer = replaced
-        n = x.shape[0]
         total_loss += loss.item() * n
         total_n += n
         if progress is not None:

@@ -1,0 +1,128 @@
+"""AdaMixer decoder: stages of position-aware self-attention, adaptive 3D sampling, adaptive mixing, FFN, heads.
+
+Every stage owns its attention, sampling-offset generator, FFN and heads (the
+parts that stay per stage in both the dense and the LORS decoder). The adaptive
+mixing of all stages is one :class:`~lors.models.adamixer.mixing.AdaptiveMixing`
+module owned by the decoder, dense or LORS-factorised, called with the stage index.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .boxes import box_iof, box_xyzr_to_xyxy
+from .mixing import AdaptiveMixing
+from .sampling import make_sample_points, sampling_3d
+
+
+def position_embedding(xyzr: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of boxes (B, N, 4) -> (B, N, dim); x, y are scaled by 1/1000 first."""
+    feats = dim // 4
+    xyzr = xyzr / xyzr.new_tensor([1000.0, 1000.0, 1.0, 1.0])
+    dim_t = temperature ** (2 * (torch.arange(feats, device=xyzr.device) // 2) / feats)
+    pos = xyzr[..., None] / dim_t  # (B, N, 4, feats)
+    return torch.stack([pos[..., 0::2].sin(), pos[..., 1::2].cos()], -1).flatten(2)
+
+
+class DecoderStage(nn.Module):
+    """Per-stage parts of an AdaMixer decoder stage (everything but the adaptive mixing)."""
+
+    def __init__(self, query_dim: int, num_classes: int, num_heads: int, n_groups: int, in_points: int,
+                 ffn_dim: int = 2048):
+        super().__init__()
+        self.n_groups, self.in_points, self.num_heads = n_groups, in_points, num_heads
+        self.attention = nn.MultiheadAttention(query_dim, num_heads, batch_first=True)
+        self.attention_norm = nn.LayerNorm(query_dim)
+        self.iof_tau = nn.Parameter(torch.empty(num_heads))
+        self.sampling_offsets = nn.Linear(query_dim, n_groups * in_points * 3)
+        self.ffn = nn.Sequential(nn.Linear(query_dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, query_dim))
+        self.ffn_norm = nn.LayerNorm(query_dim)
+        self.cls_branch = nn.Sequential(nn.Linear(query_dim, query_dim), nn.LayerNorm(query_dim), nn.ReLU(inplace=True))
+        self.fc_cls = nn.Linear(query_dim, num_classes)
+        self.reg_branch = nn.Sequential(nn.Linear(query_dim, query_dim), nn.LayerNorm(query_dim), nn.ReLU(inplace=True))
+        self.fc_reg = nn.Linear(query_dim, 4)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        nn.init.constant_(self.fc_cls.bias, -math.log((1 - 0.01) / 0.01))  # prior probability 0.01
+        nn.init.zeros_(self.fc_reg.weight)
+        nn.init.zeros_(self.fc_reg.bias)
+        nn.init.uniform_(self.iof_tau, 0.0, 4.0)
+        nn.init.zeros_(self.sampling_offsets.weight)
+        bias = self.sampling_offsets.bias.view(self.n_groups, self.in_points, 3)
+        side = int(math.isqrt(self.in_points))
+        if side * side == self.in_points:  # a regular grid inside the box
+            g = torch.linspace(-0.5, 0.5, side + 1)[:-1] + 0.5 / side
+            bias[..., 0] = g.view(1, -1).repeat(side, 1).flatten()
+            bias[..., 1] = g.view(-1, 1).repeat(1, side).flatten()
+        else:
+            nn.init.uniform_(bias[..., :2], -0.5, 0.5)
+        bias[..., 2] = -1.0
+
+    def self_attention(self, content: torch.Tensor, xyzr: torch.Tensor) -> torch.Tensor:
+        """Position-aware self-attention: content (B, N, C), boxes (B, N, 4) -> (B, N, C)."""
+        B, N, C = content.shape
+        with torch.no_grad():
+            boxes = box_xyzr_to_xyxy(xyzr)
+            log_iof = (box_iof(boxes, boxes) + 1e-7).log()  # (B, N, N)
+            pe = position_embedding(xyzr, C)
+        bias = (log_iof[:, None] * self.iof_tau.view(1, -1, 1, 1)).flatten(0, 1)  # (B heads, N, N)
+        q = content + pe
+        out, _ = self.attention(q, q, q, attn_mask=bias.to(q.dtype), need_weights=False)
+        return self.attention_norm(q + out)
+
+    def sample(self, content: torch.Tensor, xyzr: torch.Tensor, features: Sequence[torch.Tensor],
+               strides: Sequence[int]) -> torch.Tensor:
+        """Adaptive 3D sampling -> (B, N, G, P_in, C_feat / G)."""
+        B, N, _ = content.shape
+        offsets = self.sampling_offsets(content).view(B, N, self.n_groups, self.in_points, 3)
+        return sampling_3d(make_sample_points(offsets, xyzr), features, strides)
+
+    def head(self, content: torch.Tensor):
+        """FFN + LayerNorm, then the class logits (B, N, K) and box deltas (B, N, 4)."""
+        content = self.ffn_norm(content + self.ffn(content))
+        return content, self.fc_cls(self.cls_branch(content)), self.fc_reg(self.reg_branch(content))
+
+
+def refine_xyzr(xyzr: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """xy += delta_xy * 2^z; z, r += delta_zr."""
+    xy = xyzr[..., :2] + delta[..., :2] * (2.0 ** xyzr[..., 2:3])
+    return torch.cat([xy, xyzr[..., 2:] + delta[..., 2:]], -1)
+
+
+class AdaMixerDecoder(nn.Module):
+    """``num_stages`` decoder stages sharing one (dense or LORS) adaptive-mixing module."""
+
+    def __init__(self, num_stages: int = 6, query_dim: int = 256, feat_channels: int = 256, num_classes: int = 80,
+                 num_heads: int = 8, n_groups: int = 4, in_points: int = 32, out_points: int = 128,
+                 ffn_dim: int = 2048, variant: str = "dense", core_size: int = 16,
+                 core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int = 8):
+        super().__init__()
+        if feat_channels != query_dim:
+            raise ValueError(f"feat_channels ({feat_channels}) must equal query_dim ({query_dim}) for the mixing")
+        self.stages = nn.ModuleList([DecoderStage(query_dim, num_classes, num_heads, n_groups, in_points, ffn_dim)
+                                     for _ in range(num_stages)])
+        self.mixing = AdaptiveMixing(num_stages, query_dim, feat_channels, n_groups, in_points, out_points,
+                                     variant, core_size, core_groups, out_rank)
+
+    def forward(self, content: torch.Tensor, xyzr: torch.Tensor, features: Sequence[torch.Tensor],
+                strides: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Returns per stage (class logits (B, N, K), refined boxes xyzr (B, N, 4), absolute pixels)."""
+        outputs = []
+        for i, stage in enumerate(self.stages):
+            content = stage.self_attention(content, xyzr)
+            sampled = stage.sample(content, xyzr, features, strides)  # (B, N, G, P, C/G)
+            content = self.mixing(sampled, content, i)
+            content, logits, delta = stage.head(content)
+            xyzr = refine_xyzr(xyzr, delta)
+            outputs.append((logits, xyzr))
+            xyzr = xyzr.detach()  # each stage refines the previous boxes without back-propagating into them
+        return outputs
