@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from lors.demo import format_rows, summarize
 
@@ -38,3 +39,40 @@ def test_demo_tables():
     assert "75.0%" in format_rows(rows[:2])  # (80 - 20) / 80
     table = summarize(rows)
     assert "96.00 +- 1.41" in table and "95.00 +- 1.41" in table
+
+
+def test_detection_train_checkpoints_and_resume(tmp_path):
+    from lors.data.detection import write_shapes
+
+    write_shapes(tmp_path / "shapes", 4, 2, size=64, seed=0)
+    cfg = tmp_path / "det.yaml"
+    cfg.write_text(f"""task: detection
+model: {{backbone_width: 8, feat_channels: 32, num_queries: 5, num_stages: 2, in_points: 4, out_points: 8,
+        ffn_dim: 32, decoder: lors, core_size: 2, core_groups: [1, 2]}}
+data: {{root: {tmp_path / 'shapes'}, max_size: 64, batch_size: 2}}
+train: {{epochs: 1, progress: true}}
+""")
+    run = tmp_path / "run"
+    r = lors("train", str(cfg), "--output-dir", str(run))
+    assert r.returncode == 0, r.stderr
+    assert "epoch 1/1" in r.stderr  # tqdm progress bar
+    meta = json.loads((run / "last.json").read_text())
+    assert meta["epoch"] == 0 and "AP" in meta["history"][0] and meta["config"]["task"] == "detection"
+    r = lors("train", str(cfg), "--set", "train.epochs=2", "--resume", "--output-dir", str(run))
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout
+    assert [h["epoch"] for h in json.loads((run / "last.json").read_text())["history"]] == [1, 2]
+    r = lors("eval", str(cfg), "--checkpoint", str(run))
+    assert r.returncode == 0 and "AP50=" in r.stdout, r.stderr
+
+
+def test_detection_count_and_class_mismatch(tmp_path):
+    from lors.data.detection import write_shapes
+
+    r = lors("count", str(Path(__file__).resolve().parents[1] / "configs/adamixer_r50_coco_lors.yaml"))
+    assert r.returncode == 0 and "decoder lors: 35,348,264" in r.stdout
+    write_shapes(tmp_path / "s", 2, 1, size=32)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"task: detection\nmodel: {{num_classes: 80}}\ndata: {{root: {tmp_path / 's'}}}\n")
+    r = lors("train", str(cfg))
+    assert r.returncode == 2 and "model.num_classes" in r.stderr
