@@ -141,3 +141,29 @@ def test_stage_sampling_offsets_init_grid():
     assert torch.allclose(bias[0, :, :2].sort(0).values[[0, -1]], torch.tensor([[-0.25, -0.25], [0.25, 0.25]]))
     assert torch.all(bias[..., 2] == -1.0) and torch.all(stage.fc_reg.weight == 0)
     assert torch.all((stage.iof_tau >= 0) & (stage.iof_tau <= 4))
+
+
+def test_backbone_torchvision_names_load_and_frozen_bn(tmp_path):
+    from safetensors.torch import save_file
+
+    from lors.models.adamixer.backbone import FrozenBatchNorm2d, ResNet, load_torchvision_weights
+
+    torch.manual_seed(0)
+    r18, r50 = ResNet(18, width=8), ResNet(50, width=8)
+    keys18, keys50 = set(r18.state_dict()), set(r50.state_dict())
+    # torchvision's resnet18 / resnet50 parameter names
+    assert {"conv1.weight", "bn1.running_mean", "layer1.0.conv2.weight", "layer2.0.downsample.0.weight",
+            "layer4.1.bn2.bias"} <= keys18
+    assert {"layer1.0.conv3.weight", "layer3.5.bn3.weight", "layer4.0.downsample.1.running_var"} <= keys50
+    assert r50.out_channels == [32, 64, 128, 256]  # width 8 -> 8 * 4 * (1, 2, 4, 8)
+    feats = r18(torch.randn(1, 3, 64, 64))
+    assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]  # strides 4, 8, 16, 32
+    state = {k: torch.randn_like(v.float()) if v.is_floating_point() else v for k, v in r18.state_dict().items()}
+    state["fc.weight"] = torch.randn(10, 64)  # a classifier head in the file is ignored
+    save_file(state, str(tmp_path / "r18.safetensors"))
+    frozen = ResNet(18, width=8, frozen_bn=True)
+    load_torchvision_weights(frozen, tmp_path / "r18.safetensors")
+    assert torch.equal(frozen.layer3[1].conv1.weight, state["layer3.1.conv1.weight"])
+    assert isinstance(frozen.bn1, FrozenBatchNorm2d) and not any(True for _ in frozen.bn1.parameters())
+    with pytest.raises(ValueError, match="does not fit"):
+        load_torchvision_weights(ResNet(34, width=8), tmp_path / "r18.safetensors")

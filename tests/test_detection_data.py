@@ -69,6 +69,7 @@ def test_perfect_predictions_give_ap_100(tmp_path):
             for a in data["annotations"]]
     m = coco_evaluate(ann, dets)
     assert m["AP"] == pytest.approx(100.0) and m["AP50"] == pytest.approx(100.0)
+    assert m["APl"] == -1.0  # no object larger than 96 x 96 in 64-px images: pycocotools' "no data"
     shifted = [{**d, "bbox": [d["bbox"][0] + d["bbox"][2], d["bbox"][1], d["bbox"][2], d["bbox"][3]]} for d in dets]
     assert coco_evaluate(ann, shifted)["AP"] < 50.0
 

@@ -1,4 +1,8 @@
-"""COCO box AP with pycocotools: AP, AP50, AP75, APs, APm, APl (in percent)."""
+"""COCO box AP with pycocotools: AP, AP50, AP75, APs, APm, APl (in percent).
+
+As in pycocotools, a metric is -1 when the ground truth has no object in its range
+(e.g. APl on a set without objects larger than 96 x 96 pixels).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -25,4 +29,4 @@ def coco_evaluate(ann_file: str | Path, detections: list[dict], image_ids: list[
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: max(0.0, 100.0 * float(v)) for k, v in zip(METRICS, ev.stats[:6])}
+    return {k: (100.0 * float(v) if v >= 0 else -1.0) for k, v in zip(METRICS, ev.stats[:6])}

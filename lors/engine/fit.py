@@ -71,10 +71,9 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
     start_epoch, step, history, lct_done, meta = 0, 0, [], False, None
     if resume:
         meta, tensors = read_checkpoint(run_dir / "last.json")
-        if meta.get("lct_ranks"):
-            lct(model, rank=meta["lct_ranks"], targets="|".join(map(re.escape, meta["lct_ranks"])))
+        restore_model(model, meta, tensors)
         lct_done = meta.get("lct_done", False)
-        load_model_state(model, tensors)
+        torch.set_rng_state(tensors["rng.torch"])
         start_epoch, step, history = meta["epoch"] + 1, meta["step"], meta["history"]
         if main:
             log(f"resuming from {run_dir / 'last.json'} at epoch {start_epoch + 1}")
@@ -162,11 +161,16 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
     return history
 
 
+def restore_model(model: nn.Module, meta: dict, tensors: dict) -> None:
+    """Re-create the checkpoint's LCT factors (if any) in ``model`` and load its weights."""
+    if meta.get("lct_ranks"):
+        lct(model, rank=meta["lct_ranks"], targets="|".join(map(re.escape, meta["lct_ranks"])))
+    load_model_state(model, tensors)
+
+
 def load_for_eval(checkpoint: str | Path, build_model: Callable[[], nn.Module]) -> tuple[nn.Module, dict]:
     """Rebuild a trained model from a checkpoint (including LCT-factorised layers)."""
     meta, tensors = read_checkpoint(checkpoint)
     model = build_model()
-    if meta.get("lct_ranks"):
-        lct(model, rank=meta["lct_ranks"], targets="|".join(map(re.escape, meta["lct_ranks"])))
-    load_model_state(model, tensors)
+    restore_model(model, meta, tensors)
     return model, meta
