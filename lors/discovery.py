@@ -40,8 +40,8 @@ def candidate_targets(block: nn.Module) -> list[str]:
     out = []
     for name, m in block.named_modules():
         if isinstance(m, nn.MultiheadAttention):
-            if not m._qkv_same_embed_dim:
-                continue  # separate q/k/v weights of different shapes: not supported
+            if not m._qkv_same_embed_dim or "in_proj_weight" not in m._parameters:
+                continue  # separate q/k/v weights (not supported), or already converted
             out.append(name + IN_PROJ)
         elif isinstance(m, nn.Linear):
             out.append(name)

@@ -187,3 +187,12 @@ def test_paper_init_every_layer_starts_equal():
     x = torch.randn(3, 32)
     outs = [layer.linear1(x) for layer in conv.layers]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+
+
+def test_convert_twice_adds_only_new_targets():
+    enc = convert(encoder(), LorsConfig(targets=["linear1"], rank=2))
+    enc = convert(enc, LorsConfig(targets=r"self_attn\..*|linear1", rank=3))
+    targets = [r["target"] for r in enc.lors_conversion["stacks"]]
+    assert sorted(targets) == ["linear1", "self_attn.in_proj", "self_attn.out_proj"]
+    x = torch.randn(2, 5, 32)
+    assert torch.allclose(merge(enc)(x), enc(x), atol=1e-5)
