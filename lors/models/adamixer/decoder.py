@@ -11,7 +11,6 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .boxes import box_iof, box_xyzr_to_xyxy
