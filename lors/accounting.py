@@ -89,7 +89,8 @@ def format_table(rows: Sequence[Row]) -> str:
 def summary(model: nn.Module) -> str:
     """One line: trainable / total parameters and how many are shared across layers."""
     total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
-    shared = sum(p.numel() for p in _unique_parameters(model) if id(p) in shared_parameter_ids(model))
+    shared_ids = shared_parameter_ids(model)
+    shared = sum(p.numel() for p in _unique_parameters(model) if id(p) in shared_ids)
     return (f"trainable params: {trainable:,} || all params: {total:,} || trainable%: "
             f"{100 * trainable / max(1, total):.4f} || shared across layers: {shared:,}")
 

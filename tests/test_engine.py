@@ -15,8 +15,8 @@ from lors.data.classification import build_dataset
 from lors.engine.checkpoint import read_checkpoint, save_checkpoint, load_model_state, optimizer_from_flat
 from lors.engine.fit import fit
 from lors.engine.optim import build_optimizer, lr_at, param_groups
-from lors.engine.tasks import ClassificationTask
-from lors.engine.train import mix_batch, train_one_epoch
+from lors.engine.tasks import ClassificationTask, mix_batch
+from lors.engine.train import train_one_epoch
 from lors.models.vit import BLOCK_LINEARS, VisionTransformer, build_vit
 
 HERE = Path(__file__).resolve().parent

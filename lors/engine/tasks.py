@@ -6,10 +6,57 @@ The training loop itself stays model-agnostic.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .train import autocast_for, evaluate as evaluate_classifier, mix_batch
+from .train import autocast_for
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, cutmix: float):
+    """Mixup / CutMix (one of them, chosen at random when both are on). Returns x, soft targets (B, classes)."""
+    target = F.one_hot(y, num_classes).float()
+    if mixup <= 0 and cutmix <= 0:
+        return x, target
+    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()) < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(x.shape[0], device=x.device)
+    if use_cutmix:
+        H, W = x.shape[-2:]
+        cut_h, cut_w = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
+        cy, cx = int(torch.randint(H, ())), int(torch.randint(W, ()))
+        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, H)
+        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, W)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    return x, lam * target + (1 - lam) * target[perm]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device) -> dict:
+    """Cross-entropy loss, top-1 and (when there are >= 5 classes) top-5 accuracy in percent."""
+    model.eval()
+    loss_sum, correct1, correct5, n, num_classes = 0.0, 0, 0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with autocast_for(device):
+            logits = model(x).float()
+        num_classes = logits.shape[-1]
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, num_classes), dim=-1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(-1).sum().item()
+        n += y.numel()
+    out = {"test_loss": loss_sum / max(1, n), "top1": 100.0 * correct1 / max(1, n)}
+    if num_classes >= 5:
+        out["top5"] = 100.0 * correct5 / max(1, n)
+    return out
 
 
 class ClassificationTask:
@@ -28,7 +75,7 @@ class ClassificationTask:
         return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing), x.shape[0]
 
     def evaluate(self, model, loader, device) -> dict:
-        return evaluate_classifier(model, loader, device)
+        return evaluate(model, loader, device)
 
 
 class DetectionTask:

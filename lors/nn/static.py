@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
+from .lowrank import rank_for_epsilon
 
 PATHS = ("auto", "materialize", "lowrank")
 
@@ -190,8 +191,6 @@ class LorsLinearStack(nn.Module):
     @torch.no_grad()
     def residual_ranks(weights: Sequence[torch.Tensor], epsilon: float) -> list[int]:
         """Per layer, the smallest residual rank r with ||W_i - (mean + R_i,r)||_F <= epsilon ||W_i||_F."""
-        from .lowrank import rank_for_epsilon
-
         w64 = torch.stack([w.detach().double() for w in weights])
         mean = w64.mean(0)
         return [rank_for_epsilon(torch.linalg.svdvals(w - mean), epsilon, reference_norm=float(w.norm()))
