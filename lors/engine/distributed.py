@@ -19,15 +19,6 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
