@@ -43,18 +43,19 @@ class ViTConfig:
     attn_groups: Union[int, list[int]] = 1
     mlp_groups: Union[int, list[int]] = 1
     lct_rank: Optional[int] = None      # LowRankLinear rank for variant "lct"
+    b_init_std: float = 0.0             # LORS: std of a normal init of the residual factors B (0: zero, the paper's)
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"             # "digits" | "cifar10" | "cifar100" | "imagefolder"
+    dataset: str = "digits"             # "digits" | "mnist" | "cifar10" | "cifar100" | "imagefolder"
     root: Optional[str] = None          # directory for cifar*/imagefolder (train/ and val/ subfolders)
     img_size: Optional[int] = None      # resize imagefolder images to this size
     batch_size: int = 64
     eval_batch_size: int = 256
     augment: bool = True                # random crop (pad 1/8 of the size) + horizontal flip
     hflip: bool = False                 # horizontal flips (off for digits, on for natural images)
-    test_fraction: float = 0.2          # digits: held-out stratified fraction
+    test_fraction: float = 0.2          # digits, mnist: held-out stratified fraction
     num_workers: int = 0
 
 
@@ -73,6 +74,20 @@ class TrainConfig:
     output_dir: str = "runs/exp"
     device: str = "auto"                # "auto" | "cpu" | "cuda"
     progress: bool = True               # tqdm progress bar
+    # Shared-aware optimisation: a LORS weight shared by N layers gets lr * shared_lr_scale, where
+    # shared_lr_scale is a number or a rule of N: "1/sqrt(N)" (default; see RESULTS.md), "1/N", "1".
+    shared_lr_scale: Union[float, str] = "1/sqrt(N)"
+    private_lr_scale: float = 1.0       # lr factor of the private low-rank residual factors
+
+    def __post_init__(self):
+        from .optim import SHARED_LR_RULES
+
+        scale = self.shared_lr_scale
+        if isinstance(scale, str) and scale not in SHARED_LR_RULES or not isinstance(scale, str) and scale <= 0:
+            raise ConfigError(f"config key 'train.shared_lr_scale' must be a positive number or one of "
+                              f"{tuple(SHARED_LR_RULES)}, got {scale!r}")
+        if self.private_lr_scale <= 0:
+            raise ConfigError(f"config key 'train.private_lr_scale' must be positive, got {self.private_lr_scale}")
     # LCT schedule: train dense for lct_warmup_epochs, then factorise the block linears
     # at lct_epsilon (or lct_rank) and continue in factored form.
     lct_epsilon: Optional[float] = None
@@ -111,6 +126,7 @@ class AdaMixerConfig:
     core_size: int = 4                  # LORS: side k of each query-generated core
     core_groups: Union[int, list[int]] = field(default_factory=lambda: [1, 1, 2, 2, 3, 3])
     out_rank: int = 8                   # LORS: rank of each stage's out-projection residual
+    factor_init: str = "matrix"         # LORS: left/right factor init, "matrix" | "official" (3-D fan-in)
 
 
 @dataclass

@@ -90,6 +90,6 @@ def test_digits_split_is_stratified_and_seeded():
 
 def test_dataset_field_errors():
     with pytest.raises(ValueError, match="data.dataset"):
-        build_dataset(DataConfig(dataset="mnist", root="x"), "train")
+        build_dataset(DataConfig(dataset="svhn", root="x"), "train")
     with pytest.raises(ValueError, match="data.root"):
         build_dataset(DataConfig(dataset="cifar10"), "train")

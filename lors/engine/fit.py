@@ -83,7 +83,8 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
         # With Frobenius decay the LCT factors get (lambda/2)||UV||^2 instead of AdamW's decay on U and V.
         exempt = frozenset(id(p) for m in low_rank_layers(model) for p in (m.U, m.V)) \
             if tcfg.lct_frobenius_decay > 0 else frozenset()
-        return build_optimizer(model, tcfg.lr, tcfg.weight_decay, exempt)
+        return build_optimizer(model, tcfg.lr, tcfg.weight_decay, exempt, tcfg.shared_lr_scale,
+                               tcfg.private_lr_scale)
 
     def regularizer():
         return 0.5 * tcfg.lct_frobenius_decay * frobenius_penalty(model)

@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the warm-up + cosine learning-rate schedule."""
+"""The engine's AdamW (shared-aware parameter groups) and the warm-up + cosine learning-rate schedule."""
 from __future__ import annotations
 
 import math
@@ -6,28 +6,14 @@ import math
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("bias", "cls_token", "pos_embed", "query_embed")
+from ..optim import param_groups, set_lr  # noqa: F401  (set_lr is the engine's per-step lr setter)
 
 
-def param_groups(model: nn.Module, weight_decay: float, exempt: frozenset = frozenset()) -> list[dict]:
-    """Two AdamW groups: decay for weight matrices/factors; none for norms, biases and embeddings.
-
-    A parameter is exempt when it is 1-D (norm scales, biases), its name ends in a
-    ``NO_DECAY_NAMES`` entry (covers 2-D per-layer LORS biases and token embeddings),
-    or its id is in ``exempt`` (e.g. LCT factors regularised by Frobenius decay instead).
-    """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        last = name.rsplit(".", 1)[-1]
-        (no_decay if p.ndim <= 1 or last in NO_DECAY_NAMES or id(p) in exempt else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                    exempt: frozenset = frozenset()) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay, exempt), lr=lr)
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, exempt: frozenset = frozenset(),
+                    shared_lr_scale="1/sqrt(N)", private_lr_scale: float = 1.0) -> torch.optim.AdamW:
+    """AdamW over :func:`lors.param_groups` (shared LORS tensors at ``shared_lr_scale``)."""
+    return torch.optim.AdamW(param_groups(model, lr, weight_decay, shared_lr_scale, private_lr_scale,
+                                          exempt=exempt), lr=lr)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:
@@ -36,8 +22,3 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr

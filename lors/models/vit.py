@@ -89,12 +89,13 @@ class VisionTransformer(nn.Module):
         rank: LORS residual rank (int or one per block).
         attn_groups, mlp_groups: LORS residual groups per block for qkv/proj and fc1/fc2.
         lct_rank: rank of every block linear for ``variant="lct"``.
+        b_init_std: LORS ``B`` init (normal std; 0 = zero, the paper's).
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  dim: int = 192, depth: int = 12, heads: int = 3, mlp_dim: int = 768, variant: str = "dense",
                  rank: int | Sequence[int] = 32, attn_groups: int | Sequence[int] = 1,
-                 mlp_groups: int | Sequence[int] = 1, lct_rank: Optional[int] = None):
+                 mlp_groups: int | Sequence[int] = 1, lct_rank: Optional[int] = None, b_init_std: float = 0.0):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -123,7 +124,8 @@ class VisionTransformer(nn.Module):
                       "fc2": per_layer(mlp_groups, depth, "mlp_groups")}
             shapes = {"qkv": (dim, 3 * dim), "proj": (dim, dim), "fc1": (dim, mlp_dim), "fc2": (mlp_dim, dim)}
             for kind, (d_in, d_out) in shapes.items():
-                self.stacks[kind] = LorsLinearStack(depth, d_in, d_out, rank=rank, groups=groups[kind])
+                self.stacks[kind] = LorsLinearStack(depth, d_in, d_out, rank=rank, groups=groups[kind],
+                                                    b_init_std=b_init_std)
             make_linear = lambda kind, i, d_in, d_out: self.stacks[kind].layer(i)
 
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_dim, i, make_linear) for i in range(depth)])
@@ -171,4 +173,4 @@ def build_vit(cfg) -> VisionTransformer:
     return VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
                              num_classes=cfg.num_classes, variant=cfg.variant, rank=cfg.rank,
                              attn_groups=cfg.attn_groups, mlp_groups=cfg.mlp_groups, lct_rank=cfg.lct_rank,
-                             **sizes)
+                             b_init_std=cfg.b_init_std, **sizes)

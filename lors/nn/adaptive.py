@@ -24,6 +24,8 @@ from torch import nn
 
 from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
 
+FACTOR_INITS = ("matrix", "official")
+
 
 def _set_dims(module: nn.Module, num_layers, query_dim, rows, cols, param_groups) -> None:
     """Validate and store the dimensions shared by both generator stacks."""
@@ -45,6 +47,10 @@ class AdaptiveLors(nn.Module):
         groups: number of cores K_i per layer (an int or a list of N ints).
         param_groups: P, number of matrices generated per query (leading dim).
         bias: give the generators biases.
+        factor_init: how ``left``/``right`` are drawn (Kaiming-uniform, gain sqrt 2):
+            ``"matrix"`` uses the fan-in of each 2-D factor (r for L, cols for R);
+            ``"official"`` the fan-in PyTorch computes for the official code's 3-D tensors
+            (rows*r for L, r*cols for R), a private path that starts sqrt(rows)*sqrt(r) times smaller.
 
     Parameters: ``shared.weight`` (P*rows*cols, d_q), ``shared.bias``;
     ``private.{i}.weight`` (P*K_i*r_i^2, d_q), ``private.{i}.bias``;
@@ -56,9 +62,13 @@ class AdaptiveLors(nn.Module):
     """
 
     def __init__(self, num_layers: int, query_dim: int, rows: int, cols: int, rank: IntOrList,
-                 groups: IntOrList = 1, param_groups: int = 1, bias: bool = True, device=None, dtype=None):
+                 groups: IntOrList = 1, param_groups: int = 1, bias: bool = True, factor_init: str = "matrix",
+                 device=None, dtype=None):
         super().__init__()
         _set_dims(self, num_layers, query_dim, rows, cols, param_groups)
+        if factor_init not in FACTOR_INITS:
+            raise ValueError(f"factor_init must be one of {FACTOR_INITS}, got {factor_init!r}")
+        self.factor_init = factor_init
         self.ranks = per_layer(rank, num_layers, "rank")
         self.groups = per_layer(groups, num_layers, "groups")
         rank_fits(self.ranks, rows, cols)
@@ -81,10 +91,13 @@ class AdaptiveLors(nn.Module):
             nn.init.zeros_(gen.weight)
             if gen.bias is not None:
                 nn.init.zeros_(gen.bias)
-        # Kaiming-uniform (gain sqrt 2) with the fan-in of each 2-D factor.
+        # Kaiming-uniform (gain sqrt 2): fan-in of each 2-D factor, or of the official (K, rows, r) tensors.
+        official = self.factor_init == "official"
         for L, R in zip(self.left, self.right):
-            nn.init.uniform_(L, -math.sqrt(6.0 / L.shape[-1]), math.sqrt(6.0 / L.shape[-1]))
-            nn.init.uniform_(R, -math.sqrt(6.0 / R.shape[-1]), math.sqrt(6.0 / R.shape[-1]))
+            fan_l = L.shape[-2] * L.shape[-1] if official else L.shape[-1]
+            fan_r = R.shape[-2] * R.shape[-1] if official else R.shape[-1]
+            nn.init.uniform_(L, -math.sqrt(6.0 / fan_l), math.sqrt(6.0 / fan_l))
+            nn.init.uniform_(R, -math.sqrt(6.0 / fan_r), math.sqrt(6.0 / fan_r))
 
     def cores(self, q: torch.Tensor, i: int) -> torch.Tensor:
         """Layer i's query-generated cores Z: (..., P, K_i, r_i, r_i)."""
@@ -110,6 +123,10 @@ class AdaptiveLors(nn.Module):
 
     def shared_parameter_names(self) -> list[str]:
         return [n for n, _ in self.shared.named_parameters(prefix="shared")]
+
+    def private_parameter_names(self) -> list[str]:
+        """The per-layer residual path: core generators and the static left/right factors."""
+        return [n for n, _ in self.named_parameters() if n.split(".")[0] in ("private", "left", "right")]
 
     def extra_repr(self) -> str:
         return (f"num_layers={self.num_layers}, query_dim={self.query_dim}, rows={self.rows}, "

@@ -39,6 +39,8 @@ class LorsLinearStack(nn.Module):
         path: how ``forward`` computes: ``"auto"`` (cheaper of the two by FLOPs),
             ``"materialize"`` (build W_i, one matmul) or ``"lowrank"``
             (``x W_shared^T + (x A^T) B^T``). All three are exact.
+        b_init_std: standard deviation of a normal init of every ``B``; 0 (default, the
+            paper's) starts every layer equal to the shared layer.
 
     Parameters (``state_dict`` keys): ``shared_weight`` (d_out, d_in);
     ``A.{i}`` (K_i, r_i, d_in); ``B.{i}`` (K_i, d_out, r_i); ``bias`` (N, d_out).
@@ -50,11 +52,14 @@ class LorsLinearStack(nn.Module):
 
     def __init__(self, num_layers: int, in_features: int, out_features: int,
                  rank: IntOrList, groups: IntOrList = 1, bias: bool = True,
-                 path: str = "auto", device=None, dtype=None):
+                 path: str = "auto", b_init_std: float = 0.0, device=None, dtype=None):
         super().__init__()
         self.num_layers = positive_int(num_layers, "num_layers")
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
+        if not (isinstance(b_init_std, (int, float)) and b_init_std >= 0):
+            raise ValueError(f"b_init_std must be a number >= 0, got {b_init_std!r}")
+        self.b_init_std = float(b_init_std)
         self.ranks = per_layer(rank, num_layers, "rank")
         self.groups = per_layer(groups, num_layers, "groups")
         rank_fits(self.ranks, out_features, in_features)
@@ -80,7 +85,7 @@ class LorsLinearStack(nn.Module):
         for a in self.A:
             nn.init.uniform_(a, -bound, bound)
         for b in self.B:
-            nn.init.zeros_(b)
+            nn.init.normal_(b, std=self.b_init_std) if self.b_init_std else nn.init.zeros_(b)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
@@ -198,6 +203,10 @@ class LorsLinearStack(nn.Module):
 
     def shared_parameter_names(self) -> list[str]:
         return ["shared_weight"]
+
+    def private_parameter_names(self) -> list[str]:
+        """The per-layer low-rank residual factors (not the per-layer biases)."""
+        return [f"A.{i}" for i in range(self.num_layers)] + [f"B.{i}" for i in range(self.num_layers)]
 
     def extra_repr(self) -> str:
         return (f"num_layers={self.num_layers}, in_features={self.in_features}, "

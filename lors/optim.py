@@ -1,0 +1,121 @@
+"""Optimizer parameter groups that know which tensors LORS shares across layers.
+
+A shared weight is used by every layer of its stack: its gradient is the sum of
+N layers' gradients and one optimizer step moves all N layers at once, in the
+same direction. With Adam-type optimizers the per-coordinate step is about
+``lr`` whatever the gradient's size, so a shared weight changes the network
+roughly ``sqrt(N)`` times more per step than N private weights moving in
+independent directions. :func:`param_groups` therefore gives shared tensors a
+smaller learning rate; the default rule ``1/sqrt(N)`` is the one our
+experiments support (RESULTS.md, "Shared-weight learning rate").
+
+The groups work with any ``torch.optim`` optimizer and any training loop::
+
+    opt = torch.optim.AdamW(lors.param_groups(model, lr=1e-3, weight_decay=0.05))
+
+Each group carries ``lr_scale``; a schedule that sets ``group["lr"] = lr * group["lr_scale"]``
+(as our engine does), or any ``torch.optim.lr_scheduler`` (they scale each group's
+initial lr), keeps the ratio between shared, private and other parameters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Union
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("bias", "cls_token", "pos_embed", "query_embed")
+SHARED_LR_RULES: dict[str, Callable[[int], float]] = {
+    "1/sqrt(N)": lambda n: 1.0 / math.sqrt(n),
+    "1/N": lambda n: 1.0 / n,
+    "1": lambda n: 1.0,
+}
+ScaleRule = Union[float, str, Callable[[int], float]]
+
+
+def shared_lr_rule(rule: ScaleRule) -> Callable[[int], float]:
+    """Turn ``rule`` (a number, a name in ``SHARED_LR_RULES`` or a function of N) into a function of N."""
+    if callable(rule):
+        return rule
+    if isinstance(rule, str):
+        if rule not in SHARED_LR_RULES:
+            raise ValueError(f"shared_lr_scale must be a positive number or one of {tuple(SHARED_LR_RULES)}, "
+                             f"got {rule!r}")
+        return SHARED_LR_RULES[rule]
+    if isinstance(rule, (int, float)) and not isinstance(rule, bool) and rule > 0:
+        return lambda n: float(rule)
+    raise ValueError(f"shared_lr_scale must be a positive number or one of {tuple(SHARED_LR_RULES)}, got {rule!r}")
+
+
+def lors_roles(model: nn.Module) -> tuple[dict[int, int], set[int]]:
+    """Find the LORS tensors of ``model``.
+
+    Returns ``({id: N}, {ids})``: each shared tensor with the number of layers N that
+    use it, and the private residual factors (static ``A``/``B``; adaptive ``left``,
+    ``right`` and private core generators). A module takes part by defining
+    ``shared_parameter_names()`` (and ``private_parameter_names()``) and ``num_layers``,
+    as :class:`~lors.LorsLinearStack` and :class:`~lors.AdaptiveLors` do; stacks made by
+    :func:`lors.convert` are such modules.
+    """
+    shared, private = {}, set()
+    for m in model.modules():
+        names = getattr(m, "shared_parameter_names", None)
+        if not callable(names):
+            continue
+        params = dict(m.named_parameters())
+        for n in names():
+            if n in params:
+                shared[id(params[n])] = max(shared.get(id(params[n]), 0), int(m.num_layers))
+        for n in getattr(m, "private_parameter_names", lambda: [])():
+            if n in params:
+                private.add(id(params[n]))
+    return shared, private - set(shared)
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_lr_scale: ScaleRule = "1/sqrt(N)",
+                 private_lr_scale: float = 1.0, no_decay_names: Iterable[str] = NO_DECAY_NAMES,
+                 exempt: Iterable[int] = ()) -> list[dict]:
+    """Parameter groups for ``torch.optim`` optimizers, with shared LORS tensors grouped apart.
+
+    Args:
+        model: any module; LORS stacks anywhere inside it are found (see :func:`lors_roles`).
+        lr: base learning rate.
+        weight_decay: decay for matrices; 1-D tensors (norms, biases), names ending in one of
+            ``no_decay_names`` and ids in ``exempt`` get none.
+        shared_lr_scale: learning-rate factor of a shared tensor: a number, a rule of the number
+            N of layers that share it (``"1/sqrt(N)"`` (default), ``"1/N"``, ``"1"``) or a function
+            ``N -> float``.
+        private_lr_scale: factor for the private low-rank residual factors.
+
+    Returns a list of dicts with ``params``, ``lr`` (= base lr x ``lr_scale``), ``lr_scale``,
+    ``weight_decay`` and ``name`` (``"shared/N=12"``, ``"private"`` or ``"other"``, plus
+    ``"/no_decay"``). Every trainable tensor appears in exactly one group; frozen ones in none.
+    """
+    rule = shared_lr_rule(shared_lr_scale)
+    if not (isinstance(private_lr_scale, (int, float)) and private_lr_scale > 0):
+        raise ValueError(f"private_lr_scale must be a positive number, got {private_lr_scale!r}")
+    shared, private = lors_roles(model)
+    no_decay_names, exempt = tuple(no_decay_names), set(exempt)
+    groups: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in shared:
+            role, scale = f"shared/N={shared[id(p)]}", rule(shared[id(p)])
+        elif id(p) in private:
+            role, scale = "private", float(private_lr_scale)
+        else:
+            role, scale = "other", 1.0
+        decays = not (p.ndim <= 1 or name.rsplit(".", 1)[-1] in no_decay_names or id(p) in exempt)
+        key = role if decays else f"{role}/no_decay"
+        group = groups.setdefault(key, {"params": [], "lr": lr * scale, "lr_scale": scale,
+                                        "weight_decay": weight_decay if decays else 0.0, "name": key})
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to ``lr * group["lr_scale"]`` (1 where a group has no scale)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
