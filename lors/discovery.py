@@ -4,8 +4,8 @@ A *stack* is an ``nn.ModuleList`` or ``nn.Sequential`` with at least ``min_layer
 children of identical structure: the same module types at the same paths and the
 same parameter names and shapes. Stacks inside a stack that was already found
 are not reported (the outermost wins). Within a stack, the candidate weights are
-every ``nn.Linear`` path and every ``nn.MultiheadAttention`` fused in-projection
-(reported as ``<attention path>.in_proj``).
+every ``nn.Linear`` (or Hugging Face GPT-2 ``Conv1D``) path and every
+``nn.MultiheadAttention`` fused in-projection (reported as ``<attention path>.in_proj``).
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 from torch import nn
+
+from .linears import is_linear
 
 IN_PROJ = ".in_proj"  # suffix naming the fused q/k/v projection of an nn.MultiheadAttention
 
@@ -36,14 +38,14 @@ def structure(module: nn.Module) -> tuple:
 
 
 def candidate_targets(block: nn.Module) -> list[str]:
-    """Relative paths of the Linear layers and MultiheadAttention in-projections of ``block``."""
+    """Relative paths of the Linear/Conv1D layers and MultiheadAttention in-projections of ``block``."""
     out = []
     for name, m in block.named_modules():
         if isinstance(m, nn.MultiheadAttention):
             if not m._qkv_same_embed_dim or "in_proj_weight" not in m._parameters:
                 continue  # separate q/k/v weights (not supported), or already converted
             out.append(name + IN_PROJ)
-        elif isinstance(m, nn.Linear):
+        elif is_linear(m):
             out.append(name)
     return out
 

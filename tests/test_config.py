@@ -33,10 +33,11 @@ def test_overrides_parse_yaml_values():
     assert cfg.model.rank == list(range(1, 13)) and cfg.train.lr == pytest.approx(3e-4)
 
 
+@pytest.mark.parametrize("dataset", ["digits", "mnist"])
 @pytest.mark.parametrize("variant", ["dense", "lors", "lct"])
-def test_shipped_digits_configs_equal_the_demo(variant):
-    cfg = load_config(ROOT / f"configs/digits_vit_{variant}.yaml")
-    demo = demo_config(variant)
+def test_shipped_configs_equal_the_demo(variant, dataset):
+    cfg = load_config(ROOT / f"configs/{dataset}_vit_{variant}.yaml")
+    demo = demo_config(variant, dataset=dataset)
     cfg.train.output_dir = demo.train.output_dir
     assert cfg == demo
 

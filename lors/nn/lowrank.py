@@ -115,7 +115,6 @@ class LowRankLinear(nn.Module):
         return self.in_features * self.out_features + (0 if self.bias is None else self.out_features)
 
     @classmethod
-    @torch.no_grad()
     def from_dense(cls, linear: nn.Linear, rank: Optional[int] = None,
                    epsilon: Optional[float] = None) -> "LowRankLinear":
         """Factorise ``linear`` by truncated SVD.
@@ -126,22 +125,28 @@ class LowRankLinear(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        return cls.from_weight(linear.weight, linear.bias, rank, epsilon)
+
+    @classmethod
+    @torch.no_grad()
+    def from_weight(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, rank: Optional[int] = None,
+                    epsilon: Optional[float] = None) -> "LowRankLinear":
+        """Like :meth:`from_dense`, from a weight matrix (out, in) and an optional bias (out,)."""
         if (rank is None) == (epsilon is None):
             raise ValueError("give exactly one of rank= or epsilon= (got "
                              f"rank={rank!r}, epsilon={epsilon!r})")
-        out_f, in_f = linear.weight.shape
+        out_f, in_f = weight.shape
         if rank is not None:
             positive_int(rank, "rank")
             rank_fits([rank], out_f, in_f)
         else:
             epsilon_in_range(epsilon)
-        U, V = _balanced_svd(linear.weight.detach().double(), rank, epsilon)
-        w = linear.weight
-        layer = cls(in_f, out_f, U.shape[1], bias=linear.bias is not None, device=w.device, dtype=w.dtype)
+        U, V = _balanced_svd(weight.detach().double(), rank, epsilon)
+        layer = cls(in_f, out_f, U.shape[1], bias=bias is not None, device=weight.device, dtype=weight.dtype)
         layer.U.copy_(U)
         layer.V.copy_(V)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias)
+        if bias is not None:
+            layer.bias.copy_(bias)
         return layer
 
     @torch.no_grad()
