@@ -142,3 +142,22 @@ def adaptive_lors_params(num_layers: int, query_dim: int, rows: int, cols: int, 
 def reduction(before: int, after: int) -> float:
     """Percentage of parameters removed going from ``before`` to ``after``."""
     return 100.0 * (1.0 - after / before)
+
+
+def lct_block_estimate(layers: Sequence[tuple[int, int, bool]], rank: int | None = None,
+                       epsilon: float | None = None) -> tuple[int, int]:
+    """(dense, factorised) parameters of linear layers ``(in, out, bias)`` after LCT at ``rank`` or ``epsilon``.
+
+    With ``epsilon`` the ranks depend on the trained spectra, so this is a bound: a matrix of rank
+    n never needs more than ``ceil(n (1 - epsilon^2))`` singular values for a relative error of
+    ``epsilon`` (the discarded tail holds at most its share of the energy). Layers whose factors
+    would not be smaller stay dense, as in :func:`lors.lct`.
+    """
+    import math
+
+    dense = factored = 0
+    for d_in, d_out, bias in layers:
+        r = rank if rank is not None else math.ceil(min(d_in, d_out) * (1 - epsilon ** 2))
+        full, low = d_in * d_out + bias * d_out, max(1, r) * (d_in + d_out) + bias * d_out
+        dense, factored = dense + full, factored + min(full, low)
+    return dense, factored

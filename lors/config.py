@@ -27,6 +27,13 @@ class ConfigError(ValueError):
     """A configuration key is unknown, ill-typed or out of range."""
 
 
+def one_of(value, allowed: tuple, key: str):
+    """``value`` if it is in ``allowed``, else a ConfigError naming ``key`` and the allowed values."""
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
 @dataclass
 class ViTConfig:
     preset: Optional[str] = None        # "deit-tiny" | "deit-small": sets dim/depth/heads/mlp_dim
@@ -45,6 +52,14 @@ class ViTConfig:
     lct_rank: Optional[int] = None      # LowRankLinear rank for variant "lct"
     b_init_std: float = 0.0             # LORS: std of a normal init of the residual factors B (0: zero, the paper's)
 
+    def __post_init__(self):
+        one_of(self.variant, ("dense", "lors", "lct"), "model.variant")
+        if self.preset is not None:
+            one_of(self.preset, ("deit-tiny", "deit-small"), "model.preset")
+        if self.variant == "lct" and self.lct_rank is None:
+            raise ConfigError("model.variant 'lct' needs model.lct_rank (an int); to factorise at a tolerance "
+                              "instead, keep variant 'dense' and set train.lct_epsilon")
+
 
 @dataclass
 class DataConfig:
@@ -57,6 +72,14 @@ class DataConfig:
     hflip: bool = False                 # horizontal flips (off for digits, on for natural images)
     test_fraction: float = 0.2          # digits, mnist: held-out stratified fraction
     num_workers: int = 0
+
+    def __post_init__(self):
+        one_of(self.dataset, ("digits", "mnist", "cifar10", "cifar100", "imagefolder"), "data.dataset")
+        if self.dataset in ("cifar10", "cifar100", "imagefolder") and self.root is None:
+            raise ConfigError(f"data.dataset '{self.dataset}' needs data.root (the directory holding the data set; "
+                              "nothing is downloaded)")
+        if self.dataset == "imagefolder" and self.img_size is None:
+            raise ConfigError("data.dataset 'imagefolder' needs data.img_size (images are resized to it)")
 
 
 @dataclass
@@ -82,6 +105,7 @@ class TrainConfig:
     def __post_init__(self):
         from .optim import SHARED_LR_RULES
 
+        one_of(self.device, ("auto", "cpu", "cuda"), "train.device")
         scale = self.shared_lr_scale
         if isinstance(scale, str) and scale not in SHARED_LR_RULES or not isinstance(scale, str) and scale <= 0:
             raise ConfigError(f"config key 'train.shared_lr_scale' must be a positive number or one of "
@@ -127,6 +151,11 @@ class AdaMixerConfig:
     core_groups: Union[int, list[int]] = field(default_factory=lambda: [1, 1, 2, 2, 3, 3])
     out_rank: int = 8                   # LORS: rank of each stage's out-projection residual
     factor_init: str = "matrix"         # LORS: left/right factor init, "matrix" | "official" (3-D fan-in)
+
+    def __post_init__(self):
+        one_of(self.decoder, ("dense", "lors"), "model.decoder")
+        one_of(self.factor_init, ("matrix", "official"), "model.factor_init")
+        one_of(self.backbone_depth, (18, 34, 50), "model.backbone_depth")
 
 
 @dataclass

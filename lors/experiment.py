@@ -28,6 +28,16 @@ def classification(cfg) -> Experiment:
                       ClassificationTask(cfg.model.num_classes, t.label_smoothing, t.mixup, t.cutmix), BLOCK_LINEARS)
 
 
+def require_detection_packages() -> None:
+    """Stop before training when the detection extras are missing (scipy: matching, pycocotools: COCO AP)."""
+    import importlib.util
+
+    missing = [m for m in ("scipy", "pycocotools") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"detection needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                          f"not installed: pip install -e \".[detection]\"")
+
+
 def detection(cfg: DetectionConfig) -> Experiment:
     from .data.detection import CocoDetection
     from .engine.tasks import DetectionTask
@@ -35,6 +45,7 @@ def detection(cfg: DetectionConfig) -> Experiment:
     from .models.adamixer.detector import build_adamixer
     from .models.adamixer.losses import SetCriterion
 
+    require_detection_packages()
     d, m = cfg.data, cfg.model
     root = Path(d.root)
     train_set = CocoDetection(root / d.train_images, root / d.train_ann, d.max_size, train=True)

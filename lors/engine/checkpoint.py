@@ -81,17 +81,34 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ValueError(f"give the checkpoint's .json file (or its directory), not {path.name}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"checkpoint {path} is not valid JSON ({e}); the file is damaged: restore it or "
+                         "train again") from None
+    if not isinstance(meta, dict) or "tensors_file" not in meta:
+        raise ValueError(f"{path} is not a lors checkpoint (no 'tensors_file' entry)")
     tensors_path = path.parent / meta["tensors_file"]
     if not tensors_path.is_file():
         raise FileNotFoundError(f"checkpoint {path} refers to missing tensors file {tensors_path}")
-    return meta, load_file(str(tensors_path))
+    try:
+        tensors = load_file(str(tensors_path))
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"cannot read checkpoint tensors {tensors_path} ({e}); the file is truncated or damaged: "
+                         "restore it or train again") from None
+    return meta, tensors
 
 
 def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Load ``model.*`` tensors strictly; a mismatch names the missing and unexpected keys."""
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit this model: missing keys {missing[:8]}, "
-                         f"unexpected keys {unexpected[:8]}")
+    own = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+                  if k in own and own[k].shape != v.shape]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if mismatched or missing or unexpected:
+        example = (f"e.g. '{mismatched[0][0]}' is {mismatched[0][1]} in the checkpoint but {mismatched[0][2]} here"
+                   if mismatched else f"e.g. missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(f"checkpoint does not fit this model ({len(mismatched)} shape mismatches, {len(missing)} "
+                         f"missing and {len(unexpected)} unexpected keys; {example})")
+    model.load_state_dict(state)

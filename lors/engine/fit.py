@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +37,23 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {name!r}")
     return torch.device(name)
+
+
+def config_warnings(tcfg) -> list[str]:
+    """Settings that are legal but almost certainly not what was meant."""
+    out = []
+    if tcfg.warmup_epochs >= tcfg.epochs:
+        out.append(f"train.warmup_epochs={tcfg.warmup_epochs} >= train.epochs={tcfg.epochs}: the learning rate "
+                   "never reaches train.lr and the cosine decay never starts")
+    if (tcfg.lct_epsilon is not None or tcfg.lct_rank is not None) and tcfg.lct_warmup_epochs >= tcfg.epochs:
+        out.append(f"train.lct_warmup_epochs={tcfg.lct_warmup_epochs} >= train.epochs={tcfg.epochs}: the model is "
+                   "never factorised, so this LCT run trains a dense model")
+    return out
+
+
+def show_progress(enabled: bool) -> bool:
+    """Progress bars only when asked for and both stdout and stderr are terminals (no bar redraws in logs)."""
+    return enabled and sys.stdout.isatty() and sys.stderr.isatty()
 
 
 def _factorise(model: nn.Module, tcfg, default_targets: str) -> dict[str, int]:
@@ -66,6 +84,9 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
     if tcfg.lct_epsilon is not None and tcfg.lct_rank is not None:
         raise ValueError("set only one of train.lct_epsilon and train.lct_rank")
 
+    if main:
+        for warning in config_warnings(tcfg):
+            log(f"warning: {warning}")
     torch.manual_seed(tcfg.seed)
     model = build_model()
     start_epoch, step, history, lct_done, meta = 0, 0, [], False, None
@@ -75,6 +96,11 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
         lct_done = meta.get("lct_done", False)
         torch.set_rng_state(tensors["rng.torch"])
         start_epoch, step, history = meta["epoch"] + 1, meta["step"], meta["history"]
+        if start_epoch >= tcfg.epochs:
+            if main:
+                log(f"run {run_dir} already finished ({meta['epoch'] + 1} of {tcfg.epochs} epochs); nothing to "
+                    "resume. Raise train.epochs to train longer, or use a new output directory")
+            return history
         if main:
             log(f"resuming from {run_dir / 'last.json'} at epoch {start_epoch + 1}")
     model.to(device)
@@ -139,7 +165,7 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
         torch.manual_seed(tcfg.seed * 100_003 + epoch)
         sampler.set_epoch(epoch)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tcfg.epochs}", leave=False,
-                   disable=not (tcfg.progress and main))
+                   disable=not show_progress(tcfg.progress and main))
         stats, step = train_one_epoch(
             wrapped, loader, optimizer, compute_loss, lr_fn, step, device, tcfg.clip_grad, bar,
             regularizer=regularizer if tcfg.lct_frobenius_decay > 0 else None,
@@ -147,7 +173,7 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
         bar.close()
         metrics = task.evaluate(model, test_loader, device)
         row = {"epoch": epoch + 1, "train_loss": round(stats["loss"], 6), **{k: round(v, 4) for k, v in metrics.items()},
-               "lr": stats["lr"], "epoch_time": round(stats["epoch_time"], 3),
+               "lr": float(f"{stats['lr']:.6g}"), "epoch_time": round(stats["epoch_time"], 3),
                "samples_per_s": round(stats["samples_per_s"], 1), "params": count_parameters(model)}
         history.append(row)
         if main:
@@ -169,9 +195,27 @@ def restore_model(model: nn.Module, meta: dict, tensors: dict) -> None:
     load_model_state(model, tensors)
 
 
-def load_for_eval(checkpoint: str | Path, build_model: Callable[[], nn.Module]) -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from a checkpoint (including LCT-factorised layers)."""
+def config_differences(saved: dict, config, section: str = "model") -> list[str]:
+    """``section.key: saved -> given`` for the keys whose values differ between a checkpoint's config and ``config``."""
+    given = dataclasses.asdict(config).get(section, {})
+    old = (saved or {}).get(section, {})
+    return [f"{section}.{k}={old[k]!r} (config: {given[k]!r})" for k in old if k in given and old[k] != given[k]]
+
+
+def load_for_eval(checkpoint: str | Path, build_model: Callable[[], nn.Module], config=None) -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from a checkpoint (including LCT-factorised layers).
+
+    With ``config``, a checkpoint that does not fit the model names the model settings it was
+    trained with that differ from ``config``.
+    """
     meta, tensors = read_checkpoint(checkpoint)
     model = build_model()
-    restore_model(model, meta, tensors)
+    try:
+        restore_model(model, meta, tensors)
+    except ValueError as e:
+        diffs = config_differences(meta.get("config"), config) if config is not None else []
+        if not diffs:
+            raise
+        raise ValueError(f"checkpoint {checkpoint} was trained with {', '.join(diffs[:4])}; evaluate it with the "
+                         f"config it was trained with ({e})") from None
     return model, meta
