@@ -89,6 +89,12 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def y_range(finals: dict[str, float]) -> tuple[float, float]:
+    """Accuracy axis from at least 5 points below dense (or the lowest variant), so small gaps look small."""
+    floor = min(finals.get("dense", min(finals.values())) - 5, min(finals.values()) - 1)
+    return floor, min(100.5, max(finals.values()) + 1.5)
+
+
 def plot(rows: list[dict], path: Path, dataset: str = "digits", lct_epoch: Optional[int] = None) -> None:
     """Accuracy vs block parameters and the test-accuracy curves; mean +- std when ``rows`` hold several seeds.
 
@@ -121,11 +127,8 @@ def plot(rows: list[dict], path: Path, dataset: str = "digits", lct_epoch: Optio
             std_curve = [statistics.stdev(c) for c in zip(*curves)]
             b.fill_between(epochs, [m - s for m, s in zip(mean_curve, std_curve)],
                            [m + s for m, s in zip(mean_curve, std_curve)], color=color, alpha=0.2, lw=0)
-    # a floor that keeps small gaps small: at least 5 points below dense (or the lowest variant)
-    floor = min(finals.get("dense", min(finals.values())) - 5, min(finals.values()) - 1)
-    top = min(100.5, max(finals.values()) + 1.5)
     for ax in (a, b):
-        ax.set_ylim(floor, top)
+        ax.set_ylim(*y_range(finals))
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
     a.set_xlim(0, 1.15 * max(r["block_params"] for r in rows))

@@ -99,3 +99,37 @@ def test_debug_shows_the_traceback(tmp_path):
     loud = subprocess.run([sys.executable, "-m", "lors.cli", "train", str(cfg), "--debug"], capture_output=True,
                           text=True)
     assert loud.returncode == 2 and "Traceback" in loud.stderr and "model.variant" in loud.stderr
+
+
+def test_no_progress_bar_redraws_when_output_is_captured(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  progress: true\n")
+    r = subprocess.run([sys.executable, "-m", "lors.cli", "train", str(cfg), *sets(), "--output-dir",
+                        str(tmp_path / "r")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "it/s" not in r.stderr
+
+
+def test_count_on_lct_schedule_estimates_the_reduction(capsys):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["count", str(root / "configs/digits_vit_lct.yaml")]) == 0
+    out = capsys.readouterr().out
+    # 48 block linears of 64 x {192, 64, 128, 64}; epsilon 0.8 keeps at most ceil(64 * 0.36) = 24 singular values
+    dense = 12 * (64 * 192 + 192 + 64 * 64 + 64 + 64 * 128 + 128 + 128 * 64 + 64)
+    low = 12 * (24 * (64 + 192) + 192 + 24 * 128 + 64 + 24 * 192 + 128 + 24 * 192 + 64)
+    assert f"at most {low:,} of their {dense:,} parameters remain" in out
+    assert "LCT is scheduled" in out
+
+
+def test_demo_plot_axis_floor_and_file(tmp_path):
+    from lors.demo import plot, y_range
+
+    assert y_range({"dense": 96.0, "lors": 95.5}) == (91.0, 97.5)
+    assert y_range({"dense": 96.0, "lors": 80.0}) == (79.0, 97.5)
+    rows = [{"variant": v, "top1": 90 + i, "block_params": 1000 * (3 - i) + s,
+             "history": [{"epoch": e + 1, "top1": 80 + e + i} for e in range(5)]}
+            for s in range(2) for i, v in enumerate(["dense", "lors", "lct"])]
+    plot(rows, tmp_path / "p.png", lct_epoch=3)
+    assert (tmp_path / "p.png").stat().st_size > 10_000
