@@ -141,8 +141,8 @@ def test_yaml_keys_and_errors(tmp_path):
 def test_factor_init_official_uses_3d_fan_in():
     torch.manual_seed(0)
     rows, cols, r = 32, 8, 4
-    ours = lors.AdaptiveLors(2, 8, rows, cols, rank=r, groups=3, param_groups=2)
-    official = lors.AdaptiveLors(2, 8, rows, cols, rank=r, groups=3, param_groups=2, factor_init="official")
+    ours = lors.AdaptiveLors(2, 8, rows, cols, rank=r, groups=3, param_groups=2, factor_init="matrix")
+    official = lors.AdaptiveLors(2, 8, rows, cols, rank=r, groups=3, param_groups=2)
     for L, R, bound_l, bound_r in ((ours.left[0], ours.right[0], math.sqrt(6 / r), math.sqrt(6 / cols)),
                                    (official.left[0], official.right[0], math.sqrt(6 / (rows * r)),
                                     math.sqrt(6 / (r * cols)))):

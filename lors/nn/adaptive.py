@@ -48,9 +48,10 @@ class AdaptiveLors(nn.Module):
         param_groups: P, number of matrices generated per query (leading dim).
         bias: give the generators biases.
         factor_init: how ``left``/``right`` are drawn (Kaiming-uniform, gain sqrt 2):
-            ``"matrix"`` uses the fan-in of each 2-D factor (r for L, cols for R);
-            ``"official"`` the fan-in PyTorch computes for the official code's 3-D tensors
-            (rows*r for L, r*cols for R), a private path that starts sqrt(rows)*sqrt(r) times smaller.
+            ``"official"`` (default) the fan-in PyTorch computes for the official LORS code's 3-D
+            tensors (rows*r for L, r*cols for R); ``"matrix"`` the fan-in of each 2-D factor
+            (r for L, cols for R), a private path that starts sqrt(rows)*sqrt(r) times larger.
+            The official init trained better in our detector ablation (RESULTS.md).
 
     Parameters: ``shared.weight`` (P*rows*cols, d_q), ``shared.bias``;
     ``private.{i}.weight`` (P*K_i*r_i^2, d_q), ``private.{i}.bias``;
@@ -58,11 +59,11 @@ class AdaptiveLors(nn.Module):
 
     Init as in the paper's code: shared generator weight zero (bias as
     ``nn.Linear``), private generator weight and bias zero, left/right factors
-    Kaiming-uniform. At init every layer therefore generates the same matrix.
+    Kaiming-uniform (see ``factor_init``). At init every layer therefore generates the same matrix.
     """
 
     def __init__(self, num_layers: int, query_dim: int, rows: int, cols: int, rank: IntOrList,
-                 groups: IntOrList = 1, param_groups: int = 1, bias: bool = True, factor_init: str = "matrix",
+                 groups: IntOrList = 1, param_groups: int = 1, bias: bool = True, factor_init: str = "official",
                  device=None, dtype=None):
         super().__init__()
         _set_dims(self, num_layers, query_dim, rows, cols, param_groups)

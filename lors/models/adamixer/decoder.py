@@ -104,7 +104,7 @@ class AdaMixerDecoder(nn.Module):
                  num_heads: int = 8, n_groups: int = 4, in_points: int = 32, out_points: int = 128,
                  ffn_dim: int = 2048, variant: str = "dense", core_size: int = 16,
                  core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int = 8,
-                 factor_init: str = "matrix"):
+                 factor_init: str = "official"):
         super().__init__()
         if feat_channels != query_dim:
             raise ValueError(f"feat_channels ({feat_channels}) must equal query_dim ({query_dim}) for the mixing")

@@ -35,7 +35,7 @@ class AdaMixer(nn.Module):
                  num_heads: int = 8, n_groups: int = 4, in_points: int = 32, out_points: int = 128,
                  ffn_dim: int = 2048, decoder: str = "dense", core_size: int = 16,
                  core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int = 8,
-                 factor_init: str = "matrix"):
+                 factor_init: str = "official"):
         super().__init__()
         self.backbone = ResNet(backbone_depth, backbone_width, frozen_bn)
         self.neck = ChannelMapper(self.backbone.out_channels, feat_channels)

@@ -51,7 +51,7 @@ class AdaptiveMixing(nn.Module):
     def __init__(self, num_stages: int = 6, query_dim: int = 256, in_dim: int = 256, n_groups: int = 4,
                  in_points: int = 32, out_points: int = 128, variant: str = "dense", core_size: int = 16,
                  core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int = 8,
-                 factor_init: str = "matrix"):
+                 factor_init: str = "official"):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
