@@ -32,7 +32,7 @@ from .nn.checks import epsilon_in_range, per_layer, positive_int
 from .nn.lowrank import LowRankLinear
 from .nn.static import LorsLinearStack, StackLayer
 
-INITS = ("pretrained", "paper")
+INITS = ("pretrained", "calibrated", "paper")
 
 
 @dataclass
@@ -53,7 +53,9 @@ class LorsConfig:
             with ``||W_i - W_i'||_F <= epsilon ||W_i||_F`` instead of ``rank``.
         min_layers: smallest number of identical blocks that counts as a stack.
         init: ``"pretrained"`` (shared = mean of the layers, residual = truncated SVD of
-            ``W_i - mean``) or ``"paper"`` (Kaiming shared and A, zero B and biases).
+            ``W_i - mean``), ``"calibrated"`` (the same fitted to the layers' outputs on
+            calibration inputs: give ``calibration=`` to :func:`convert`; see :mod:`lors.nn.whiten`)
+            or ``"paper"`` (Kaiming shared and A, zero B and biases).
         exclude_modules: weight paths inside a block to leave dense, matched like ``targets``
             (a list of names or suffixes, or a regex).
         layers_to_transform: indices of the blocks that join each stack (at least two); the other
@@ -87,8 +89,9 @@ class LorsConfig:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.epsilon is not None:
             epsilon_in_range(self.epsilon)
-            if self.init != "pretrained":
-                raise ValueError("epsilon needs init='pretrained' (it measures the error against the weights)")
+            if self.init == "paper":
+                raise ValueError("epsilon needs init='pretrained' or 'calibrated' (it measures the error of the "
+                                 "approximation)")
         for key, value in self.rank_pattern.items():
             positive_int(value, f"rank_pattern[{key!r}]")
         if isinstance(self.targets, (list, tuple)):
@@ -164,9 +167,9 @@ def _layers(cfg: LorsConfig, stack_info) -> list[int]:
     return list(cfg.layers_to_transform)
 
 
-def _ranks(cfg: LorsConfig, container: str, target: str, weights, layers: list[int]) -> list[int]:
+def _ranks(cfg: LorsConfig, container: str, target: str, weights, layers: list[int], moments=None) -> list[int]:
     if cfg.epsilon is not None:
-        total = LorsLinearStack.residual_ranks(weights, cfg.epsilon)
+        total = LorsLinearStack.residual_ranks(weights, cfg.epsilon, moments)
         return [max(1, -(-r // cfg.groups)) for r in total]  # ceil(r / groups) per group
     ranks = []
     for i in layers:
@@ -175,14 +178,22 @@ def _ranks(cfg: LorsConfig, container: str, target: str, weights, layers: list[i
     return ranks
 
 
-def convert(model: nn.Module, config: Optional[LorsConfig] = None, **kwargs) -> nn.Module:
+def convert(model: nn.Module, config: Optional[LorsConfig] = None, calibration=None, forward=None,
+            **kwargs) -> nn.Module:
     """Apply static LORS to every targeted weight path of every stack in ``model`` (in place).
 
     Returns ``model``. ``model.lors_conversion`` records what was converted (container,
     path, ranks, groups): :func:`lors.save` writes it and :func:`lors.load` replays it.
     Keyword arguments build a :class:`LorsConfig` when ``config`` is not given.
+
+    ``calibration`` (needed by ``init="calibrated"``): an iterable of input batches, run once
+    through the model (``forward(model, batch)``, default ``model(**batch)`` / ``model(*batch)``)
+    to measure each targeted layer's input statistics.
     """
     cfg = config if config is not None else LorsConfig(**kwargs)
+    if (cfg.init == "calibrated") != (calibration is not None):
+        raise ValueError("init='calibrated' needs calibration= (an iterable of input batches), and calibration= "
+                         f"is only used with init='calibrated' (got init={cfg.init!r})")
     base_fingerprint = fingerprint(model)
     stacks, examined = find_stacks(model, cfg.min_layers)
     if not stacks:
@@ -194,22 +205,29 @@ def convert(model: nn.Module, config: Optional[LorsConfig] = None, **kwargs) -> 
         available = sorted({t for s in stacks for t in s.targets})
         raise ValueError(f"targets={cfg.targets!r} matches no weight path in the stacks "
                          f"({', '.join(s.path for s in stacks)}); available paths: {', '.join(available)}")
+    moments = {}
+    if calibration is not None:
+        from .calibration import input_moments
+
+        moments = input_moments(model, [f"{s.path}.{i}.{t}" for s, t in selected for i in _layers(cfg, s)],
+                                calibration, forward)
     records = []
     for stack_info, target in selected:
         layers = _layers(cfg, stack_info)
         blocks = [stack_info.layers[i] for i in layers]
+        layer_moments = [moments[f"{stack_info.path}.{i}.{target}"] for i in layers] if moments else None
         pairs = [_weights(b, target) for b in blocks]
         weights = [w for w, _ in pairs]
         biases = None if pairs[0][1] is None else [b for _, b in pairs]
-        ranks = _ranks(cfg, stack_info.path, target, weights, layers)
+        ranks = _ranks(cfg, stack_info.path, target, weights, layers, layer_moments)
         out_f, in_f = weights[0].shape
         limit = min(out_f, in_f)
         for i, r in enumerate(ranks):
             if r * cfg.groups > limit:
                 raise ValueError(f"rank {r} x groups {cfg.groups} is too large for '{stack_info.path}.{layers[i]}.{target}' "
                                  f"({out_f} x {in_f}); allowed: rank * groups <= {limit}")
-        if cfg.init == "pretrained":
-            stack = LorsLinearStack.from_weights(weights, biases, ranks, cfg.groups)
+        if cfg.init != "paper":
+            stack = LorsLinearStack.from_weights(weights, biases, ranks, cfg.groups, input_moments=layer_moments)
         else:
             ref = weights[0]
             stack = LorsLinearStack(len(blocks), in_f, out_f, ranks, cfg.groups, bias=biases is not None,
@@ -318,7 +336,8 @@ def tied_parameter_ids(model: nn.Module) -> set[int]:
 
 
 def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon: Optional[float] = None,
-        targets: str = r".*", skip_if_larger: bool = True, verbose: bool = False) -> nn.Module:
+        targets: str = r".*", skip_if_larger: bool = True, verbose: bool = False, calibration=None,
+        forward=None) -> nn.Module:
     """Factorise the targeted linear layers (``nn.Linear``, GPT-2 ``Conv1D``) of ``model`` in place.
 
     Args:
@@ -329,6 +348,9 @@ def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon
         skip_if_larger: leave a layer dense when its chosen rank would store at least as many
             parameters as the dense weight (r (in + out) >= in out), so the count never grows.
         verbose: print each layer's chosen rank and the total parameter change.
+        calibration: optional iterable of input batches (run once, ``forward(model, batch)``); the
+            factors then fit each layer's outputs on these inputs instead of its weights, and
+            ``epsilon`` bounds the relative output error (see :mod:`lors.nn.whiten`).
 
     Layers are never factorised when their weight is tied to another module (factorising
     would untie it) or when a single ``rank`` exceeds ``min(in, out)``; such layers stay
@@ -347,6 +369,11 @@ def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon
         raise ValueError(f"targets={targets!r} matches no nn.Linear or Conv1D; the model's linear paths are: "
                          f"{', '.join(linears[:20]) or '(none)'}{' ...' if len(linears) > 20 else ''}")
     tied = tied_parameter_ids(model)
+    moments = {}
+    if calibration is not None:
+        from .calibration import input_moments
+
+        moments = input_moments(model, paths, calibration, forward)
     skipped: dict[str, str] = {}
     before = after = 0
     for path in paths:
@@ -364,7 +391,8 @@ def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon
                 skipped[path] = f"rank {rank} > min{tuple(weight.shape)}"
                 continue
             layer_rank = rank
-        layer = LowRankLinear.from_weight(weight, bias, rank=layer_rank, epsilon=None if layer_rank else epsilon)
+        layer = LowRankLinear.from_weight(weight, bias, rank=layer_rank, epsilon=None if layer_rank else epsilon,
+                                          input_moment=moments.get(path))
         if is_conv1d(linear):
             layer.original_cls = type(linear)  # merge() rebuilds a Conv1D
         if skip_if_larger and not isinstance(rank, dict) and layer.num_stored() >= layer.num_dense():

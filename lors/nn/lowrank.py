@@ -130,8 +130,13 @@ class LowRankLinear(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_weight(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, rank: Optional[int] = None,
-                    epsilon: Optional[float] = None) -> "LowRankLinear":
-        """Like :meth:`from_dense`, from a weight matrix (out, in) and an optional bias (out,)."""
+                    epsilon: Optional[float] = None, input_moment: Optional[torch.Tensor] = None) -> "LowRankLinear":
+        """Like :meth:`from_dense`, from a weight matrix (out, in) and an optional bias (out,).
+
+        With ``input_moment`` (``E[x x^T]`` of calibration inputs, (in, in)) the factors minimise the
+        error of the layer's outputs on such inputs, and ``epsilon`` bounds the relative output error
+        (see :mod:`lors.nn.whiten`). Exact at full rank either way.
+        """
         if (rank is None) == (epsilon is None):
             raise ValueError("give exactly one of rank= or epsilon= (got "
                              f"rank={rank!r}, epsilon={epsilon!r})")
@@ -141,7 +146,13 @@ class LowRankLinear(nn.Module):
             rank_fits([rank], out_f, in_f)
         else:
             epsilon_in_range(epsilon)
-        U, V = _balanced_svd(weight.detach().double(), rank, epsilon)
+        if input_moment is None:
+            U, V = _balanced_svd(weight.detach().double(), rank, epsilon)
+        else:
+            from .whiten import whitened_svd
+
+            Uw, sig, Vw = whitened_svd(weight, input_moment, rank, epsilon)
+            U, V = Uw * sig.sqrt(), sig.sqrt()[:, None] * Vw
         layer = cls(in_f, out_f, U.shape[1], bias=bias is not None, device=weight.device, dtype=weight.dtype)
         layer.U.copy_(U)
         layer.V.copy_(V)

@@ -23,6 +23,7 @@ from torch import nn
 
 from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
 from .lowrank import rank_for_epsilon
+from .whiten import calibrated_shared, whitened_spectrum, whitened_svd
 
 PATHS = ("auto", "materialize", "lowrank")
 
@@ -165,8 +166,15 @@ class LorsLinearStack(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_weights(cls, weights: Sequence[torch.Tensor], biases: Optional[Sequence[torch.Tensor]],
-                     rank: IntOrList, groups: IntOrList = 1, path: str = "auto") -> "LorsLinearStack":
-        """Like :meth:`from_linears`, from weight matrices (d_out, d_in) and optional biases (d_out,)."""
+                     rank: IntOrList, groups: IntOrList = 1, path: str = "auto",
+                     input_moments: Optional[Sequence[torch.Tensor]] = None, iterations: int = 2) -> "LorsLinearStack":
+        """Like :meth:`from_linears`, from weight matrices (d_out, d_in) and optional biases (d_out,).
+
+        With ``input_moments`` (one ``E[x x^T]`` (d_in, d_in) per layer, from calibration inputs) the
+        factors fit the layers' *outputs* on such inputs instead of the weights (see
+        :mod:`lors.nn.whiten`): the shared weight is the output-weighted mean, each residual the
+        whitened truncated SVD, refined over ``iterations`` alternations. Exact at full rank.
+        """
         shapes = {tuple(w.shape) for w in weights}
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             raise ValueError(f"weights must all be matrices of the same shape, got {sorted(shapes)}")
@@ -177,15 +185,20 @@ class LorsLinearStack(nn.Module):
         for r, k in zip(stack.ranks, stack.groups):
             rank_fits([r * k], out_f, in_f, name="rank*groups")
         w64 = torch.stack([w.detach().double() for w in weights])  # (N, d_out, d_in)
-        mean = w64.mean(0)
+        if input_moments is None:
+            mean = w64.mean(0)
+            factors = []
+            for i, (r, k) in enumerate(zip(stack.ranks, stack.groups)):
+                U, S, Vh = torch.linalg.svd(w64[i] - mean, full_matrices=False)
+                # Scale on B, orthonormal rows in A: exact, and where the residual is (near) zero this is the
+                # paper's trainable start (A non-zero, B zero). Balanced sqrt(S) factors would both be zero
+                # there, a saddle point that gradients cannot leave (e.g. deep-copied identical layers).
+                factors.append((U[:, : r * k] * S[: r * k], Vh[: r * k]))  # (d_out, K r), (K r, d_in)
+        else:
+            mean, factors = _calibrated_stack(w64, input_moments, [r * k for r, k in zip(stack.ranks, stack.groups)],
+                                              iterations)
         stack.shared_weight.copy_(mean)
-        for i, (r, k) in enumerate(zip(stack.ranks, stack.groups)):
-            U, S, Vh = torch.linalg.svd(w64[i] - mean, full_matrices=False)
-            # Scale on B, orthonormal rows in A: exact, and where the residual is (near) zero this is the
-            # paper's trainable start (A non-zero, B zero). Balanced sqrt(S) factors would both be zero
-            # there, a saddle point that gradients cannot leave (e.g. deep-copied identical layers).
-            B = U[:, : r * k] * S[: r * k]  # (d_out, K r)
-            A = Vh[: r * k]  # (K r, d_in)
+        for i, ((B, A), r, k) in enumerate(zip(factors, stack.ranks, stack.groups)):
             stack.B[i].copy_(B.reshape(out_f, k, r).permute(1, 0, 2))
             stack.A[i].copy_(A.reshape(k, r, in_f))
             if biases is not None:
@@ -194,12 +207,21 @@ class LorsLinearStack(nn.Module):
 
     @staticmethod
     @torch.no_grad()
-    def residual_ranks(weights: Sequence[torch.Tensor], epsilon: float) -> list[int]:
-        """Per layer, the smallest residual rank r with ||W_i - (mean + R_i,r)||_F <= epsilon ||W_i||_F."""
+    def residual_ranks(weights: Sequence[torch.Tensor], epsilon: float,
+                       input_moments: Optional[Sequence[torch.Tensor]] = None) -> list[int]:
+        """Per layer, the smallest residual rank r with ||W_i - (mean + R_i,r)||_F <= epsilon ||W_i||_F.
+
+        With ``input_moments`` the errors are measured on the outputs (whitened norms, calibrated mean).
+        """
         w64 = torch.stack([w.detach().double() for w in weights])
-        mean = w64.mean(0)
-        return [rank_for_epsilon(torch.linalg.svdvals(w - mean), epsilon, reference_norm=float(w.norm()))
-                for w in w64]
+        if input_moments is None:
+            mean = w64.mean(0)
+            return [rank_for_epsilon(torch.linalg.svdvals(w - mean), epsilon, reference_norm=float(w.norm()))
+                    for w in w64]
+        mean = calibrated_shared(w64, input_moments)
+        return [rank_for_epsilon(whitened_spectrum(w - mean, C), epsilon,
+                                 reference_norm=float(whitened_spectrum(w, C).norm()))
+                for w, C in zip(w64, input_moments)]
 
     def shared_parameter_names(self) -> list[str]:
         return ["shared_weight"]
@@ -215,6 +237,21 @@ class LorsLinearStack(nn.Module):
 
     def __len__(self) -> int:
         return self.num_layers
+
+
+def _calibrated_stack(w64: torch.Tensor, moments: Sequence[torch.Tensor], ranks: list[int], iterations: int):
+    """Shared weight and per-layer (B, A) fitting the outputs: alternate the weighted mean and whitened SVDs."""
+    if len(moments) != len(w64):
+        raise ValueError(f"input_moments has {len(moments)} entries for {len(w64)} layers")
+    mean = calibrated_shared(w64, moments)
+    for it in range(max(1, iterations)):
+        factors = []
+        for w, C, rk in zip(w64, moments, ranks):
+            U, sig, V = whitened_svd(w - mean, C, rank=rk)
+            factors.append((U * sig, V))
+        if it + 1 < iterations:
+            mean = calibrated_shared([w - B @ A for w, (B, A) in zip(w64, factors)], moments)
+    return mean, factors
 
 
 class LinearStack(nn.Module):

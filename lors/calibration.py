@@ -1,0 +1,67 @@
+"""Input statistics of linear layers from a few calibration batches (for ``init="calibrated"``).
+
+One pass over the batches with forward pre-hooks on the requested modules accumulates,
+per module, the second moment ``E[x x^T]`` of its inputs (float64, every token of every
+batch counted once). :mod:`lors.nn.whiten` turns these into output-aware factorisations.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+
+def default_forward(model: nn.Module, batch) -> None:
+    """Call ``model`` on a batch: ``model(**batch)`` for a dict, ``model(*batch)`` for a tuple/list."""
+    if isinstance(batch, dict):
+        model(**batch)
+    elif isinstance(batch, (tuple, list)):
+        model(*batch)
+    else:
+        model(batch)
+
+
+@torch.no_grad()
+def input_moments(model: nn.Module, paths: Iterable[str], batches: Iterable,
+                  forward: Optional[Callable[[nn.Module, object], None]] = None) -> dict[str, torch.Tensor]:
+    """``{path: E[x x^T]}`` for the inputs ``x`` (last dimension) of each module at ``paths``.
+
+    A path ending in ``.in_proj`` names an ``nn.MultiheadAttention`` whose query is recorded
+    (self-attention: query = key = value). ``forward(model, batch)`` runs one batch
+    (default: :func:`default_forward`). The model runs in eval mode; its mode is restored.
+    """
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+
+    def hook_for(path: str):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs.get("query", kwargs.get("input"))
+            x = x.detach().reshape(-1, x.shape[-1]).double()
+            sums[path] = sums.get(path, 0) + x.T @ x
+            counts[path] = counts.get(path, 0) + x.shape[0]
+        return hook
+
+    paths = list(dict.fromkeys(paths))
+    for path in paths:
+        module_path = path[: -len(".in_proj")] if path.endswith(".in_proj") else path
+        handles.append(model.get_submodule(module_path).register_forward_pre_hook(hook_for(path), with_kwargs=True))
+    was_training = model.training
+    model.eval()
+    run = forward or default_forward
+    try:
+        n = 0
+        for batch in batches:
+            run(model, batch)
+            n += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("calibration holds no batches; give an iterable of at least one input batch")
+    unseen = [p for p in paths if p not in sums]
+    if unseen:
+        raise ValueError(f"calibration batches never reached {unseen[:4]}; check that the batches run the model")
+    return {p: sums[p] / counts[p] for p in paths}
