@@ -6,6 +6,7 @@ batch counted once). :mod:`lors.nn.whiten` turns these into output-aware factori
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -30,6 +31,7 @@ def input_moments(model: nn.Module, paths: Iterable[str], batches: Iterable,
     A path ending in ``.in_proj`` names an ``nn.MultiheadAttention`` whose query is recorded
     (self-attention: query = key = value). ``forward(model, batch)`` runs one batch
     (default: :func:`default_forward`). The model runs in eval mode; its mode is restored.
+    Modules the batches never call (``nn.MultiheadAttention.out_proj``) are left out, with a warning.
     """
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -61,7 +63,10 @@ def input_moments(model: nn.Module, paths: Iterable[str], batches: Iterable,
         model.train(was_training)
     if n == 0:
         raise ValueError("calibration holds no batches; give an iterable of at least one input batch")
+    if not sums:
+        raise ValueError(f"calibration batches never reached any of {paths[:4]}; check that the batches run the model")
     unseen = [p for p in paths if p not in sums]
-    if unseen:
-        raise ValueError(f"calibration batches never reached {unseen[:4]}; check that the batches run the model")
-    return {p: sums[p] / counts[p] for p in paths}
+    if unseen:  # e.g. nn.MultiheadAttention.out_proj, whose weight is used without calling the module
+        warnings.warn(f"calibration saw no inputs of {len(unseen)} layer(s) ({', '.join(unseen[:4])}"
+                      f"{' ...' if len(unseen) > 4 else ''}); they are fitted to their weights instead", stacklevel=3)
+    return {p: sums[p] / counts[p] for p in paths if p in sums}

@@ -215,7 +215,9 @@ def convert(model: nn.Module, config: Optional[LorsConfig] = None, calibration=N
     for stack_info, target in selected:
         layers = _layers(cfg, stack_info)
         blocks = [stack_info.layers[i] for i in layers]
-        layer_moments = [moments[f"{stack_info.path}.{i}.{target}"] for i in layers] if moments else None
+        layer_moments = [moments.get(f"{stack_info.path}.{i}.{target}") for i in layers] if moments else None
+        if layer_moments is not None and any(m is None for m in layer_moments):
+            layer_moments = None  # not every layer was seen: fit this stack to its weights
         pairs = [_weights(b, target) for b in blocks]
         weights = [w for w, _ in pairs]
         biases = None if pairs[0][1] is None else [b for _, b in pairs]

@@ -9,7 +9,7 @@ import lors
 from lors.calibration import input_moments
 from lors.nn.whiten import calibrated_shared, output_error, whitened_svd
 
-pytestmark = pytest.mark.filterwarnings("ignore:LORS stack")
+pytestmark = pytest.mark.filterwarnings("ignore:LORS stack", "ignore:calibration saw no inputs")
 
 
 class Block(nn.Module):
