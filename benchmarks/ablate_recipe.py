@@ -1,6 +1,7 @@
 """Ablation of the LORS training recipe on the digits ViT: shared-weight lr scale x depth, and B init.
 
     python benchmarks/ablate_recipe.py --grid shared_lr --seeds 0,1,2 --workers 2 --out runs/ablation
+    python benchmarks/ablate_recipe.py --grid rules --seeds 0,1,2,3,4 --workers 2 --out runs/ablation
     python benchmarks/ablate_recipe.py --grid b_init --seeds 0,1,2 --workers 2 --out runs/ablation
     python benchmarks/ablate_recipe.py --plot-only --out runs/ablation
 
@@ -76,12 +77,17 @@ def jobs_for(grid: str, seeds: list[int], out: str) -> list[dict]:
                 jobs.append(dict(depth=depth, variant="dense", shared_lr_scale=1.0, b_init_std=0.0, seed=seed))
                 for scale in SCALES:
                     jobs.append(dict(depth=depth, variant="lors", shared_lr_scale=scale, b_init_std=0.0, seed=seed))
+    elif grid == "rules":
+        for depth in (6, 12):
+            for seed in seeds:
+                for rule in ("1/sqrt(N)", "1/N"):
+                    jobs.append(dict(depth=depth, variant="lors", shared_lr_scale=rule, b_init_std=0.0, seed=seed))
     elif grid == "b_init":
         for seed in seeds:
             for std in (0.0, 1e-3, 1e-2):
                 jobs.append(dict(depth=12, variant="lors", shared_lr_scale="1/sqrt(N)", b_init_std=std, seed=seed))
     else:
-        raise SystemExit(f"--grid must be shared_lr or b_init, got {grid!r}")
+        raise SystemExit(f"--grid must be shared_lr, rules or b_init, got {grid!r}")
     for j in jobs:
         j.update(grid=grid, out=out, key=f"{grid}_d{j['depth']}_{j['variant']}_s{j['shared_lr_scale']}_"
                                           f"b{j['b_init_std']}_seed{j['seed']}".replace("/", "_"))

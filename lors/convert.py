@@ -188,7 +188,8 @@ def convert(model: nn.Module, config: Optional[LorsConfig] = None, calibration=N
 
     ``calibration`` (needed by ``init="calibrated"``): an iterable of input batches, run once
     through the model (``forward(model, batch)``, default ``model(**batch)`` / ``model(*batch)``)
-    to measure each targeted layer's input statistics.
+    to measure each targeted layer's input statistics, or those statistics already measured
+    (``{path: E[x x^T]}`` from :func:`lors.calibration.input_moments`).
     """
     cfg = config if config is not None else LorsConfig(**kwargs)
     if (cfg.init == "calibrated") != (calibration is not None):
@@ -206,7 +207,9 @@ def convert(model: nn.Module, config: Optional[LorsConfig] = None, calibration=N
         raise ValueError(f"targets={cfg.targets!r} matches no weight path in the stacks "
                          f"({', '.join(s.path for s in stacks)}); available paths: {', '.join(available)}")
     moments = {}
-    if calibration is not None:
+    if isinstance(calibration, dict):  # precomputed {path: E[x x^T]} from lors.calibration.input_moments
+        moments = calibration
+    elif calibration is not None:
         from .calibration import input_moments
 
         moments = input_moments(model, [f"{s.path}.{i}.{t}" for s, t in selected for i in _layers(cfg, s)],
@@ -372,7 +375,9 @@ def lct(model: nn.Module, rank: Union[int, dict[str, int], None] = None, epsilon
                          f"{', '.join(linears[:20]) or '(none)'}{' ...' if len(linears) > 20 else ''}")
     tied = tied_parameter_ids(model)
     moments = {}
-    if calibration is not None:
+    if isinstance(calibration, dict):
+        moments = calibration
+    elif calibration is not None:
         from .calibration import input_moments
 
         moments = input_moments(model, paths, calibration, forward)
