@@ -125,7 +125,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for depth, color in ((6, "tab:blue"), (12, "tab:orange")):
         pts = {}
         for r in rows:
@@ -141,13 +141,19 @@ def plot(rows: list[dict], path: Path) -> None:
                  and r["variant"] == "dense"]
         if dense:
             ax.axhline(statistics.mean(dense), color=color, ls="--", lw=1, label=f"dense, {depth} blocks")
-        ax.axvline(1 / math.sqrt(depth), color=color, ls=":", lw=1)
+        for rule, x, marker in (("1/sqrt(N)", 1 / math.sqrt(depth), "s"), ("1/N", 1 / depth, "*")):
+            accs = [float(r["top1"]) for r in rows if r["grid"] == "rules" and int(r["depth"]) == depth
+                    and r["shared_lr_scale"] == rule]
+            if accs:
+                ax.errorbar([x], [statistics.mean(accs)], yerr=[statistics.stdev(accs) if len(accs) > 1 else 0],
+                            marker=marker, ms=11 if marker == "*" else 7, color=color, capsize=3, ls="none",
+                            mfc="white", label=f"rule {rule}, {depth} blocks ({len(accs)} seeds)")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("learning-rate scale of the shared weights (dotted: 1/sqrt(N))")
+    ax.set_xlabel("learning-rate scale of the shared weights (N = number of blocks sharing them)")
     ax.set_ylabel("test top-1 (%), mean ± std over seeds")
     ax.set_title("digits ViT: shared-weight learning rate")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
