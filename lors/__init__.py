@@ -12,6 +12,7 @@ Public API::
     lors.save / lors.load  compact safetensors + JSON checkpoints of converted models
     lors.report            one-line summary + per-module parameter table
     lors.param_groups      optimizer groups with shared LORS weights at a lower lr (1/sqrt(N))
+    lors.distill           train a compressed model to reproduce its teacher
 """
 from .accounting import (adaptive_lors_params, count_parameters, dense_stack_params, format_table,
                          generator_stack_params, parameter_table, print_trainable_parameters, report,
@@ -20,12 +21,13 @@ from .convert import LorsConfig, convert, lct, lct_ranks, merge
 from .nn import (AdaptiveLors, GeneratorStack, LinearStack, LorsLinearStack, LowRankLinear, StackLayer,
                  rank_for_epsilon)
 
+from .distill import distill
 from .optim import param_groups
 from .serialization import load, save
 
 __version__ = "0.1.0"
 
 __all__ = ["AdaptiveLors", "GeneratorStack", "LinearStack", "LorsConfig", "LorsLinearStack", "LowRankLinear",
-           "StackLayer", "adaptive_lors_params", "convert", "count_parameters", "dense_stack_params",
+           "StackLayer", "adaptive_lors_params", "convert", "count_parameters", "dense_stack_params", "distill",
            "format_table", "generator_stack_params", "lct", "lct_ranks", "load", "merge", "param_groups", "parameter_table",
            "print_trainable_parameters", "rank_for_epsilon", "report", "save", "static_lors_params"]
