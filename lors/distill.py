@@ -14,6 +14,9 @@ Losses (``loss=``), on Hugging Face-style outputs (``last_hidden_state``, masked
 * ``"mse"``: mean squared error of the token states, divided by the teacher's mean square;
 * ``"cosine"``: 1 - cosine of the mean-pooled embeddings (sentence encoders);
 * ``"mse+cosine"`` (default): their sum.
+
+With ``forward=all_hidden_states`` the MSE term averages over every layer's hidden states
+(intermediate-layer distillation) and the cosine term uses the last layer.
 """
 from __future__ import annotations
 
@@ -43,6 +46,11 @@ def outputs(model: nn.Module, batch) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def all_hidden_states(model: nn.Module, batch) -> torch.Tensor:
+    """Every layer's hidden states of a Hugging Face model, stacked: (L + 1, B, T, D), last layer last."""
+    return torch.stack(model(**batch, output_hidden_states=True).hidden_states)
+
+
 def mean_pool(hidden: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Mean over tokens (B, T, D) -> (B, D), counting only tokens where ``mask`` is 1."""
     if hidden.ndim == 2:
@@ -57,12 +65,15 @@ def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, mask: Opt
                  kind: str = "mse+cosine") -> torch.Tensor:
     """The distillation loss ``kind`` (see the module docstring) between student and teacher outputs."""
     total = student_out.new_zeros(())
-    if "mse" in kind:
-        err = (student_out - teacher_out).pow(2).mean(-1)
-        scale = teacher_out.pow(2).mean()
-        if mask is not None and student_out.ndim == 3:
-            err = err[mask.bool()]
-        total = total + err.mean() / scale
+    if "mse" in kind:  # per layer when outputs are stacked hidden states (L, B, T, D)
+        layers = student_out if student_out.ndim == 4 else student_out[None]
+        targets = teacher_out if teacher_out.ndim == 4 else teacher_out[None]
+        for s, t in zip(layers, targets):
+            err = (s - t).pow(2).mean(-1)
+            if mask is not None and s.ndim == 3:
+                err = err[mask.bool()]
+            total = total + err.mean() / t.pow(2).mean() / len(layers)
+        student_out, teacher_out = layers[-1], targets[-1]
     if "cosine" in kind:
         cos = F.cosine_similarity(mean_pool(student_out, mask), mean_pool(teacher_out, mask), dim=-1)
         total = total + (1 - cos).mean()
