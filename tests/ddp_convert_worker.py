@@ -45,4 +45,5 @@ for _ in range(4):
     loss.backward()
     opt.step()
 save_model(net, str(out / f"rank{rank}.safetensors"))
+dist.barrier()  # no rank tears gloo down while the other still uses it (rare abort at exit)
 dist.destroy_process_group()

@@ -21,4 +21,5 @@ fit(cfg, lambda: models.append(build_vit(cfg.model)) or models[-1], train_set, t
 rank = dist.get_rank()
 save_file({k: v.contiguous() for k, v in models[0].state_dict().items()}, str(out / f"rank{rank}.safetensors"))
 (out / f"rank{rank}.steps").write_text(str(len(train_set)))
+dist.barrier()  # no rank tears gloo down while the other still uses it (rare abort at exit)
 dist.destroy_process_group()
