@@ -128,15 +128,17 @@ def generator_stack_params(num_layers: int, query_dim: int, rows: int, cols: int
 
 
 def adaptive_lors_params(num_layers: int, query_dim: int, rows: int, cols: int, rank: IntOrList,
-                         groups: IntOrList = 1, param_groups: int = 1, bias: bool = True) -> int:
-    """Adaptive LORS: shared generator + per layer (private generator of K_i r_i^2 cores + L, R factors)."""
+                         groups: IntOrList = 1, param_groups: int = 1, bias: bool = True,
+                         layer_bias: bool = False) -> int:
+    """Adaptive LORS: shared generator + per layer (private generator of K_i r_i^2 cores + L, R factors,
+    and with ``layer_bias`` a full P*rows*cols bias)."""
     ranks = per_layer(rank, num_layers, "rank")
     groups = per_layer(groups, num_layers, "groups")
     q = query_dim + (1 if bias else 0)
     P = param_groups
     shared = q * P * rows * cols
     private = sum(q * P * k * r * r + P * k * r * (rows + cols) for r, k in zip(ranks, groups))
-    return shared + private
+    return shared + private + (num_layers * P * rows * cols if layer_bias else 0)
 
 
 def reduction(before: int, after: int) -> float:

@@ -151,6 +151,7 @@ class AdaMixerConfig:
     core_groups: Union[int, list[int]] = field(default_factory=lambda: [1, 1, 2, 2, 3, 3])
     out_rank: int = 8                   # LORS: rank of each stage's out-projection residual
     factor_init: str = "official"       # LORS: left/right factor init, "official" (3-D fan-in) | "matrix" (2-D)
+    stage_bias: bool = False            # LORS: a private full generator bias per stage (see RESULTS.md)
 
     def __post_init__(self):
         one_of(self.decoder, ("dense", "lors"), "model.decoder")

@@ -95,10 +95,10 @@ def test_original_adamixer_parameter_counts():
     assert count_parameters(decoder) == 6 * (mixing + rest) == 110_272_296
 
 
-@pytest.mark.parametrize("decoder", ["dense", "lors"])
-def test_forward_backward_every_parameter_gets_gradient(decoder):
+@pytest.mark.parametrize("decoder,stage_bias", [("dense", False), ("lors", False), ("lors", True)])
+def test_forward_backward_every_parameter_gets_gradient(decoder, stage_bias):
     torch.manual_seed(0)
-    model = AdaMixer(**TINY, decoder=decoder)
+    model = AdaMixer(**TINY, decoder=decoder, stage_bias=stage_bias)
     with torch.no_grad():  # zero-initialised tensors (fc_reg, generators, B) pass no gradient at step 0 by design
         for p in model.parameters():
             if p.abs().sum() == 0:
@@ -126,7 +126,12 @@ def test_lors_decoder_reduction_and_postprocess():
     with torch.device("meta"):
         dense = AdaMixer(**{**TINY, "feat_channels": 64, "out_points": 64, "in_points": 16}, decoder="dense")
         lors = AdaMixer(**{**TINY, "feat_channels": 64, "out_points": 64, "in_points": 16}, decoder="lors")
+        with_bias = AdaMixer(**{**TINY, "feat_channels": 64, "out_points": 64, "in_points": 16}, decoder="lors",
+                             stage_bias=True)
     assert count_parameters(lors.decoder) < 0.5 * count_parameters(dense.decoder)
+    # stage_bias: per stage and sampling group, one full M (C/G x C/G) and one full S (P_out x P_in) bias
+    G, C, stages = TINY["n_groups"], 64 // TINY["n_groups"], lors.decoder.mixing.num_stages
+    assert count_parameters(with_bias) - count_parameters(lors) == stages * G * (C * C + 64 * 16)
     assert count_parameters(lors.backbone) == count_parameters(dense.backbone)
     logits = torch.full((1, 3, 2), -10.0)
     logits[0, 1, 0] = 5.0

@@ -66,6 +66,25 @@ def test_parameter_counts_closed_form():
     assert count_parameters(d) == N * (dq * P * a * b + P * a * b) == generator_stack_params(N, dq, a, b, P)
 
 
+def test_layer_bias_adds_a_private_static_offset():
+    N, dq, a, b, P = 3, 7, 5, 4, 2
+    plain = random_adaptive(seed=1)
+    m = random_adaptive(seed=1, layer_bias=True)
+    assert count_parameters(m) - count_parameters(plain) == N * P * a * b
+    assert count_parameters(m) == adaptive_lors_params(N, dq, a, b, [2, 3, 1], [1, 2, 3], P, layer_bias=True)
+    assert all(t.abs().sum() == 0 for t in AdaptiveLors(N, dq, a, b, rank=1, layer_bias=True).layer_bias)
+    q = torch.randn(6, dq)
+    for i in range(N):
+        ref = torch.stack([dense_formula(m, v, i) for v in q]) + m.layer_bias[i].view(P, a, b)
+        assert torch.allclose(m(q, i), ref, atol=1e-8, rtol=0)
+    m(q, 1).sum().backward()  # only layer 1's bias gets a gradient, one per generated entry
+    assert torch.allclose(m.layer_bias[1].grad, torch.full((P * a * b,), 6.0))
+    assert m.layer_bias[0].grad is None and m.layer_bias[2].grad is None
+    from lors import param_groups
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in param_groups(m, 1e-3, 0.05)}
+    assert {id(p) for p in m.layer_bias} <= groups["other/no_decay"]
+
+
 def test_dense_generator_shapes_and_equivalence():
     d = GeneratorStack(2, 6, 3, 4, param_groups=2)
     with torch.no_grad():

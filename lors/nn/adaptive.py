@@ -47,6 +47,9 @@ class AdaptiveLors(nn.Module):
         groups: number of cores K_i per layer (an int or a list of N ints).
         param_groups: P, number of matrices generated per query (leading dim).
         bias: give the generators biases.
+        layer_bias: give each layer its own full bias, a query-independent offset of its generated
+            matrices (``P*rows*cols`` parameters per layer, zero at init). Without it a layer's static
+            part differs from the others only through its rank-``K_i r_i`` cores.
         factor_init: how ``left``/``right`` are drawn (Kaiming-uniform, gain sqrt 2):
             ``"official"`` (default) the fan-in PyTorch computes for the official LORS code's 3-D
             tensors (rows*r for L, r*cols for R); ``"matrix"`` the fan-in of each 2-D factor
@@ -55,7 +58,8 @@ class AdaptiveLors(nn.Module):
 
     Parameters: ``shared.weight`` (P*rows*cols, d_q), ``shared.bias``;
     ``private.{i}.weight`` (P*K_i*r_i^2, d_q), ``private.{i}.bias``;
-    ``left.{i}`` (P, K_i, rows, r_i); ``right.{i}`` (P, K_i, r_i, cols).
+    ``left.{i}`` (P, K_i, rows, r_i); ``right.{i}`` (P, K_i, r_i, cols);
+    with ``layer_bias``, ``layer_bias.{i}`` (P*rows*cols,).
 
     Init as in the paper's code: shared generator weight zero (bias as
     ``nn.Linear``), private generator weight and bias zero, left/right factors
@@ -64,7 +68,7 @@ class AdaptiveLors(nn.Module):
 
     def __init__(self, num_layers: int, query_dim: int, rows: int, cols: int, rank: IntOrList,
                  groups: IntOrList = 1, param_groups: int = 1, bias: bool = True, factor_init: str = "official",
-                 device=None, dtype=None):
+                 layer_bias: bool = False, device=None, dtype=None):
         super().__init__()
         _set_dims(self, num_layers, query_dim, rows, cols, param_groups)
         if factor_init not in FACTOR_INITS:
@@ -82,6 +86,8 @@ class AdaptiveLors(nn.Module):
             [nn.Parameter(torch.empty(P, k, rows, r, **kw)) for r, k in zip(self.ranks, self.groups)])
         self.right = nn.ParameterList(
             [nn.Parameter(torch.empty(P, k, r, cols, **kw)) for r, k in zip(self.ranks, self.groups)])
+        self.layer_bias = nn.ParameterList(
+            [nn.Parameter(torch.zeros(P * rows * cols, **kw)) for _ in range(num_layers)] if layer_bias else [])
         self.reset_parameters()
 
     @torch.no_grad()
@@ -99,6 +105,8 @@ class AdaptiveLors(nn.Module):
             fan_r = R.shape[-2] * R.shape[-1] if official else R.shape[-1]
             nn.init.uniform_(L, -math.sqrt(6.0 / fan_l), math.sqrt(6.0 / fan_l))
             nn.init.uniform_(R, -math.sqrt(6.0 / fan_r), math.sqrt(6.0 / fan_r))
+        for b in self.layer_bias:
+            nn.init.zeros_(b)
 
     def cores(self, q: torch.Tensor, i: int) -> torch.Tensor:
         """Layer i's query-generated cores Z: (..., P, K_i, r_i, r_i)."""
@@ -120,7 +128,10 @@ class AdaptiveLors(nn.Module):
         # Sum over the K groups inside one matmul: [L_1 Z_1 | ... | L_K Z_K] @ [R_1; ...; R_K]
         LZ = LZ.transpose(-3, -2).reshape(*LZ.shape[:-4], P, self.rows, k * r)  # (..., P, rows, K r)
         R = self.right[i].reshape(P, k * r, self.cols)  # (P, K r, cols)
-        return self.shared_matrix(q) + LZ @ R
+        out = self.shared_matrix(q) + LZ @ R
+        if len(self.layer_bias):
+            out = out + self.layer_bias[i].view(P, self.rows, self.cols)
+        return out
 
     def shared_parameter_names(self) -> list[str]:
         return [n for n, _ in self.shared.named_parameters(prefix="shared")]

@@ -104,14 +104,14 @@ class AdaMixerDecoder(nn.Module):
                  num_heads: int = 8, n_groups: int = 4, in_points: int = 32, out_points: int = 128,
                  ffn_dim: int = 2048, variant: str = "dense", core_size: int = 16,
                  core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int = 8,
-                 factor_init: str = "official"):
+                 factor_init: str = "official", stage_bias: bool = False):
         super().__init__()
         if feat_channels != query_dim:
             raise ValueError(f"feat_channels ({feat_channels}) must equal query_dim ({query_dim}) for the mixing")
         self.stages = nn.ModuleList([DecoderStage(query_dim, num_classes, num_heads, n_groups, in_points, ffn_dim)
                                      for _ in range(num_stages)])
         self.mixing = AdaptiveMixing(num_stages, query_dim, feat_channels, n_groups, in_points, out_points,
-                                     variant, core_size, core_groups, out_rank, factor_init)
+                                     variant, core_size, core_groups, out_rank, factor_init, stage_bias)
 
     def forward(self, content: torch.Tensor, xyzr: torch.Tensor, features: Sequence[torch.Tensor],
                 strides: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
