@@ -65,7 +65,7 @@ def _count_detector(cfg) -> None:
 
     with torch.device("meta"):
         model = build_adamixer(cfg.model)
-        dense = build_adamixer(dataclasses.replace(cfg.model, decoder="dense"))
+        dense = build_adamixer(dataclasses.replace(cfg.model, decoder="dense", ffn_rank=0))
     print(report(model))
     dec, dense_dec = count_parameters(model.decoder), count_parameters(dense.decoder)
     mix, dense_mix = count_parameters(model.decoder.mixing), count_parameters(dense.decoder.mixing)

@@ -152,11 +152,15 @@ class AdaMixerConfig:
     out_rank: int = 8                   # LORS: rank of each stage's out-projection residual
     factor_init: str = "official"       # LORS: left/right factor init, "official" (3-D fan-in) | "matrix" (2-D)
     stage_bias: bool = False            # LORS: a private full generator bias per stage (see RESULTS.md)
+    ffn_rank: int = 0                   # >0: the stages' FFNs share weights (static LORS, this residual rank)
 
     def __post_init__(self):
         one_of(self.decoder, ("dense", "lors"), "model.decoder")
         one_of(self.factor_init, ("matrix", "official"), "model.factor_init")
         one_of(self.backbone_depth, (18, 34, 50), "model.backbone_depth")
+        if self.ffn_rank < 0:
+            raise ConfigError(f"config key 'model.ffn_rank' must be 0 (dense FFN per stage) or a positive rank; "
+                              f"got {self.ffn_rank}")
 
 
 @dataclass

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lors import count_parameters
+from lors import count_parameters, param_groups
 from lors.models.adamixer.boxes import (box_cxcywh_to_xyxy, box_iof, box_iou, box_xyxy_to_cxcywh, box_xyxy_to_xyzr,
                                         box_xyzr_to_xyxy, generalized_box_iou)
 from lors.models.adamixer.decoder import AdaMixerDecoder, DecoderStage
@@ -95,10 +95,10 @@ def test_original_adamixer_parameter_counts():
     assert count_parameters(decoder) == 6 * (mixing + rest) == 110_272_296
 
 
-@pytest.mark.parametrize("decoder,stage_bias", [("dense", False), ("lors", False), ("lors", True)])
-def test_forward_backward_every_parameter_gets_gradient(decoder, stage_bias):
+@pytest.mark.parametrize("decoder,stage_bias,ffn_rank", [("dense", False, 0), ("lors", False, 0), ("lors", True, 3)])
+def test_forward_backward_every_parameter_gets_gradient(decoder, stage_bias, ffn_rank):
     torch.manual_seed(0)
-    model = AdaMixer(**TINY, decoder=decoder, stage_bias=stage_bias)
+    model = AdaMixer(**TINY, decoder=decoder, stage_bias=stage_bias, ffn_rank=ffn_rank)
     with torch.no_grad():  # zero-initialised tensors (fc_reg, generators, B) pass no gradient at step 0 by design
         for p in model.parameters():
             if p.abs().sum() == 0:
@@ -138,6 +138,31 @@ def test_lors_decoder_reduction_and_postprocess():
     boxes = torch.tensor([[[0.5, 0.5, 1.0, 1.0], [0.25, 0.5, 0.5, 1.0], [0.5, 0.5, 0.1, 0.1]]])
     res = postprocess({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[200, 100]]), top_k=2)[0]
     assert res["labels"][0] == 0 and torch.allclose(res["boxes"][0], torch.tensor([0.0, 0.0, 100.0, 100.0]))
+
+
+def test_ffn_shared_across_stages():
+    torch.manual_seed(0)
+    kw = {**TINY, "decoder": "lors"}
+    dense_ffn, shared_ffn = AdaMixer(**kw), AdaMixer(**kw, ffn_rank=3)
+    q, f, r, stages = TINY["feat_channels"], TINY["ffn_dim"], 3, 6
+    # dense: per stage two Linears; LORS: two shared weights, per stage two rank-r residuals and two biases
+    per_stage_dense = 2 * q * f + f + q
+    lors_ffn = 2 * q * f + stages * (2 * r * (q + f) + f + q)
+    assert count_parameters(dense_ffn) - count_parameters(shared_ffn) == stages * per_stage_dense - lors_ffn
+    # the shared weights appear once and are grouped as shared (N = stages); stage i's FFN uses W_shared + B_i A_i
+    names = [n for n, _ in shared_ffn.named_parameters()]
+    assert names.count("decoder.ffn_in.shared_weight") == 1 and not any("stages.0.ffn." in n for n in names)
+    shared_groups = [g for g in param_groups(shared_ffn, 1e-3) if g["name"].startswith("shared/N=6")]
+    shared_ids = {id(p) for g in shared_groups for p in g["params"]}
+    assert id(shared_ffn.decoder.ffn_in.shared_weight) in shared_ids
+    stack, x = shared_ffn.decoder.ffn_in, torch.randn(5, q)
+    with torch.no_grad():
+        for b in stack.B:
+            b.normal_()
+    first = shared_ffn.decoder.stages[2].ffn[0]
+    assert torch.allclose(first(x), x @ stack.weight(2).T + stack.layer_bias(2), atol=1e-5)
+    with pytest.raises(ValueError, match="ffn_rank"):
+        AdaMixer(**kw, ffn_rank=-1)
 
 
 def test_stage_sampling_offsets_init_grid():

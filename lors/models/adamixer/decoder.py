@@ -8,12 +8,13 @@ module owned by the decoder, dense or LORS-factorised, called with the stage ind
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from .boxes import box_iof, box_xyzr_to_xyxy
+from ...nn.static import LorsLinearStack
 from .mixing import AdaptiveMixing
 from .sampling import make_sample_points, sampling_3d
 
@@ -31,14 +32,16 @@ class DecoderStage(nn.Module):
     """Per-stage parts of an AdaMixer decoder stage (everything but the adaptive mixing)."""
 
     def __init__(self, query_dim: int, num_classes: int, num_heads: int, n_groups: int, in_points: int,
-                 ffn_dim: int = 2048):
+                 ffn_dim: int = 2048, ffn: Optional[nn.Module] = None):
         super().__init__()
         self.n_groups, self.in_points, self.num_heads = n_groups, in_points, num_heads
         self.attention = nn.MultiheadAttention(query_dim, num_heads, batch_first=True)
         self.attention_norm = nn.LayerNorm(query_dim)
         self.iof_tau = nn.Parameter(torch.empty(num_heads))
         self.sampling_offsets = nn.Linear(query_dim, n_groups * in_points * 3)
-        self.ffn = nn.Sequential(nn.Linear(query_dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, query_dim))
+        # the FFN (query_dim -> ffn_dim -> query_dim); the decoder passes LORS stack views to share it across stages
+        self.ffn = ffn if ffn is not None else nn.Sequential(
+            nn.Linear(query_dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, query_dim))
         self.ffn_norm = nn.LayerNorm(query_dim)
         self.cls_branch = nn.Sequential(nn.Linear(query_dim, query_dim), nn.LayerNorm(query_dim), nn.ReLU(inplace=True))
         self.fc_cls = nn.Linear(query_dim, num_classes)
@@ -98,18 +101,31 @@ def refine_xyzr(xyzr: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 class AdaMixerDecoder(nn.Module):
-    """``num_stages`` decoder stages sharing one (dense or LORS) adaptive-mixing module."""
+    """``num_stages`` decoder stages sharing one (dense or LORS) adaptive-mixing module.
+
+    ``variant`` and the LORS arguments up to ``stage_bias`` configure the mixing (see
+    :class:`~lors.models.adamixer.mixing.AdaptiveMixing`). ``ffn_rank > 0`` also shares the
+    stages' FFNs: each of the two FFN linears becomes a static LORS stack (one shared weight
+    plus a rank-``ffn_rank`` residual and a bias per stage); 0 keeps a dense FFN per stage.
+    """
 
     def __init__(self, num_stages: int = 6, query_dim: int = 256, feat_channels: int = 256, num_classes: int = 80,
                  num_heads: int = 8, n_groups: int = 4, in_points: int = 32, out_points: int = 128,
                  ffn_dim: int = 2048, variant: str = "dense", core_size: int = 16,
                  core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int = 8,
-                 factor_init: str = "official", stage_bias: bool = False):
+                 factor_init: str = "official", stage_bias: bool = False, ffn_rank: int = 0):
         super().__init__()
         if feat_channels != query_dim:
             raise ValueError(f"feat_channels ({feat_channels}) must equal query_dim ({query_dim}) for the mixing")
-        self.stages = nn.ModuleList([DecoderStage(query_dim, num_classes, num_heads, n_groups, in_points, ffn_dim)
-                                     for _ in range(num_stages)])
+        if ffn_rank < 0:
+            raise ValueError(f"ffn_rank must be 0 (a dense FFN per stage) or a positive rank, got {ffn_rank}")
+        # ffn_rank > 0: the stages' FFNs form two static LORS stacks (shared weight + rank-ffn_rank residual each)
+        self.ffn_in = LorsLinearStack(num_stages, query_dim, ffn_dim, rank=ffn_rank) if ffn_rank else None
+        self.ffn_out = LorsLinearStack(num_stages, ffn_dim, query_dim, rank=ffn_rank) if ffn_rank else None
+        ffns = [nn.Sequential(self.ffn_in.layer(i), nn.ReLU(inplace=True), self.ffn_out.layer(i)) if ffn_rank else None
+                for i in range(num_stages)]
+        self.stages = nn.ModuleList([DecoderStage(query_dim, num_classes, num_heads, n_groups, in_points, ffn_dim,
+                                                  ffns[i]) for i in range(num_stages)])
         self.mixing = AdaptiveMixing(num_stages, query_dim, feat_channels, n_groups, in_points, out_points,
                                      variant, core_size, core_groups, out_rank, factor_init, stage_bias)
 
