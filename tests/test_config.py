@@ -61,3 +61,10 @@ def test_cli_reports_config_errors(tmp_path):
     f.write_text("train:\n  epochs: many\n")
     r = subprocess.run([sys.executable, "-m", "lors.cli", "count", str(f)], capture_output=True, text=True)
     assert r.returncode == 2 and "train.epochs" in r.stderr
+
+
+def test_detection_ffn_rank_and_stage_bias_keys():
+    cfg = load_config(ROOT / "configs/adamixer_shapes_lors.yaml", ["model.ffn_rank=4", "model.stage_bias=false"])
+    assert cfg.model.ffn_rank == 4 and cfg.model.stage_bias is False
+    with pytest.raises(ConfigError, match=r"model\.ffn_rank.*positive rank; got -2"):
+        load_config(ROOT / "configs/adamixer_shapes_lors.yaml", ["model.ffn_rank=-2"])
