@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from lors import AdaptiveLors, GeneratorStack, adaptive_lors_params, count_parameters, generator_stack_params
+from lors import (AdaptiveLors, GeneratorStack, adaptive_lors_params, count_parameters, generator_stack_params,
+                  param_groups)
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -80,7 +81,6 @@ def test_layer_bias_adds_a_private_static_offset():
     m(q, 1).sum().backward()  # only layer 1's bias gets a gradient, one per generated entry
     assert torch.allclose(m.layer_bias[1].grad, torch.full((P * a * b,), 6.0))
     assert m.layer_bias[0].grad is None and m.layer_bias[2].grad is None
-    from lors import param_groups
     groups = {g["name"]: {id(p) for p in g["params"]} for g in param_groups(m, 1e-3, 0.05)}
     assert {id(p) for p in m.layer_bias} <= groups["other/no_decay"]
 

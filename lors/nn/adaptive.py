@@ -87,7 +87,7 @@ class AdaptiveLors(nn.Module):
         self.right = nn.ParameterList(
             [nn.Parameter(torch.empty(P, k, r, cols, **kw)) for r, k in zip(self.ranks, self.groups)])
         self.layer_bias = nn.ParameterList(
-            [nn.Parameter(torch.zeros(P * rows * cols, **kw)) for _ in range(num_layers)] if layer_bias else [])
+            [nn.Parameter(torch.empty(P * rows * cols, **kw)) for _ in range(num_layers)] if layer_bias else [])
         self.reset_parameters()
 
     @torch.no_grad()

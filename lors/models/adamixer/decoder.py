@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .boxes import box_iof, box_xyzr_to_xyxy
 from ...nn.static import LorsLinearStack
+from .boxes import box_iof, box_xyzr_to_xyxy
 from .mixing import AdaptiveMixing
 from .sampling import make_sample_points, sampling_3d
 
@@ -119,11 +119,12 @@ class AdaMixerDecoder(nn.Module):
             raise ValueError(f"feat_channels ({feat_channels}) must equal query_dim ({query_dim}) for the mixing")
         if ffn_rank < 0:
             raise ValueError(f"ffn_rank must be 0 (a dense FFN per stage) or a positive rank, got {ffn_rank}")
-        # ffn_rank > 0: the stages' FFNs form two static LORS stacks (shared weight + rank-ffn_rank residual each)
-        self.ffn_in = LorsLinearStack(num_stages, query_dim, ffn_dim, rank=ffn_rank) if ffn_rank else None
-        self.ffn_out = LorsLinearStack(num_stages, ffn_dim, query_dim, rank=ffn_rank) if ffn_rank else None
-        ffns = [nn.Sequential(self.ffn_in.layer(i), nn.ReLU(inplace=True), self.ffn_out.layer(i)) if ffn_rank else None
-                for i in range(num_stages)]
+        ffns = [None] * num_stages  # each stage builds its own dense FFN
+        if ffn_rank:  # the stages' FFNs become views of two static LORS stacks owned here
+            self.ffn_in = LorsLinearStack(num_stages, query_dim, ffn_dim, rank=ffn_rank)
+            self.ffn_out = LorsLinearStack(num_stages, ffn_dim, query_dim, rank=ffn_rank)
+            ffns = [nn.Sequential(self.ffn_in.layer(i), nn.ReLU(inplace=True), self.ffn_out.layer(i))
+                    for i in range(num_stages)]
         self.stages = nn.ModuleList([DecoderStage(query_dim, num_classes, num_heads, n_groups, in_points, ffn_dim,
                                                   ffns[i]) for i in range(num_stages)])
         self.mixing = AdaptiveMixing(num_stages, query_dim, feat_channels, n_groups, in_points, out_points,
