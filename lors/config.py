@@ -110,6 +110,9 @@ class TrainConfig:
         if isinstance(scale, str) and scale not in SHARED_LR_RULES or not isinstance(scale, str) and scale <= 0:
             raise ConfigError(f"config key 'train.shared_lr_scale' must be a positive number or one of "
                               f"{tuple(SHARED_LR_RULES)}, got {scale!r}")
+        if self.lct_ramp_epochs < 0:
+            raise ConfigError(f"config key 'train.lct_ramp_epochs' must be 0 (one-shot LCT) or a positive number of "
+                              f"epochs, got {self.lct_ramp_epochs}")
         if self.private_lr_scale <= 0:
             raise ConfigError(f"config key 'train.private_lr_scale' must be positive, got {self.private_lr_scale}")
     # LCT schedule: train dense for lct_warmup_epochs, then factorise the block linears
@@ -118,6 +121,8 @@ class TrainConfig:
     lct_rank: Optional[int] = None
     lct_warmup_epochs: int = 0
     lct_targets: Optional[str] = None   # regex of module paths to factorise (default: the model's block linears)
+    lct_lr_scale: float = 1.0           # lr factor of the LCT factors U, V
+    lct_ramp_epochs: int = 0            # >0: cut the dense weights' ranks gradually over this many epochs, then factorise
     lct_reproject_every: int = 0        # every N steps re-balance U, V by SVD of U V (0: never)
     lct_reproject_epsilon: Optional[float] = None  # ... and re-truncate each layer to this tolerance
     lct_frobenius_decay: float = 0.0    # lambda of (lambda/2)||U V||_F^2 replacing weight decay on U, V
@@ -149,7 +154,7 @@ class AdaMixerConfig:
     decoder: str = "dense"              # "dense" | "lors"
     core_size: int = 4                  # LORS: side k of each query-generated core
     core_groups: Union[int, list[int]] = field(default_factory=lambda: [1, 1, 2, 2, 3, 3])
-    out_rank: int = 8                   # LORS: rank of each stage's out-projection residual
+    out_rank: Union[int, list[int]] = 8  # LORS: rank of each stage's out-projection residual (int or one per stage)
     factor_init: str = "official"       # LORS: left/right factor init, "official" (3-D fan-in) | "matrix" (2-D)
     stage_bias: bool = False            # LORS: a private full generator bias per stage (see RESULTS.md)
     ffn_rank: int = 0                   # >0: the stages' FFNs share weights (static LORS, this residual rank)

@@ -25,6 +25,8 @@ from typing import Callable, Iterable, Union
 import torch
 from torch import nn
 
+from .nn.lowrank import LowRankLinear
+
 NO_DECAY_NAMES = ("bias", "cls_token", "pos_embed", "query_embed")
 SHARED_LR_RULES: dict[str, Callable[[int], float]] = {
     "1/sqrt(N)": lambda n: 1.0 / math.sqrt(n),
@@ -75,7 +77,7 @@ def lors_roles(model: nn.Module) -> tuple[dict[int, int], set[int]]:
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_lr_scale: ScaleRule = "1/sqrt(N)",
                  private_lr_scale: float = 1.0, no_decay_names: Iterable[str] = NO_DECAY_NAMES,
-                 exempt: Iterable[int] = ()) -> list[dict]:
+                 exempt: Iterable[int] = (), factor_lr_scale: float = 1.0) -> list[dict]:
     """Parameter groups for ``torch.optim`` optimizers, with shared LORS tensors grouped apart.
 
     Args:
@@ -87,15 +89,19 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_
             N of layers that share it (``"1/sqrt(N)"`` (default), ``"1/N"``, ``"1"``) or a function
             ``N -> float``.
         private_lr_scale: factor for the private low-rank residual factors.
+        factor_lr_scale: factor for the ``U``/``V`` factors of LCT layers (:class:`~lors.LowRankLinear`).
 
     Returns a list of dicts with ``params``, ``lr`` (= base lr x ``lr_scale``), ``lr_scale``,
-    ``weight_decay`` and ``name`` (``"shared/N=12"``, ``"private"`` or ``"other"``, plus
+    ``weight_decay`` and ``name`` (``"shared/N=12"``, ``"private"``, ``"factor"`` or ``"other"``, plus
     ``"/no_decay"``). Every trainable tensor appears in exactly one group; frozen ones in none.
     """
     rule = shared_lr_rule(shared_lr_scale)
     if not (isinstance(private_lr_scale, (int, float)) and private_lr_scale > 0):
         raise ValueError(f"private_lr_scale must be a positive number, got {private_lr_scale!r}")
+    if not (isinstance(factor_lr_scale, (int, float)) and factor_lr_scale > 0):
+        raise ValueError(f"factor_lr_scale must be a positive number, got {factor_lr_scale!r}")
     shared, private = lors_roles(model)
+    factors = {id(p) for m in model.modules() if isinstance(m, LowRankLinear) for p in (m.U, m.V)}
     no_decay_names, exempt = tuple(no_decay_names), set(exempt)
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
@@ -105,6 +111,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_
             role, scale = f"shared/N={shared[id(p)]}", rule(shared[id(p)])
         elif id(p) in private:
             role, scale = "private", float(private_lr_scale)
+        elif id(p) in factors:
+            role, scale = "factor", float(factor_lr_scale)
         else:
             role, scale = "other", 1.0
         decays = not (p.ndim <= 1 or name.rsplit(".", 1)[-1] in no_decay_names or id(p) in exempt)

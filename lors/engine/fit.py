@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..accounting import count_parameters
 from ..convert import lct, lct_ranks
+from . import lct_schedule
 from ..nn.lowrank import frobenius_penalty, low_rank_layers
 from . import distributed
 from .checkpoint import load_model_state, optimizer_from_flat, read_checkpoint, save_checkpoint
@@ -56,15 +57,6 @@ def show_progress(enabled: bool) -> bool:
     return enabled and sys.stdout.isatty() and sys.stderr.isatty()
 
 
-def _factorise(model: nn.Module, tcfg, default_targets: str) -> dict[str, int]:
-    targets = tcfg.lct_targets or default_targets
-    if tcfg.lct_epsilon is not None:
-        lct(model, epsilon=tcfg.lct_epsilon, targets=targets)
-    else:
-        lct(model, rank=tcfg.lct_rank, targets=targets)
-    return lct_ranks(model)
-
-
 def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_dir: str | Path, task=None,
         resume: bool = False, lct_targets: str = r".*", log: Callable[[str], None] = print) -> list[dict]:
     """Train ``build_model()`` per ``config.train``; returns the per-epoch history.
@@ -89,11 +81,12 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
             log(f"warning: {warning}")
     torch.manual_seed(tcfg.seed)
     model = build_model()
-    start_epoch, step, history, lct_done, meta = 0, 0, [], False, None
+    start_epoch, step, history, lct_done, meta, lct_final = 0, 0, [], False, None, {}
     if resume:
         meta, tensors = read_checkpoint(run_dir / "last.json")
         restore_model(model, meta, tensors)
         lct_done = meta.get("lct_done", False)
+        lct_final = meta.get("lct_final_ranks", {})
         torch.set_rng_state(tensors["rng.torch"])
         start_epoch, step, history = meta["epoch"] + 1, meta["step"], meta["history"]
         if start_epoch >= tcfg.epochs:
@@ -110,7 +103,7 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
         exempt = frozenset(id(p) for m in low_rank_layers(model) for p in (m.U, m.V)) \
             if tcfg.lct_frobenius_decay > 0 else frozenset()
         return build_optimizer(model, tcfg.lr, tcfg.weight_decay, exempt, tcfg.shared_lr_scale,
-                               tcfg.private_lr_scale)
+                               tcfg.private_lr_scale, tcfg.lct_lr_scale)
 
     def regularizer():
         return 0.5 * tcfg.lct_frobenius_decay * frobenius_penalty(model)
@@ -155,12 +148,21 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
             f"{len(test_set)} test samples, {tcfg.epochs} epochs, device {device}, world size {world}")
 
     for epoch in range(start_epoch, tcfg.epochs):
-        if lct_scheduled and not lct_done and epoch >= tcfg.lct_warmup_epochs:
-            ranks, lct_done = _factorise(model, tcfg, lct_targets), True
-            optimizer = make_optimizer()  # new parameters: fresh optimizer state
-            wrapped = DistributedDataParallel(model) if world > 1 else model
+        ramp = epoch - tcfg.lct_warmup_epochs  # epochs into the LCT phase
+        if lct_scheduled and not lct_done and ramp >= 0:
+            if not lct_final:  # the final ranks are chosen once, when the LCT phase starts
+                lct_final = lct_schedule.final_ranks(model, tcfg.lct_epsilon, tcfg.lct_rank,
+                                                     tcfg.lct_targets or lct_targets)
+            if ramp < tcfg.lct_ramp_epochs:  # gradual: project the dense weights, keep the optimizer
+                ranks = lct_schedule.project(model, lct_final, ramp + 1, tcfg.lct_ramp_epochs)
+                what = f"projected (ramp epoch {ramp + 1}/{tcfg.lct_ramp_epochs})"
+            else:
+                lct(model, rank=lct_final, targets="|".join(map(re.escape, lct_final)))
+                ranks, lct_done, what = lct_final, True, "factorised"
+                optimizer = make_optimizer()  # new parameters: fresh optimizer state
+                wrapped = DistributedDataParallel(model) if world > 1 else model
             if main:
-                log(f"LCT: factorised {len(ranks)} layers at epoch {epoch + 1}, ranks {sorted(set(ranks.values()))}, "
+                log(f"LCT: {what} {len(ranks)} layers at epoch {epoch + 1}, ranks {sorted(set(ranks.values()))}, "
                     f"now {count_parameters(model):,} parameters")
         torch.manual_seed(tcfg.seed * 100_003 + epoch)
         sampler.set_epoch(epoch)
@@ -181,6 +183,7 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
             log(" ".join(f"{k}={v}" for k, v in row.items()))
             save_checkpoint(run_dir, model, {"config": dataclasses.asdict(config), "epoch": epoch, "step": step,
                                              "history": history, "lct_ranks": lct_ranks(model), "lct_done": lct_done,
+                                             "lct_final_ranks": lct_final,
                                              "world_size": world},
                             optimizer)
         distributed.barrier()

@@ -10,10 +10,11 @@ from ..optim import param_groups, set_lr  # noqa: F401  (set_lr is the engine's 
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, exempt: frozenset = frozenset(),
-                    shared_lr_scale="1/sqrt(N)", private_lr_scale: float = 1.0) -> torch.optim.AdamW:
+                    shared_lr_scale="1/sqrt(N)", private_lr_scale: float = 1.0,
+                    factor_lr_scale: float = 1.0) -> torch.optim.AdamW:
     """AdamW over :func:`lors.param_groups` (shared LORS tensors at ``shared_lr_scale``)."""
     return torch.optim.AdamW(param_groups(model, lr, weight_decay, shared_lr_scale, private_lr_scale,
-                                          exempt=exempt), lr=lr)
+                                          exempt=exempt, factor_lr_scale=factor_lr_scale), lr=lr)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:

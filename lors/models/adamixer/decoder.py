@@ -112,7 +112,7 @@ class AdaMixerDecoder(nn.Module):
     def __init__(self, num_stages: int = 6, query_dim: int = 256, feat_channels: int = 256, num_classes: int = 80,
                  num_heads: int = 8, n_groups: int = 4, in_points: int = 32, out_points: int = 128,
                  ffn_dim: int = 2048, variant: str = "dense", core_size: int = 16,
-                 core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int = 8,
+                 core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int | Sequence[int] = 8,
                  factor_init: str = "official", stage_bias: bool = False, ffn_rank: int = 0):
         super().__init__()
         if feat_channels != query_dim:

@@ -43,7 +43,7 @@ class AdaptiveMixing(nn.Module):
         variant: ``"dense"`` or ``"lors"``.
         core_size: k, side of each query-generated core (``lors`` only).
         core_groups: K_s, number of cores per stage, int or list (``lors`` only).
-        out_rank: rank of each stage's out-projection residual (``lors`` only).
+        out_rank: rank of each stage's out-projection residual, int or list (``lors`` only).
         factor_init: init of the adaptive left/right factors, ``"matrix"`` or ``"official"``
             (see :class:`~lors.AdaptiveLors`; ``lors`` only).
         stage_bias: give each stage's M and S generators a private full bias next to the shared
@@ -52,7 +52,7 @@ class AdaptiveMixing(nn.Module):
 
     def __init__(self, num_stages: int = 6, query_dim: int = 256, in_dim: int = 256, n_groups: int = 4,
                  in_points: int = 32, out_points: int = 128, variant: str = "dense", core_size: int = 16,
-                 core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int = 8,
+                 core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int | Sequence[int] = 8,
                  factor_init: str = "official", stage_bias: bool = False):
         super().__init__()
         if variant not in VARIANTS:
