@@ -197,3 +197,17 @@ def test_backbone_torchvision_names_load_and_frozen_bn(tmp_path):
     assert isinstance(frozen.bn1, FrozenBatchNorm2d) and not any(True for _ in frozen.bn1.parameters())
     with pytest.raises(ValueError, match="does not fit"):
         load_torchvision_weights(ResNet(34, width=8), tmp_path / "r18.safetensors")
+
+
+def test_out_rank_per_stage():
+    """model.out_rank as a list: stage s's out-projection residual has rank out_rank[s] (closed-form count)."""
+    with torch.device("meta"):
+        uniform = AdaMixer(**{**TINY, "out_rank": 2}, decoder="lors")
+        per_stage = AdaMixer(**{**TINY, "out_rank": [1, 1, 2, 2, 3, 5]}, decoder="lors")
+    proj_in = (TINY["feat_channels"] // TINY["n_groups"]) * TINY["out_points"] * TINY["n_groups"]
+    per_rank = proj_in + TINY["feat_channels"]  # one rank unit of B (out x r) and A (r x in)
+    extra = sum([1, 1, 2, 2, 3, 5]) - 2 * 6
+    assert count_parameters(per_stage) - count_parameters(uniform) == extra * per_rank
+    assert per_stage.decoder.mixing.out_proj.weight(5).shape == (TINY["feat_channels"], proj_in)
+    with pytest.raises(ValueError, match="rank"):
+        AdaMixer(**{**TINY, "out_rank": [2, 2]}, decoder="lors")
