@@ -39,6 +39,10 @@ GRIDS = {
     "ramp": {
         "ramp 8": ["train.lct_ramp_epochs=8"],
         "ramp 16": ["train.lct_ramp_epochs=16"],
+        "ramp 24": ["train.lct_ramp_epochs=24"],
+    },
+    "projected": {
+        "ramp 35 (factorised for the last epoch)": ["train.lct_ramp_epochs=35"],
     },
 }
 FIELDS = ["setting", "seed", "top1", "params", "overrides"]
@@ -59,18 +63,28 @@ def run(setting: str, overrides: list[str], seed: int, out: Path) -> dict:
             "overrides": " ".join(overrides)}
 
 
+def block_parameters() -> tuple[int, int]:
+    """(all, block) parameters of the dense model of CONFIG; the LCT schedule only changes block linears."""
+    from lors.config import load_config
+    from lors.models.vit import build_vit
+
+    model = build_vit(load_config(CONFIG).model)
+    every = sum(p.numel() for p in model.parameters())
+    return every, sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks."))
+
+
 def summary(rows: list[dict]) -> str:
+    every, block = block_parameters()
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["setting"], []).append(r)
-    lines = [f"{'setting':34s} {'params':>9s} {'top-1 mean':>10s} {'std':>5s}  seeds: top-1"]
+    lines = [f"{'setting':40s} {'block params':>12s} {'fewer':>6s} {'top-1 mean':>10s} {'std':>5s}  seeds: top-1"]
     for name, rs in by.items():
         tops = [float(r["top1"]) for r in sorted(rs, key=lambda r: int(r["seed"]))]
         std = statistics.stdev(tops) if len(tops) > 1 else 0.0
-        params = sorted({int(r["params"]) for r in rs})
-        shown = f"{params[0]:,}" if len(params) == 1 else f"~{round(statistics.mean(params)):,}"
-        lines.append(f"{name:34s} {shown:>9s} {statistics.mean(tops):10.2f} {std:5.2f}  "
-                     + " / ".join(f"{t:.2f}" for t in tops))
+        blocks = statistics.mean(int(r["params"]) for r in rs) - (every - block)  # mean over seeds' ranks
+        lines.append(f"{name:40s} {round(blocks):12,d} {100 * (1 - blocks / block):5.1f}% "
+                     f"{statistics.mean(tops):10.2f} {std:5.2f}  " + " / ".join(f"{t:.2f}" for t in tops))
     return "\n".join(lines)
 
 
