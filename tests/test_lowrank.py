@@ -113,16 +113,3 @@ def test_constructor_and_shape_errors():
     with pytest.raises(ValueError, match="epsilon"):
         LowRankLinear(4, 3, rank=2).reproject(epsilon=2.0)
 
-
-def test_reproject_to_rank_keeps_best_approximation():
-    torch.manual_seed(4)
-    lr = LowRankLinear(9, 7, rank=5)
-    product = (lr.U @ lr.V).double()
-    U, S, Vh = torch.linalg.svd(product)
-    best = (U[:, :3] * S[:3]) @ Vh[:3]  # Eckart-Young: the best rank-3 approximation
-    assert lr.reproject(rank=3) == 3 and lr.U.shape == (7, 3) and lr.V.shape == (3, 9)
-    assert torch.allclose(lr.weight.double(), best, atol=1e-5)
-    with pytest.raises(ValueError, match="exceeds the current rank 3"):
-        lr.reproject(rank=4)
-    with pytest.raises(ValueError, match="at most one of epsilon= and rank="):
-        lr.reproject(epsilon=0.5, rank=2)

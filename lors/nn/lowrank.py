@@ -171,31 +171,23 @@ class LowRankLinear(nn.Module):
         return lin
 
     @torch.no_grad()
-    def reproject(self, epsilon: Optional[float] = None, rank: Optional[int] = None) -> int:
-        """Re-balance the factors through an SVD of U @ V; optionally truncate to ``epsilon`` or ``rank``.
+    def reproject(self, epsilon: Optional[float] = None) -> int:
+        """Re-balance the factors through an SVD of U @ V; optionally truncate to ``epsilon``.
 
-        Without ``epsilon`` and ``rank`` the product U @ V is unchanged (to float rounding) and the
+        Without ``epsilon`` the product U @ V is unchanged (to float rounding) and the
         factors become balanced (U^T U = V V^T = diag(S)). With ``epsilon`` the rank may
-        shrink to the smallest one meeting the tolerance; with ``rank`` (1 <= rank <= the current
-        rank) the best rank-``rank`` approximation of U @ V is kept. Uses QR of both factors, so
+        shrink to the smallest one meeting the tolerance. Uses QR of both factors, so
         the cost is O((in + out) r^2), never a dense SVD.
 
         If the rank changes, U and V become new ``nn.Parameter`` objects: rebuild the
         optimizer (its state refers to the old tensors). Returns the new rank.
         """
-        if epsilon is not None and rank is not None:
-            raise ValueError(f"give at most one of epsilon= and rank= (got epsilon={epsilon!r}, rank={rank!r})")
         if epsilon is not None:
             epsilon_in_range(epsilon)
-        if rank is not None:
-            positive_int(rank, "rank")
-            if rank > self.rank:
-                raise ValueError(f"rank={rank} exceeds the current rank {self.rank}; reproject can only keep or "
-                                 f"lower the rank (allowed: 1..{self.rank})")
         Qu, Ru = torch.linalg.qr(self.U.double())  # U = Qu Ru
         Qv, Rv = torch.linalg.qr(self.V.double().T)  # V^T = Qv Rv
         core = Ru @ Rv.T  # U V = Qu (Ru Rv^T) Qv^T, core is r x r
-        Uc, Vc = _balanced_svd(core, None if epsilon is not None else (rank or self.rank), epsilon)
+        Uc, Vc = _balanced_svd(core, None if epsilon is not None else self.rank, epsilon)
         U, V = Qu @ Uc, Vc @ Qv.T
         if U.shape[1] == self.rank:
             self.U.copy_(U)
