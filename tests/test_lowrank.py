@@ -112,4 +112,3 @@ def test_constructor_and_shape_errors():
         LowRankLinear(4, 3, rank=2)(torch.randn(2, 5))
     with pytest.raises(ValueError, match="epsilon"):
         LowRankLinear(4, 3, rank=2).reproject(epsilon=2.0)
-
