@@ -22,9 +22,8 @@ from tqdm import tqdm
 
 from ..accounting import count_parameters
 from ..convert import lct, lct_ranks
-from . import lct_schedule
 from ..nn.lowrank import frobenius_penalty, low_rank_layers
-from . import distributed
+from . import distributed, lct_schedule
 from .checkpoint import load_model_state, optimizer_from_flat, read_checkpoint, save_checkpoint
 from .logger import RunLogger
 from .optim import build_optimizer, lr_at
@@ -150,15 +149,15 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
     for epoch in range(start_epoch, tcfg.epochs):
         ramp = epoch - tcfg.lct_warmup_epochs  # epochs into the LCT phase
         if lct_scheduled and not lct_done and ramp >= 0:
-            if not lct_final:  # the final ranks are chosen once, when the LCT phase starts
-                lct_final = lct_schedule.final_ranks(model, tcfg.lct_epsilon, tcfg.lct_rank,
-                                                     tcfg.lct_targets or lct_targets)
+            targets = tcfg.lct_targets or lct_targets
             if ramp < tcfg.lct_ramp_epochs:  # gradual: project the dense weights, keep the optimizer
+                if not lct_final:  # the final ranks are chosen once, when the LCT phase starts
+                    lct_final = lct_schedule.final_ranks(model, tcfg.lct_epsilon, tcfg.lct_rank, targets)
                 ranks = lct_schedule.project(model, lct_final, ramp + 1, tcfg.lct_ramp_epochs)
                 what = f"projected (ramp epoch {ramp + 1}/{tcfg.lct_ramp_epochs})"
             else:
-                lct(model, rank=lct_final, targets="|".join(map(re.escape, lct_final)))
-                ranks, lct_done, what = lct_final, True, "factorised"
+                ranks = lct_schedule.factorise(model, lct_final, tcfg.lct_epsilon, tcfg.lct_rank, targets)
+                lct_final, lct_done, what = ranks, True, "factorised"
                 optimizer = make_optimizer()  # new parameters: fresh optimizer state
                 wrapped = DistributedDataParallel(model) if world > 1 else model
             if main:

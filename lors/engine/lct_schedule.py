@@ -19,6 +19,7 @@ weight's energy at once.
 from __future__ import annotations
 
 import copy
+import re
 
 import torch
 from torch import nn
@@ -36,11 +37,23 @@ def ramp_rank(full: int, final: int, step: int, steps: int) -> int:
 def final_ranks(model: nn.Module, epsilon: float | None, rank: int | None, targets: str) -> dict[str, int]:
     """``{path: rank}`` that one-shot LCT at ``epsilon`` (or ``rank``) would give ``model`` now (model unchanged).
 
-    Layers that would not shrink are left out, as :func:`lors.lct` leaves them dense.
+    Layers that would not shrink are left out, as :func:`lors.lct` leaves them dense. Runs :func:`lors.lct`
+    on a copy of the model, so it costs one model's memory for a moment; only the gradual schedule needs it.
     """
     trial = copy.deepcopy(model)
     lct(trial, epsilon=epsilon, rank=rank, targets=targets)
     return lct_ranks(trial)
+
+
+def factorise(model: nn.Module, final: dict[str, int], epsilon: float | None, rank: int | None,
+              targets: str) -> dict[str, int]:
+    """Factorise ``model`` in place: at the planned ``final`` ranks if there are any (after a ramp), else at
+    ``epsilon`` (or ``rank``) directly. Returns ``{path: rank}`` of the factorised layers."""
+    if final:
+        lct(model, rank=final, targets="|".join(map(re.escape, final)))
+    else:
+        lct(model, epsilon=epsilon, rank=rank, targets=targets)
+    return lct_ranks(model)
 
 
 @torch.no_grad()
