@@ -157,12 +157,17 @@ class AdaMixerConfig:
     out_rank: Union[int, list[int]] = 8  # LORS: rank of each stage's out-projection residual (int or one per stage)
     factor_init: str = "official"       # LORS: left/right factor init, "official" (3-D fan-in) | "matrix" (2-D)
     stage_bias: bool = False            # LORS: a private full generator bias per stage (see RESULTS.md)
+    stage_bias_init: str = "zero"       # LORS: "zero" | "random" (each stage's bias drawn as a dense stage's)
     ffn_rank: int = 0                   # >0: the stages' FFNs share weights (static LORS, this residual rank)
 
     def __post_init__(self):
         one_of(self.decoder, ("dense", "lors"), "model.decoder")
         one_of(self.factor_init, ("matrix", "official"), "model.factor_init")
         one_of(self.backbone_depth, (18, 34, 50), "model.backbone_depth")
+        one_of(self.stage_bias_init, ("zero", "random"), "model.stage_bias_init")
+        if self.stage_bias_init == "random" and not (self.decoder == "lors" and self.stage_bias):
+            raise ConfigError("config key 'model.stage_bias_init: random' needs model.decoder: lors and "
+                              "model.stage_bias: true")
         if self.ffn_rank < 0:
             raise ConfigError(f"config key 'model.ffn_rank' must be 0 (dense FFN per stage) or a positive rank; "
                               f"got {self.ffn_rank}")

@@ -68,3 +68,10 @@ def test_detection_ffn_rank_and_stage_bias_keys():
     assert cfg.model.ffn_rank == 4 and cfg.model.stage_bias is False
     with pytest.raises(ConfigError, match=r"model\.ffn_rank.*positive rank; got -2"):
         load_config(ROOT / "configs/adamixer_shapes_lors.yaml", ["model.ffn_rank=-2"])
+    cfg = load_config(ROOT / "configs/adamixer_shapes_lors.yaml", ["model.stage_bias=true",
+                                                                   "model.stage_bias_init=random"])
+    assert cfg.model.stage_bias_init == "random"
+    with pytest.raises(ConfigError, match=r"model\.stage_bias_init.*'zero', 'random'; got 'normal'"):
+        load_config(ROOT / "configs/adamixer_shapes_lors.yaml", ["model.stage_bias=true", "model.stage_bias_init=normal"])
+    with pytest.raises(ConfigError, match=r"model\.stage_bias_init: random' needs .*model\.stage_bias: true"):
+        load_config(ROOT / "configs/adamixer_shapes_lors.yaml", ["model.stage_bias_init=random"])

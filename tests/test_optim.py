@@ -152,6 +152,27 @@ def test_factor_init_official_uses_3d_fan_in():
         lors.AdaptiveLors(2, 8, rows, cols, rank=r, factor_init="xavier")
 
 
+def test_layer_bias_init_random_draws_each_layer_like_a_dense_generator():
+    torch.manual_seed(0)
+    d_q, rows, cols, P, N = 16, 6, 5, 2, 3
+    zero = lors.AdaptiveLors(N, d_q, rows, cols, rank=2, param_groups=P, layer_bias=True)
+    rand = lors.AdaptiveLors(N, d_q, rows, cols, rank=2, param_groups=P, layer_bias=True, layer_bias_init="random")
+    q = torch.randn(4, d_q)
+    # zero: every layer generates the same matrices at init; random: every layer its own
+    assert all(torch.equal(zero(q, i), zero(q, 0)) for i in range(N))
+    assert all((rand(q, i) - rand(q, j)).abs().min() > 0 for i in range(N) for j in range(i))
+    # the shared bias is zeroed, so at init (generator weights zero) layer i's matrix *is* its bias
+    assert rand.shared.bias.abs().sum() == 0
+    bound = 1 / math.sqrt(d_q)  # nn.Linear's bias bound, as for a dense GeneratorStack's bias
+    for i in range(N):
+        assert torch.equal(rand(q, i), rand.layer_bias[i].view(P, rows, cols).expand(4, P, rows, cols))
+        assert rand.layer_bias[i].abs().max() <= bound and rand.layer_bias[i].abs().max() > 0.9 * bound
+    with pytest.raises(ValueError, match="layer_bias_init"):
+        lors.AdaptiveLors(N, d_q, rows, cols, rank=2, layer_bias=True, layer_bias_init="normal")
+    with pytest.raises(ValueError, match="layer_bias=True"):
+        lors.AdaptiveLors(N, d_q, rows, cols, rank=2, layer_bias_init="random")
+
+
 def test_b_init_std():
     torch.manual_seed(0)
     zero = lors.LorsLinearStack(3, 64, 64, rank=8)

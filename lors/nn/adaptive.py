@@ -25,6 +25,7 @@ from torch import nn
 from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
 
 FACTOR_INITS = ("matrix", "official")
+LAYER_BIAS_INITS = ("zero", "random")
 
 
 def _set_dims(module: nn.Module, num_layers, query_dim, rows, cols, param_groups) -> None:
@@ -48,8 +49,12 @@ class AdaptiveLors(nn.Module):
         param_groups: P, number of matrices generated per query (leading dim).
         bias: give the generators biases.
         layer_bias: give each layer its own full bias, a query-independent offset of its generated
-            matrices (``P*rows*cols`` parameters per layer, zero at init). Without it a layer's static
+            matrices (``P*rows*cols`` parameters per layer). Without it a layer's static
             part differs from the others only through its rank-``K_i r_i`` cores.
+        layer_bias_init: ``"zero"`` (default) starts every layer bias at zero, so all layers generate
+            the same matrices at init; ``"random"`` draws each layer bias as ``nn.Linear`` draws a bias
+            (uniform, bound 1/sqrt(d_q)) and zeroes the shared bias, so at init every layer's
+            query-independent matrix is its own random draw, as in a dense :class:`GeneratorStack`.
         factor_init: how ``left``/``right`` are drawn (Kaiming-uniform, gain sqrt 2):
             ``"official"`` (default) the fan-in PyTorch computes for the official LORS code's 3-D
             tensors (rows*r for L, r*cols for R); ``"matrix"`` the fan-in of each 2-D factor
@@ -68,12 +73,16 @@ class AdaptiveLors(nn.Module):
 
     def __init__(self, num_layers: int, query_dim: int, rows: int, cols: int, rank: IntOrList,
                  groups: IntOrList = 1, param_groups: int = 1, bias: bool = True, factor_init: str = "official",
-                 layer_bias: bool = False, device=None, dtype=None):
+                 layer_bias: bool = False, layer_bias_init: str = "zero", device=None, dtype=None):
         super().__init__()
         _set_dims(self, num_layers, query_dim, rows, cols, param_groups)
         if factor_init not in FACTOR_INITS:
             raise ValueError(f"factor_init must be one of {FACTOR_INITS}, got {factor_init!r}")
-        self.factor_init = factor_init
+        if layer_bias_init not in LAYER_BIAS_INITS:
+            raise ValueError(f"layer_bias_init must be one of {LAYER_BIAS_INITS}, got {layer_bias_init!r}")
+        if layer_bias_init == "random" and not (layer_bias and bias):
+            raise ValueError("layer_bias_init='random' needs layer_bias=True and bias=True")
+        self.factor_init, self.layer_bias_init = factor_init, layer_bias_init
         self.ranks = per_layer(rank, num_layers, "rank")
         self.groups = per_layer(groups, num_layers, "groups")
         rank_fits(self.ranks, rows, cols)
@@ -105,8 +114,11 @@ class AdaptiveLors(nn.Module):
             fan_r = R.shape[-2] * R.shape[-1] if official else R.shape[-1]
             nn.init.uniform_(L, -math.sqrt(6.0 / fan_l), math.sqrt(6.0 / fan_l))
             nn.init.uniform_(R, -math.sqrt(6.0 / fan_r), math.sqrt(6.0 / fan_r))
+        bound = 1.0 / math.sqrt(self.query_dim)  # nn.Linear's bias init
         for b in self.layer_bias:
-            nn.init.zeros_(b)
+            nn.init.uniform_(b, -bound, bound) if self.layer_bias_init == "random" else nn.init.zeros_(b)
+        if self.layer_bias_init == "random":
+            nn.init.zeros_(self.shared.bias)
 
     def cores(self, q: torch.Tensor, i: int) -> torch.Tensor:
         """Layer i's query-generated cores Z: (..., P, K_i, r_i, r_i)."""

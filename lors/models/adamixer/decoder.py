@@ -103,7 +103,7 @@ def refine_xyzr(xyzr: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 class AdaMixerDecoder(nn.Module):
     """``num_stages`` decoder stages sharing one (dense or LORS) adaptive-mixing module.
 
-    ``variant`` and the LORS arguments up to ``stage_bias`` configure the mixing (see
+    ``variant`` and the LORS arguments up to ``stage_bias_init`` configure the mixing (see
     :class:`~lors.models.adamixer.mixing.AdaptiveMixing`). ``ffn_rank > 0`` also shares the
     stages' FFNs: each of the two FFN linears becomes a static LORS stack (one shared weight
     plus a rank-``ffn_rank`` residual and a bias per stage); 0 keeps a dense FFN per stage.
@@ -113,7 +113,8 @@ class AdaMixerDecoder(nn.Module):
                  num_heads: int = 8, n_groups: int = 4, in_points: int = 32, out_points: int = 128,
                  ffn_dim: int = 2048, variant: str = "dense", core_size: int = 16,
                  core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int | Sequence[int] = 8,
-                 factor_init: str = "official", stage_bias: bool = False, ffn_rank: int = 0):
+                 factor_init: str = "official", stage_bias: bool = False, stage_bias_init: str = "zero",
+                 ffn_rank: int = 0):
         super().__init__()
         if feat_channels != query_dim:
             raise ValueError(f"feat_channels ({feat_channels}) must equal query_dim ({query_dim}) for the mixing")
@@ -128,7 +129,8 @@ class AdaMixerDecoder(nn.Module):
         self.stages = nn.ModuleList([DecoderStage(query_dim, num_classes, num_heads, n_groups, in_points, ffn_dim,
                                                   ffns[i]) for i in range(num_stages)])
         self.mixing = AdaptiveMixing(num_stages, query_dim, feat_channels, n_groups, in_points, out_points,
-                                     variant, core_size, core_groups, out_rank, factor_init, stage_bias)
+                                     variant, core_size, core_groups, out_rank, factor_init, stage_bias,
+                                     stage_bias_init)
 
     def forward(self, content: torch.Tensor, xyzr: torch.Tensor, features: Sequence[torch.Tensor],
                 strides: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:

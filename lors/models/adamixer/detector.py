@@ -28,7 +28,7 @@ class AdaMixer(nn.Module):
         feat_channels: channels of the neck's pyramid (= query_dim).
         num_queries: number of object queries.
         decoder: ``"dense"`` or ``"lors"`` (the adaptive mixing).
-        stage_bias, ffn_rank: see :class:`~lors.models.adamixer.decoder.AdaMixerDecoder`.
+        stage_bias, stage_bias_init, ffn_rank: see :class:`~lors.models.adamixer.decoder.AdaMixerDecoder`.
     """
 
     def __init__(self, num_classes: int = 80, backbone_depth: int = 50, backbone_width: int = 64,
@@ -36,7 +36,8 @@ class AdaMixer(nn.Module):
                  num_heads: int = 8, n_groups: int = 4, in_points: int = 32, out_points: int = 128,
                  ffn_dim: int = 2048, decoder: str = "dense", core_size: int = 16,
                  core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int | Sequence[int] = 8,
-                 factor_init: str = "official", stage_bias: bool = False, ffn_rank: int = 0):
+                 factor_init: str = "official", stage_bias: bool = False, stage_bias_init: str = "zero",
+                 ffn_rank: int = 0):
         super().__init__()
         self.backbone = ResNet(backbone_depth, backbone_width, frozen_bn)
         self.neck = ChannelMapper(self.backbone.out_channels, feat_channels)
@@ -47,7 +48,7 @@ class AdaMixer(nn.Module):
         nn.init.constant_(self.query_boxes.weight[:, 2:], 1.0)
         self.decoder = AdaMixerDecoder(num_stages, feat_channels, feat_channels, num_classes, num_heads, n_groups,
                                        in_points, out_points, ffn_dim, decoder, core_size, core_groups, out_rank,
-                                       factor_init, stage_bias, ffn_rank)
+                                       factor_init, stage_bias, stage_bias_init, ffn_rank)
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> dict:
         """images (B, 3, H, W) padded; image_sizes (B, 2) unpadded (width, height) in pixels."""
@@ -82,4 +83,4 @@ def build_adamixer(cfg) -> AdaMixer:
                     n_groups=cfg.n_groups, in_points=cfg.in_points, out_points=cfg.out_points, ffn_dim=cfg.ffn_dim,
                     decoder=cfg.decoder, core_size=cfg.core_size, core_groups=cfg.core_groups,
                     out_rank=cfg.out_rank, factor_init=cfg.factor_init,
-                    stage_bias=cfg.stage_bias, ffn_rank=cfg.ffn_rank)
+                    stage_bias=cfg.stage_bias, stage_bias_init=cfg.stage_bias_init, ffn_rank=cfg.ffn_rank)

@@ -48,12 +48,14 @@ class AdaptiveMixing(nn.Module):
             (see :class:`~lors.AdaptiveLors`; ``lors`` only).
         stage_bias: give each stage's M and S generators a private full bias next to the shared
             generator's (``layer_bias`` of :class:`~lors.AdaptiveLors`; ``lors`` only).
+        stage_bias_init: ``"zero"`` or ``"random"`` (each stage's bias drawn as a dense stage's
+            generator bias; ``layer_bias_init`` of :class:`~lors.AdaptiveLors`; needs ``stage_bias``).
     """
 
     def __init__(self, num_stages: int = 6, query_dim: int = 256, in_dim: int = 256, n_groups: int = 4,
                  in_points: int = 32, out_points: int = 128, variant: str = "dense", core_size: int = 16,
                  core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int | Sequence[int] = 8,
-                 factor_init: str = "official", stage_bias: bool = False):
+                 factor_init: str = "official", stage_bias: bool = False, stage_bias_init: str = "zero"):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -72,10 +74,12 @@ class AdaptiveMixing(nn.Module):
         else:
             self.m_generator = AdaptiveLors(num_stages, query_dim, self.channels, self.channels,
                                             rank=core_size, groups=core_groups, param_groups=n_groups,
-                                            factor_init=factor_init, layer_bias=stage_bias)
+                                            factor_init=factor_init, layer_bias=stage_bias,
+                                            layer_bias_init=stage_bias_init)
             self.s_generator = AdaptiveLors(num_stages, query_dim, out_points, in_points,
                                             rank=core_size, groups=core_groups, param_groups=n_groups,
-                                            factor_init=factor_init, layer_bias=stage_bias)
+                                            factor_init=factor_init, layer_bias=stage_bias,
+                                            layer_bias_init=stage_bias_init)
             self.out_proj = LorsLinearStack(num_stages, proj_in, query_dim, rank=out_rank)
         self.norms = nn.ModuleList([nn.LayerNorm(query_dim) for _ in range(num_stages)])
 
