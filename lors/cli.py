@@ -46,12 +46,19 @@ def cmd_eval(args) -> int:
     from .experiment import build_experiment
 
     cfg = load_config(args.config, args.set)
+    if args.per_stage and cfg.task != "detection":
+        raise ConfigError(f"--per-stage needs a detection config (task: detection); {args.config} has task "
+                          f"{cfg.task!r}")
     exp = build_experiment(cfg)
     model, meta = load_for_eval(args.checkpoint, exp.build_model, config=cfg)
     device = pick_device(cfg.train.device)
     loader = DataLoader(exp.test_set, batch_size=cfg.data.eval_batch_size, collate_fn=exp.task.collate_fn)
-    metrics = exp.task.evaluate(model.to(device), loader, device)
     print(f"checkpoint {args.checkpoint} (epoch {meta['epoch'] + 1}), {count_parameters(model):,} parameters")
+    if args.per_stage:
+        for i, metrics in enumerate(exp.task.evaluate_stages(model.to(device), loader, device), 1):
+            print(f"stage {i}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return 0
+    metrics = exp.task.evaluate(model.to(device), loader, device)
     print("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return 0
 
@@ -178,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on the config's test split")
     with_config(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint .json file or run directory")
+    p.add_argument("--per-stage", action="store_true",
+                   help="detection: COCO metrics of every decoder stage's detections, not only the last")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("count", help="parameter report for a config (or the paper's settings)")

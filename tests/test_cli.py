@@ -64,6 +64,12 @@ train: {{epochs: 1, progress: true}}
     assert [h["epoch"] for h in json.loads((run / "last.json").read_text())["history"]] == [1, 2]
     r = lors("eval", str(cfg), "--checkpoint", str(run))
     assert r.returncode == 0 and "AP50=" in r.stdout, r.stderr
+    # --per-stage: one line per decoder stage; the last stage's metrics are the plain eval's
+    staged = lors("eval", str(cfg), "--checkpoint", str(run), "--per-stage")
+    assert staged.returncode == 0, staged.stderr
+    lines = [line for line in staged.stdout.splitlines() if line.startswith("stage ")]
+    assert [line.split(":")[0] for line in lines] == ["stage 1", "stage 2"]
+    assert lines[-1].split(": ", 1)[1] == r.stdout.strip().splitlines()[-1]
 
 
 def test_detection_count_and_class_mismatch(tmp_path):

@@ -44,6 +44,8 @@ def test_bad_config_values(tmp_path, capsys):
     one_error_line(capsys, ["train", str(cfg)], "data.root", "cifar10")
     cfg.write_text("train:\n  shared_lr_scale: sqrt\n")
     one_error_line(capsys, ["count", str(cfg)], "train.shared_lr_scale", "'1/sqrt(N)'")
+    cfg.write_text("model:\n  variant: dense\n")
+    one_error_line(capsys, ["eval", str(cfg), "--checkpoint", "x", "--per-stage"], "--per-stage", "task: detection")
 
 
 def test_checkpoint_errors(trained, tmp_path, capsys):

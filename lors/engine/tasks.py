@@ -100,20 +100,32 @@ class DetectionTask:
 
     @torch.no_grad()
     def evaluate(self, model, loader, device) -> dict:
+        """COCO metrics of the last decoder stage's detections."""
+        return self.evaluate_stages(model, loader, device, last_only=True)[-1]
+
+    @torch.no_grad()
+    def evaluate_stages(self, model, loader, device, last_only: bool = False) -> list[dict]:
+        """COCO metrics of every decoder stage's detections (first to last), from one pass over ``loader``.
+
+        Each stage's class logits and refined boxes are scored as if that stage were the last, which
+        shows where in the decoder the accuracy is made (or lost)."""
         from ..models.adamixer.detector import postprocess
         from .coco_eval import coco_evaluate
 
         model.eval()
-        detections, image_ids = [], []
+        detections, image_ids = None, []
         for images, sizes, targets in loader:
             with autocast_for(device):
                 outputs = model(images.to(device), sizes.to(device))
-            outputs = {k: v.float() for k, v in outputs.items() if torch.is_tensor(v)}
+            stages = [outputs] if last_only else [*outputs["aux_outputs"], outputs]
+            detections = detections or [[] for _ in stages]
             orig = torch.stack([t["orig_size"] for t in targets]).to(device)
-            for t, res in zip(targets, postprocess(outputs, orig, self.top_k)):
-                image_ids.append(t["image_id"])
-                for score, label, (x0, y0, x1, y1) in zip(res["scores"].tolist(), res["labels"].tolist(),
-                                                          res["boxes"].tolist()):
-                    detections.append({"image_id": t["image_id"], "category_id": self.label_to_cat[label],
-                                       "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
-        return coco_evaluate(self.ann_file, detections, image_ids)
+            image_ids += [t["image_id"] for t in targets]
+            for out, dets in zip(stages, detections):
+                out = {k: out[k].float() for k in ("pred_logits", "pred_boxes")}
+                for t, res in zip(targets, postprocess(out, orig, self.top_k)):
+                    for score, label, (x0, y0, x1, y1) in zip(res["scores"].tolist(), res["labels"].tolist(),
+                                                              res["boxes"].tolist()):
+                        dets.append({"image_id": t["image_id"], "category_id": self.label_to_cat[label],
+                                     "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+        return [coco_evaluate(self.ann_file, dets, image_ids) for dets in detections or [[]]]
