@@ -2,7 +2,7 @@
 
     lors demo                         dense vs LORS vs LCT ViT on the embedded digits data
     lors train CONFIG [--set k=v ...] [--resume] [--output-dir DIR]
-    lors eval CONFIG --checkpoint PATH
+    lors eval [CONFIG] --checkpoint PATH [--per-stage]   (no CONFIG: the one the checkpoint was trained with)
     lors count [CONFIG]               parameter report (no CONFIG: the paper's settings)
     lors make-shapes OUT --train N --val M [--size 128] [--seed S]   synthetic COCO-format detection set
     lors compress [--model minilm|DIR] --method lors|lct --budget F [--distill-steps N] [--out DIR]
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from . import paper
 from .accounting import count_parameters, reduction, report
-from .config import ConfigError, load_config
+from .config import ConfigError, config_from_dict, load_config
 
 
 def cmd_train(args) -> int:
@@ -42,13 +42,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .engine.checkpoint import read_meta
     from .engine.fit import load_for_eval, pick_device
     from .experiment import build_experiment
 
-    cfg = load_config(args.config, args.set)
+    if args.config is None:  # the config the checkpoint was trained with (plus any --set)
+        meta = read_meta(args.checkpoint)[1]
+        if not isinstance(meta.get("config"), dict):
+            raise ConfigError(f"checkpoint {args.checkpoint} holds no config; give the YAML it was trained with")
+        cfg = config_from_dict(meta["config"], args.set)
+    else:
+        cfg = load_config(args.config, args.set)
     if args.per_stage and cfg.task != "detection":
-        raise ConfigError(f"--per-stage needs a detection config (task: detection); {args.config} has task "
-                          f"{cfg.task!r}")
+        raise ConfigError(f"--per-stage needs a detection config (task: detection); this one has task {cfg.task!r}")
     exp = build_experiment(cfg)
     model, meta = load_for_eval(args.checkpoint, exp.build_model, config=cfg)
     device = pick_device(cfg.train.device)
@@ -183,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the config's test split")
-    with_config(p)
+    with_config(p, required=False)
     p.add_argument("--checkpoint", required=True, help="checkpoint .json file or run directory")
     p.add_argument("--per-stage", action="store_true",
                    help="detection: COCO metrics of every decoder stage's detections, not only the last")

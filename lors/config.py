@@ -14,6 +14,7 @@ Unknown keys and values of the wrong type raise ``ConfigError`` naming the key.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -275,6 +276,12 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         data = yaml.safe_load(path.read_text()) or {}
+    return config_from_dict(data, overrides)
+
+
+def config_from_dict(data: dict, overrides: Optional[list[str]] = None):
+    """Like :func:`load_config`, from a dict (e.g. the config a checkpoint was trained with)."""
+    data = copy.deepcopy(data)
     for assignment in overrides or []:
         apply_override(data, assignment)
     task = data.get("task", "classification")

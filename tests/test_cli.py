@@ -65,7 +65,7 @@ train: {{epochs: 1, progress: true}}
     r = lors("eval", str(cfg), "--checkpoint", str(run))
     assert r.returncode == 0 and "AP50=" in r.stdout, r.stderr
     # --per-stage: one line per decoder stage; the last stage's metrics are the plain eval's
-    staged = lors("eval", str(cfg), "--checkpoint", str(run), "--per-stage")
+    staged = lors("eval", "--checkpoint", str(run), "--per-stage")  # no CONFIG: the checkpoint's own
     assert staged.returncode == 0, staged.stderr
     lines = [line for line in staged.stdout.splitlines() if line.startswith("stage ")]
     assert [line.split(":")[0] for line in lines] == ["stage 1", "stage 2"]

@@ -1,4 +1,5 @@
 """Every user mistake ends in one line `lors: error: ...` naming the file/key, and a non-zero exit."""
+import json
 import subprocess
 import sys
 
@@ -65,6 +66,11 @@ def test_checkpoint_errors(trained, tmp_path, capsys):
     # a truncated last.json names the file
     (broken / "last.json").write_text((run / "last.json").read_text()[:50])
     one_error_line(capsys, ["eval", str(cfg), *sets(), "--checkpoint", str(broken)], "last.json", "not valid JSON")
+    # without CONFIG, eval needs the config inside the checkpoint
+    meta = json.loads((run / "last.json").read_text())
+    del meta["config"]
+    (broken / "last.json").write_text(json.dumps(meta))
+    one_error_line(capsys, ["eval", "--checkpoint", str(broken)], "holds no config", "YAML")
     # resuming a finished run says so and succeeds
     assert main(["train", str(cfg), *sets(), "--output-dir", str(run), "--resume", "--no-progress"]) == 0
     assert "already finished" in capsys.readouterr().out

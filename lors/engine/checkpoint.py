@@ -74,6 +74,21 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, meta: dict[str,
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read a checkpoint given its JSON path or its run directory: (meta, tensors)."""
+    path, meta = read_meta(path)
+    tensors_path = path.parent / meta["tensors_file"]
+    if not tensors_path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} refers to missing tensors file {tensors_path}")
+    try:
+        tensors = load_file(str(tensors_path))
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"cannot read checkpoint tensors {tensors_path} ({e}); the file is truncated or damaged: "
+                         "restore it or train again") from None
+    return meta, tensors
+
+
+def read_meta(path: str | Path) -> tuple[Path, dict]:
+    """A checkpoint's JSON (config, epoch, history; no tensors), given the file or its run directory:
+    (path of the JSON file, meta)."""
     path = Path(path)
     if path.is_dir():
         path = path / "last.json"
@@ -88,15 +103,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
                          "train again") from None
     if not isinstance(meta, dict) or "tensors_file" not in meta:
         raise ValueError(f"{path} is not a lors checkpoint (no 'tensors_file' entry)")
-    tensors_path = path.parent / meta["tensors_file"]
-    if not tensors_path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} refers to missing tensors file {tensors_path}")
-    try:
-        tensors = load_file(str(tensors_path))
-    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise ValueError(f"cannot read checkpoint tensors {tensors_path} ({e}); the file is truncated or damaged: "
-                         "restore it or train again") from None
-    return meta, tensors
+    return path, meta
 
 
 def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
