@@ -113,12 +113,14 @@ class DetectionTask:
         from .coco_eval import coco_evaluate
 
         model.eval()
-        detections, image_ids = None, []
+        detections: list[list[dict]] = []  # one list per stage, made at the first batch
+        image_ids = []
         for images, sizes, targets in loader:
             with autocast_for(device):
                 outputs = model(images.to(device), sizes.to(device))
             stages = [outputs] if last_only else [*outputs["aux_outputs"], outputs]
-            detections = detections or [[] for _ in stages]
+            if not detections:
+                detections = [[] for _ in stages]
             orig = torch.stack([t["orig_size"] for t in targets]).to(device)
             image_ids += [t["image_id"] for t in targets]
             for out, dets in zip(stages, detections):
@@ -128,4 +130,4 @@ class DetectionTask:
                                                               res["boxes"].tolist()):
                         dets.append({"image_id": t["image_id"], "category_id": self.label_to_cat[label],
                                      "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
-        return [coco_evaluate(self.ann_file, dets, image_ids) for dets in detections or [[]]]
+        return [coco_evaluate(self.ann_file, dets, image_ids) for dets in detections or [[]]]  # an empty loader: one empty stage
