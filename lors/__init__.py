@@ -22,12 +22,12 @@ from .nn import (AdaptiveLors, GeneratorStack, LinearStack, LorsLinearStack, Low
                  rank_for_epsilon)
 
 from .distill import distill
-from .optim import param_groups
+from .optim import balance_shared_gradients, param_groups
 from .serialization import load, save
 
 __version__ = "0.1.0"
 
 __all__ = ["AdaptiveLors", "GeneratorStack", "LinearStack", "LorsConfig", "LorsLinearStack", "LowRankLinear",
-           "StackLayer", "adaptive_lors_params", "convert", "count_parameters", "dense_stack_params", "distill",
+           "StackLayer", "adaptive_lors_params", "balance_shared_gradients", "convert", "count_parameters", "dense_stack_params", "distill",
            "format_table", "generator_stack_params", "lct", "lct_ranks", "load", "merge", "param_groups", "parameter_table",
            "print_trainable_parameters", "rank_for_epsilon", "report", "save", "static_lors_params"]

@@ -102,6 +102,9 @@ class TrainConfig:
     # shared_lr_scale is a number or a rule of N: "1/sqrt(N)" (default; see RESULTS.md), "1/N", "1".
     shared_lr_scale: Union[float, str] = "1/sqrt(N)"
     private_lr_scale: float = 1.0       # lr factor of the private low-rank residual factors
+    # Rescale each layer's contribution to a shared tensor's gradient to the layers' mean size
+    # (lors.balance_shared_gradients), so no single layer steers the shared weight.
+    shared_grad_balance: bool = False
 
     def __post_init__(self):
         from .optim import SHARED_LR_RULES

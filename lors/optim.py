@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Union
 import torch
 from torch import nn
 
+from .nn.balance import GradBalance
 from .nn.lowrank import LowRankLinear
 
 NO_DECAY_NAMES = ("bias", "cls_token", "pos_embed", "query_embed")
@@ -121,6 +122,24 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_
                                         "weight_decay": weight_decay if decays else 0.0, "name": key})
         group["params"].append(p)
     return list(groups.values())
+
+
+def balance_shared_gradients(model: nn.Module, enabled: bool = True, beta: float = 0.99) -> int:
+    """Switch per-layer gradient balancing of the shared LORS tensors on (or off) in every stack of ``model``.
+
+    With it on, each layer's contribution to a shared tensor's gradient is rescaled to the running
+    mean size over the layers before they are summed (:class:`~lors.nn.balance.GradBalance`), so a
+    layer with large gradients (an early detector stage) no longer steers the shared tensor alone.
+    The forward pass, the parameters and ``state_dict`` are unchanged; the running norms are not
+    saved (they restart when training resumes). Works with any optimizer and training loop.
+    Returns the number of stacks switched.
+    """
+    count = 0
+    for m in model.modules():
+        if hasattr(m, "grad_balance") and callable(getattr(m, "shared_parameter_names", None)):
+            m.grad_balance = GradBalance(int(m.num_layers), beta) if enabled else None
+            count += 1
+    return count
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

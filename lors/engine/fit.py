@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..accounting import count_parameters
 from ..convert import lct, lct_ranks
 from ..nn.lowrank import frobenius_penalty, low_rank_layers
+from ..optim import balance_shared_gradients
 from . import distributed, lct_schedule
 from .checkpoint import load_model_state, optimizer_from_flat, read_checkpoint, save_checkpoint
 from .logger import RunLogger
@@ -96,6 +97,8 @@ def fit(config, build_model: Callable[[], nn.Module], train_set, test_set, run_d
         if main:
             log(f"resuming from {run_dir / 'last.json'} at epoch {start_epoch + 1}")
     model.to(device)
+    if tcfg.shared_grad_balance and balance_shared_gradients(model) == 0 and main:
+        log("warning: train.shared_grad_balance is true but the model has no LORS stacks; it has no effect")
 
     def make_optimizer():
         # With Frobenius decay the LCT factors get (lambda/2)||UV||^2 instead of AdamW's decay on U and V.

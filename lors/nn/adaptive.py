@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import math
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .balance import GradBalance
 from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
 
 FACTOR_INITS = ("matrix", "official")
@@ -97,6 +101,7 @@ class AdaptiveLors(nn.Module):
             [nn.Parameter(torch.empty(P, k, r, cols, **kw)) for r, k in zip(self.ranks, self.groups)])
         self.layer_bias = nn.ParameterList(
             [nn.Parameter(torch.empty(P * rows * cols, **kw)) for _ in range(num_layers)] if layer_bias else [])
+        self.grad_balance: Optional[GradBalance] = None  # see lors.balance_shared_gradients
         self.reset_parameters()
 
     @torch.no_grad()
@@ -125,9 +130,13 @@ class AdaptiveLors(nn.Module):
         r, k = self.ranks[i], self.groups[i]
         return self.private[i](q).unflatten(-1, (self.param_groups, k, r, r))
 
-    def shared_matrix(self, q: torch.Tensor) -> torch.Tensor:
-        """The shared generator's matrix: (..., P, rows, cols)."""
-        return self.shared(q).unflatten(-1, (self.param_groups, self.rows, self.cols))
+    def shared_matrix(self, q: torch.Tensor, i: Optional[int] = None) -> torch.Tensor:
+        """The shared generator's matrix: (..., P, rows, cols); ``i``: the layer using it (for ``grad_balance``)."""
+        weight, bias = self.shared.weight, self.shared.bias
+        if self.grad_balance is not None and i is not None:
+            weight = self.grad_balance(weight, "shared.weight", i)
+            bias = None if bias is None else self.grad_balance(bias, "shared.bias", i)
+        return F.linear(q, weight, bias).unflatten(-1, (self.param_groups, self.rows, self.cols))
 
     def forward(self, q: torch.Tensor, i: int) -> torch.Tensor:
         """Generate layer i's matrices: q (..., d_q) -> (..., P, rows, cols)."""
@@ -140,7 +149,7 @@ class AdaptiveLors(nn.Module):
         # Sum over the K groups inside one matmul: [L_1 Z_1 | ... | L_K Z_K] @ [R_1; ...; R_K]
         LZ = LZ.transpose(-3, -2).reshape(*LZ.shape[:-4], P, self.rows, k * r)  # (..., P, rows, K r)
         R = self.right[i].reshape(P, k * r, self.cols)  # (P, K r, cols)
-        out = self.shared_matrix(q) + LZ @ R
+        out = self.shared_matrix(q, i) + LZ @ R
         if len(self.layer_bias):
             out = out + self.layer_bias[i].view(P, self.rows, self.cols)
         return out

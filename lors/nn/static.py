@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .balance import GradBalance
 from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
 from .lowrank import rank_for_epsilon
 from .whiten import calibrated_shared, whitened_spectrum, whitened_svd
@@ -77,6 +78,7 @@ class LorsLinearStack(nn.Module):
             self.bias = nn.Parameter(torch.empty(num_layers, out_features, **kw))
         else:
             self.register_parameter("bias", None)
+        self.grad_balance: Optional[GradBalance] = None  # see lors.balance_shared_gradients
         self.reset_parameters()
 
     @torch.no_grad()
@@ -96,10 +98,15 @@ class LorsLinearStack(nn.Module):
         A, B = self.A[i], self.B[i]  # (K, r, d_in), (K, d_out, r)
         return B.permute(1, 0, 2).reshape(self.out_features, -1), A.reshape(-1, self.in_features)
 
+    def shared_weight_for(self, i: int) -> torch.Tensor:
+        """The shared weight as layer i uses it (through ``grad_balance`` when that is on)."""
+        w = self.shared_weight
+        return w if self.grad_balance is None else self.grad_balance(w, "shared_weight", i)
+
     def weight(self, i: int) -> torch.Tensor:
         """Effective dense weight W_i (d_out, d_in)."""
         B, A = self.factors(i)
-        return self.shared_weight + B @ A
+        return self.shared_weight_for(i) + B @ A
 
     def layer_bias(self, i: int):
         return None if self.bias is None else self.bias[i]
@@ -122,8 +129,8 @@ class LorsLinearStack(nn.Module):
         B, A = self.factors(i)
         bias = self.layer_bias(i)
         if self.uses_lowrank_path(i, x.numel() // self.in_features):
-            return F.linear(x, self.shared_weight, bias) + F.linear(F.linear(x, A), B)
-        return F.linear(x, self.shared_weight + B @ A, bias)
+            return F.linear(x, self.shared_weight_for(i), bias) + F.linear(F.linear(x, A), B)
+        return F.linear(x, self.shared_weight_for(i) + B @ A, bias)
 
     # -- conversions ---------------------------------------------------------
     def layer(self, i: int) -> "StackLayer":
