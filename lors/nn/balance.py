@@ -12,6 +12,8 @@ contribution by ``mean_j(n_j) / n_i``, where ``n_i`` is a running average of the
 equally, and the summed gradient keeps about its unbalanced size (so gradient clipping
 sees the same scale). The forward pass is unchanged.
 
+On that decoder and on the digits ViT balancing did *not* help (RESULTS.md): it is an option, off by default.
+
 Stacks call it on their shared tensors when it is switched on (``stack.grad_balance``);
 :func:`lors.balance_shared_gradients` switches it on for every stack in a model.
 """
