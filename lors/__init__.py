@@ -28,6 +28,6 @@ from .serialization import load, save
 __version__ = "0.1.0"
 
 __all__ = ["AdaptiveLors", "GeneratorStack", "LinearStack", "LorsConfig", "LorsLinearStack", "LowRankLinear",
-           "StackLayer", "adaptive_lors_params", "balance_shared_gradients", "convert", "count_parameters", "dense_stack_params", "distill",
-           "format_table", "generator_stack_params", "lct", "lct_ranks", "load", "merge", "param_groups", "parameter_table",
+           "StackLayer", "adaptive_lors_params", "balance_shared_gradients", "convert", "count_parameters",
+           "dense_stack_params", "distill", "format_table", "generator_stack_params", "lct", "lct_ranks", "load", "merge", "param_groups", "parameter_table",
            "print_trainable_parameters", "rank_for_epsilon", "report", "save", "static_lors_params"]

@@ -18,7 +18,6 @@ per layer. Both return ``(..., P, rows, cols)`` from ``stack(q, i)``.
 from __future__ import annotations
 
 import math
-
 from typing import Optional
 
 import torch
