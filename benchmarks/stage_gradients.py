@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from lors.accounting import lors_stacks
 from lors.config import load_config
 from lors.engine.fit import load_for_eval
 from lors.experiment import build_experiment
@@ -69,8 +70,8 @@ def main() -> None:
     model = load_for_eval(args.checkpoint, exp.build_model, cfg)[0] if args.checkpoint else exp.build_model()
     model.train()
     recorders = {}
-    for name, m in model.named_modules():
-        if hasattr(m, "grad_balance") and callable(getattr(m, "shared_parameter_names", None)):
+    for name, m in lors_stacks(model):
+        if hasattr(m, "grad_balance"):
             m.grad_balance = recorders[name] = Recorder(int(m.num_layers))
     if not recorders:
         raise SystemExit(f"{args.config}: the model has no LORS stacks")

@@ -29,14 +29,18 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in _unique_parameters(module) if p.requires_grad or not trainable_only)
 
 
+def lors_stacks(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, stack)`` for every LORS stack in ``module``: the modules that define ``shared_parameter_names()``
+    (static and adaptive stacks, including those made by :func:`lors.convert`)."""
+    return [(n, m) for n, m in module.named_modules() if callable(getattr(m, "shared_parameter_names", None))]
+
+
 def shared_parameter_ids(module: nn.Module) -> set[int]:
     """ids of the parameters that LORS modules share across their layers."""
     ids = set()
-    for m in module.modules():
-        names = getattr(m, "shared_parameter_names", None)
-        if callable(names):
-            params = dict(m.named_parameters())
-            ids.update(id(params[n]) for n in names() if n in params)
+    for _, m in lors_stacks(module):
+        params = dict(m.named_parameters())
+        ids.update(id(params[n]) for n in m.shared_parameter_names() if n in params)
     return ids
 
 

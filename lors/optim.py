@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Union
 import torch
 from torch import nn
 
+from .accounting import lors_stacks
 from .nn.balance import GradBalance
 from .nn.lowrank import LowRankLinear
 
@@ -62,12 +63,9 @@ def lors_roles(model: nn.Module) -> tuple[dict[int, int], set[int]]:
     :func:`lors.convert` are such modules.
     """
     shared, private = {}, set()
-    for m in model.modules():
-        names = getattr(m, "shared_parameter_names", None)
-        if not callable(names):
-            continue
+    for _, m in lors_stacks(model):
         params = dict(m.named_parameters())
-        for n in names():
+        for n in m.shared_parameter_names():
             if n in params:
                 shared[id(params[n])] = max(shared.get(id(params[n]), 0), int(m.num_layers))
         for n in getattr(m, "private_parameter_names", lambda: [])():
@@ -134,12 +132,10 @@ def balance_shared_gradients(model: nn.Module, enabled: bool = True, beta: float
     saved (they restart when training resumes). Works with any optimizer and training loop.
     Returns the number of stacks switched.
     """
-    count = 0
-    for m in model.modules():
-        if hasattr(m, "grad_balance") and callable(getattr(m, "shared_parameter_names", None)):
-            m.grad_balance = GradBalance(int(m.num_layers), beta) if enabled else None
-            count += 1
-    return count
+    stacks = [m for _, m in lors_stacks(model) if hasattr(m, "grad_balance")]
+    for m in stacks:
+        m.grad_balance = GradBalance(int(m.num_layers), beta) if enabled else None
+    return len(stacks)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -130,4 +130,5 @@ class DetectionTask:
                                                               res["boxes"].tolist()):
                         dets.append({"image_id": t["image_id"], "category_id": self.label_to_cat[label],
                                      "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
-        return [coco_evaluate(self.ann_file, dets, image_ids) for dets in detections or [[]]]  # an empty loader: one empty stage
+        # an empty loader made no per-stage lists: score one empty stage
+        return [coco_evaluate(self.ann_file, dets, image_ids) for dets in detections or [[]]]

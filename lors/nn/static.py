@@ -126,11 +126,11 @@ class LorsLinearStack(nn.Module):
         last_dim(x, self.in_features, f"{type(self).__name__} layer {i}")
         if not 0 <= i < self.num_layers:
             raise IndexError(f"layer index {i} out of range for a stack of {self.num_layers} layers")
-        B, A = self.factors(i)
         bias = self.layer_bias(i)
         if self.uses_lowrank_path(i, x.numel() // self.in_features):
+            B, A = self.factors(i)
             return F.linear(x, self.shared_weight_for(i), bias) + F.linear(F.linear(x, A), B)
-        return F.linear(x, self.shared_weight_for(i) + B @ A, bias)
+        return F.linear(x, self.weight(i), bias)
 
     # -- conversions ---------------------------------------------------------
     def layer(self, i: int) -> "StackLayer":
