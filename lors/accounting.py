@@ -8,12 +8,14 @@ the reduction can be seen before anything is built.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 from torch import nn
 
 from .nn.checks import IntOrList, per_layer
+from .nn.stack import shared_stacks
 
 
 def _unique_parameters(module: nn.Module):
@@ -29,19 +31,9 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in _unique_parameters(module) if p.requires_grad or not trainable_only)
 
 
-def lors_stacks(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, stack)`` for every LORS stack in ``module``: the modules that define ``shared_parameter_names()``
-    (static and adaptive stacks, including those made by :func:`lors.convert`)."""
-    return [(n, m) for n, m in module.named_modules() if callable(getattr(m, "shared_parameter_names", None))]
-
-
 def shared_parameter_ids(module: nn.Module) -> set[int]:
-    """ids of the parameters that LORS modules share across their layers."""
-    ids = set()
-    for _, m in lors_stacks(module):
-        params = dict(m.named_parameters())
-        ids.update(id(params[n]) for n in m.shared_parameter_names() if n in params)
-    return ids
+    """ids of the parameters that LORS stacks (:class:`~lors.nn.stack.SharedStack`) share across their layers."""
+    return {id(p) for _, m in shared_stacks(module) for p in m.shared_parameters()}
 
 
 @dataclass
@@ -159,8 +151,6 @@ def lct_block_estimate(layers: Sequence[tuple[int, int, bool]], rank: int | None
     ``epsilon`` (the discarded tail holds at most its share of the energy). Layers whose factors
     would not be smaller stay dense, as in :func:`lors.lct`.
     """
-    import math
-
     dense = factored = 0
     for d_in, d_out, bias in layers:
         r = rank if rank is not None else math.ceil(min(d_in, d_out) * (1 - epsilon ** 2))

@@ -25,11 +25,11 @@ from typing import Callable, Iterable, Union
 import torch
 from torch import nn
 
-from .accounting import lors_stacks
 from .nn.balance import GradBalance
 from .nn.lowrank import LowRankLinear
+from .nn.stack import shared_stacks
 
-NO_DECAY_NAMES = ("bias", "cls_token", "pos_embed", "query_embed")
+NO_DECAY_NAMES = ("bias",)
 SHARED_LR_RULES: dict[str, Callable[[int], float]] = {
     "1/sqrt(N)": lambda n: 1.0 / math.sqrt(n),
     "1/N": lambda n: 1.0 / n,
@@ -56,22 +56,27 @@ def lors_roles(model: nn.Module) -> tuple[dict[int, int], set[int]]:
     """Find the LORS tensors of ``model``.
 
     Returns ``({id: N}, {ids})``: each shared tensor with the number of layers N that
-    use it, and the private residual factors (static ``A``/``B``; adaptive ``left``,
-    ``right`` and private core generators). A module takes part by defining
-    ``shared_parameter_names()`` (and ``private_parameter_names()``) and ``num_layers``,
-    as :class:`~lors.LorsLinearStack` and :class:`~lors.AdaptiveLors` do; stacks made by
-    :func:`lors.convert` are such modules.
+    use it, and the private residual factors, as every :class:`~lors.nn.stack.SharedStack`
+    inside the model declares them (static and adaptive stacks, including those made by
+    :func:`lors.convert`).
     """
     shared, private = {}, set()
-    for _, m in lors_stacks(model):
-        params = dict(m.named_parameters())
-        for n in m.shared_parameter_names():
-            if n in params:
-                shared[id(params[n])] = max(shared.get(id(params[n]), 0), int(m.num_layers))
-        for n in getattr(m, "private_parameter_names", lambda: [])():
-            if n in params:
-                private.add(id(params[n]))
+    for _, m in shared_stacks(model):
+        for p in m.shared_parameters():
+            shared[id(p)] = max(shared.get(id(p), 0), int(m.num_layers))
+        private.update(id(p) for p in m.private_parameters())
     return shared, private - set(shared)
+
+
+def declared_no_decay(model: nn.Module) -> set[str]:
+    """Full names of the parameters that modules exempt from weight decay through ``no_weight_decay()``
+    (as timm models do: a set of parameter names relative to the module that declares them)."""
+    names = set()
+    for prefix, m in model.named_modules():
+        declare = getattr(m, "no_weight_decay", None)
+        if callable(declare):
+            names.update(f"{prefix}.{n}" if prefix else n for n in declare())
+    return names
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_lr_scale: ScaleRule = "1/sqrt(N)",
@@ -83,7 +88,9 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_
         model: any module; LORS stacks anywhere inside it are found (see :func:`lors_roles`).
         lr: base learning rate.
         weight_decay: decay for matrices; 1-D tensors (norms, biases), names ending in one of
-            ``no_decay_names`` and ids in ``exempt`` get none.
+            ``no_decay_names``, the names a module lists in its ``no_weight_decay()`` (timm's convention,
+            e.g. the ViT's ``cls_token`` and ``pos_embed``) and ids in ``exempt``
+            get none.
         shared_lr_scale: learning-rate factor of a shared tensor: a number, a rule of the number
             N of layers that share it (``"1/sqrt(N)"`` (default), ``"1/N"``, ``"1"``) or a function
             ``N -> float``.
@@ -101,7 +108,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_
         raise ValueError(f"factor_lr_scale must be a positive number, got {factor_lr_scale!r}")
     shared, private = lors_roles(model)
     factors = {id(p) for m in model.modules() if isinstance(m, LowRankLinear) for p in (m.U, m.V)}
-    no_decay_names, exempt = tuple(no_decay_names), set(exempt)
+    no_decay_names, exempt, declared = tuple(no_decay_names), set(exempt), declared_no_decay(model)
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -114,7 +121,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_
             role, scale = "factor", float(factor_lr_scale)
         else:
             role, scale = "other", 1.0
-        decays = not (p.ndim <= 1 or name.rsplit(".", 1)[-1] in no_decay_names or id(p) in exempt)
+        decays = not (p.ndim <= 1 or name.rsplit(".", 1)[-1] in no_decay_names or name in declared
+                      or id(p) in exempt)
         key = role if decays else f"{role}/no_decay"
         group = groups.setdefault(key, {"params": [], "lr": lr * scale, "lr_scale": scale,
                                         "weight_decay": weight_decay if decays else 0.0, "name": key})
@@ -132,7 +140,7 @@ def balance_shared_gradients(model: nn.Module, enabled: bool = True, beta: float
     saved (they restart when training resumes). Works with any optimizer and training loop.
     Returns the number of stacks switched.
     """
-    stacks = [m for _, m in lors_stacks(model) if hasattr(m, "grad_balance")]
+    stacks = [m for _, m in shared_stacks(model)]
     for m in stacks:
         m.grad_balance = GradBalance(int(m.num_layers), beta) if enabled else None
     return len(stacks)

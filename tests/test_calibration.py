@@ -7,7 +7,7 @@ from torch import nn
 
 import lors
 from lors.calibration import input_moments
-from lors.nn.whiten import calibrated_shared, output_error, whitened_svd
+from lors.nn.spectral import calibrated_shared, output_error, whitened_svd
 
 pytestmark = pytest.mark.filterwarnings("ignore:LORS stack", "ignore:calibration saw no inputs")
 

@@ -1,1 +1,11 @@
-"""Model-agnostic training engine: optimisation, checkpoints, logging, distributed helpers."""
+"""The training engine: one :class:`Trainer` loop, callbacks, checkpoints, distributed helpers.
+
+It knows no model, data set or task: it receives them (see :mod:`lors.tasks`, :mod:`lors.models`).
+"""
+from .callbacks import Callback, CsvLogger, FrobeniusDecay, LctSchedule, LctScheduleConfig, Reprojection
+from .checkpoint import load_trained
+from .config import TrainConfig
+from .trainer import Trainer
+
+__all__ = ["Callback", "CsvLogger", "FrobeniusDecay", "LctSchedule", "LctScheduleConfig", "Reprojection",
+           "TrainConfig", "Trainer", "load_trained"]

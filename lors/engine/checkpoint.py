@@ -4,8 +4,9 @@ A checkpoint named ``last`` in ``run_dir`` is two files:
 
 * ``last-<epoch>.safetensors``: ``model.<key>`` for the model's state_dict, ``optim.<i>.<name>``
   for the optimizer state, ``rng.torch`` for the torch RNG state;
-* ``last.json``: config, epoch, step, metric history, optimizer hyper-parameters,
-  LCT ranks and the name of the tensors file.
+* ``last.json``: the run's config, epoch, step, metric history, optimizer hyper-parameters,
+  the model's conversion record (how to rebuild converted layers, e.g. LCT factors made
+  during training), each callback's state and the name of the tensors file.
 
 The tensors file is written under a fresh name first and ``last.json`` is replaced
 atomically afterwards, so a kill at any moment leaves a complete, consistent pair.
@@ -16,10 +17,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..apply.lct import factorise_plan
+from ..apply.record import ConversionRecord, get_record
+from ..apply.serialization import replay
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -119,3 +125,37 @@ def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -
         raise ValueError(f"checkpoint does not fit this model ({len(mismatched)} shape mismatches, {len(missing)} "
                          f"missing and {len(unexpected)} unexpected keys; {example})")
     model.load_state_dict(state)
+
+
+def checkpoint_meta(model: nn.Module, run_config: Optional[dict], epoch: int, step: int, history: list,
+                    world_size: int, callbacks: dict) -> dict:
+    """The JSON part of a training checkpoint (see the module docstring)."""
+    record = get_record(model)
+    return {"config": run_config, "epoch": epoch, "step": step, "history": history,
+            "conversion": None if record is None else record.to_dict(), "callbacks": callbacks,
+            "world_size": world_size}
+
+
+def restore_model(model: nn.Module, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Give ``model`` the checkpoint's structure and weights.
+
+    An unconverted model (fresh from its factory) gets the recorded conversions replayed first (e.g.
+    LCT factors made by the schedule); a model that is already converted must carry the same record.
+    """
+    saved, current = meta.get("conversion"), get_record(model)
+    if saved is not None and current is None:
+        replay(model, ConversionRecord.from_dict(saved, "checkpoint record"), source="the checkpoint")
+    elif saved is not None and current.to_dict() != saved:
+        raise ValueError("the checkpoint was written for a model converted differently; convert the model exactly "
+                         "as in the interrupted run (same options, same order) before resuming")
+    elif saved is None and meta.get("lct_ranks") and current is None:  # written before conversion records
+        factorise_plan(model, meta["lct_ranks"])
+    load_model_state(model, tensors)
+
+
+def load_trained(checkpoint: str | Path, build_model: Callable[[], nn.Module]) -> tuple[nn.Module, dict]:
+    """A trained model from a checkpoint (JSON path or run directory): ``(model, meta)``."""
+    meta, tensors = read_checkpoint(checkpoint)
+    model = build_model()
+    restore_model(model, meta, tensors)
+    return model, meta

@@ -5,6 +5,9 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
@@ -22,3 +25,22 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def launched_rank() -> tuple[int, int]:
+    """(rank, world size) of this process as torchrun announces them in the environment ((0, 1) otherwise)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def wrap(model: nn.Module, world_size: int) -> nn.Module:
+    """``DistributedDataParallel(model)`` in a multi-process run, the model itself otherwise."""
+    return DistributedDataParallel(model) if world_size > 1 else model
+
+
+def train_loader(dataset, batch_size: int, seed: int, collate_fn=None, num_workers: int = 0) -> DataLoader:
+    """A training loader whose sampler shards ``dataset`` over the torchrun processes and shuffles by
+    (seed, epoch); the Trainer calls its ``set_epoch`` every epoch."""
+    rank, world = launched_rank()
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False, num_workers=num_workers,
+                      collate_fn=collate_fn)

@@ -148,6 +148,10 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that AdamW leaves undecayed (timm's convention): the class token and position embeddings."""
+        return {"cls_token", "pos_embed"}
+
     def block_parameter_count(self) -> int:
         """Unique parameters held by the transformer blocks (including shared LORS stacks)."""
         params = {id(p): p for p in self.blocks.parameters()}

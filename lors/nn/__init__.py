@@ -1,7 +1,9 @@
-"""The math core: static LORS, adaptive LORS and LCT low-rank layers."""
+"""The maths core: static LORS, adaptive LORS and LCT low-rank layers. Knows no model, config or training."""
 from .adaptive import AdaptiveLors, GeneratorStack
-from .lowrank import LowRankLinear, rank_for_epsilon, relative_error
+from .lowrank import LowRankLinear
+from .spectral import rank_for_epsilon, relative_error
+from .stack import SharedStack
 from .static import LinearStack, LorsLinearStack, StackLayer
 
-__all__ = ["AdaptiveLors", "GeneratorStack", "LinearStack", "LorsLinearStack", "LowRankLinear",
+__all__ = ["AdaptiveLors", "GeneratorStack", "LinearStack", "LorsLinearStack", "LowRankLinear", "SharedStack",
            "StackLayer", "rank_for_epsilon", "relative_error"]

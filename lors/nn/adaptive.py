@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .balance import GradBalance
 from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
+from .stack import SharedStack
 
 FACTOR_INITS = ("matrix", "official")
 LAYER_BIAS_INITS = ("zero", "random")
@@ -40,7 +40,7 @@ def _set_dims(module: nn.Module, num_layers, query_dim, rows, cols, param_groups
     module.param_groups = positive_int(param_groups, "param_groups")
 
 
-class AdaptiveLors(nn.Module):
+class AdaptiveLors(SharedStack):
     """N generators ``q (..., d_q) -> M (..., P, rows, cols)`` sharing one generator.
 
     Args:
@@ -74,6 +74,9 @@ class AdaptiveLors(nn.Module):
     Kaiming-uniform (see ``factor_init``). At init every layer therefore generates the same matrix.
     """
 
+    shared_tensors = ("shared",)  # used by every layer
+    private_tensors = ("private", "left", "right")  # per-layer low-rank residuals
+
     def __init__(self, num_layers: int, query_dim: int, rows: int, cols: int, rank: IntOrList,
                  groups: IntOrList = 1, param_groups: int = 1, bias: bool = True, factor_init: str = "official",
                  layer_bias: bool = False, layer_bias_init: str = "zero", device=None, dtype=None):
@@ -100,7 +103,7 @@ class AdaptiveLors(nn.Module):
             [nn.Parameter(torch.empty(P, k, r, cols, **kw)) for r, k in zip(self.ranks, self.groups)])
         self.layer_bias = nn.ParameterList(
             [nn.Parameter(torch.empty(P * rows * cols, **kw)) for _ in range(num_layers)] if layer_bias else [])
-        self.grad_balance: Optional[GradBalance] = None  # see lors.balance_shared_gradients
+        self.grad_balance = None  # see lors.balance_shared_gradients
         self.reset_parameters()
 
     @torch.no_grad()
@@ -153,20 +156,11 @@ class AdaptiveLors(nn.Module):
             out = out + self.layer_bias[i].view(P, self.rows, self.cols)
         return out
 
-    def shared_parameter_names(self) -> list[str]:
-        return [n for n, _ in self.shared.named_parameters(prefix="shared")]
-
-    def private_parameter_names(self) -> list[str]:
-        """The per-layer residual path: core generators and the static left/right factors."""
-        return [n for n, _ in self.named_parameters() if n.split(".")[0] in ("private", "left", "right")]
-
     def extra_repr(self) -> str:
         return (f"num_layers={self.num_layers}, query_dim={self.query_dim}, rows={self.rows}, "
                 f"cols={self.cols}, ranks={self.ranks}, groups={self.groups}, "
                 f"param_groups={self.param_groups}")
 
-    def __len__(self) -> int:
-        return self.num_layers
 
 
 class GeneratorStack(nn.Module):

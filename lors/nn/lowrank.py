@@ -3,7 +3,7 @@
 A weight is held as ``W = U @ V`` (U: out x r, V: r x in) and trained in that
 form. SVD moves a dense layer into factored form (:meth:`LowRankLinear.from_dense`)
 and back (:meth:`LowRankLinear.to_dense`); a tolerance epsilon picks the smallest
-rank whose relative Frobenius error stays under it (:func:`rank_for_epsilon`);
+rank whose relative Frobenius error stays under it (:func:`~lors.nn.spectral.rank_for_epsilon`);
 :meth:`LowRankLinear.reproject` re-balances (and optionally re-truncates) the
 factors during training. Storage is ``r * (in + out)`` instead of ``in * out``.
 """
@@ -17,42 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import epsilon_in_range, last_dim, positive_int, rank_fits
-
-
-def rank_for_epsilon(singular_values: torch.Tensor, epsilon: float, reference_norm: Optional[float] = None) -> int:
-    """Smallest r >= 1 with ||W - W_r||_F / ||W||_F <= epsilon.
-
-    ``singular_values`` are those of W in descending order. The error of the
-    best rank-r approximation is sqrt(sum_{j>r} s_j^2) (Eckart-Young).
-    ``reference_norm`` replaces ||W||_F as the denominator (e.g. the norm of the
-    full layer weight when W is only a residual).
-    """
-    epsilon = epsilon_in_range(epsilon)
-    s2 = singular_values.detach().double().pow(2)
-    total = s2.sum() if reference_norm is None else torch.tensor(float(reference_norm) ** 2, dtype=torch.float64)
-    if total == 0:
-        return 1
-    # tail[r] = sum_{j >= r} s_j^2, the squared error of keeping the first r values
-    tail = torch.flip(torch.cumsum(torch.flip(s2, [0]), 0), [0])
-    tail = torch.cat([tail, tail.new_zeros(1)])
-    rel = (tail / total).sqrt()
-    ok = torch.nonzero(rel <= epsilon).flatten()
-    return max(1, int(ok[0]))
-
-
-def relative_error(weight: torch.Tensor, approx: torch.Tensor) -> float:
-    """||W - approx||_F / ||W||_F, computed in float64."""
-    w = weight.detach().double()
-    return float((w - approx.detach().double()).norm() / w.norm())
-
-
-def _balanced_svd(matrix: torch.Tensor, rank: Optional[int], epsilon: Optional[float]):
-    """Truncated SVD of a float64 matrix as balanced factors (U sqrt(S), sqrt(S) V^T)."""
-    U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
-    if rank is None:
-        rank = rank_for_epsilon(S, epsilon)
-    root = S[:rank].sqrt()
-    return U[:, :rank] * root, root[:, None] * Vh[:rank]
+from .spectral import balanced_svd, whitened_svd
 
 
 class LowRankLinear(nn.Module):
@@ -135,7 +100,7 @@ class LowRankLinear(nn.Module):
 
         With ``input_moment`` (``E[x x^T]`` of calibration inputs, (in, in)) the factors minimise the
         error of the layer's outputs on such inputs, and ``epsilon`` bounds the relative output error
-        (see :mod:`lors.nn.whiten`). Exact at full rank either way.
+        (see :mod:`lors.nn.spectral`). Exact at full rank either way.
         """
         if (rank is None) == (epsilon is None):
             raise ValueError("give exactly one of rank= or epsilon= (got "
@@ -147,10 +112,8 @@ class LowRankLinear(nn.Module):
         else:
             epsilon_in_range(epsilon)
         if input_moment is None:
-            U, V = _balanced_svd(weight.detach().double(), rank, epsilon)
+            U, V = balanced_svd(weight.detach().double(), rank, epsilon)
         else:
-            from .whiten import whitened_svd
-
             Uw, sig, Vw = whitened_svd(weight, input_moment, rank, epsilon)
             U, V = Uw * sig.sqrt(), sig.sqrt()[:, None] * Vw
         layer = cls(in_f, out_f, U.shape[1], bias=bias is not None, device=weight.device, dtype=weight.dtype)
@@ -187,7 +150,7 @@ class LowRankLinear(nn.Module):
         Qu, Ru = torch.linalg.qr(self.U.double())  # U = Qu Ru
         Qv, Rv = torch.linalg.qr(self.V.double().T)  # V^T = Qv Rv
         core = Ru @ Rv.T  # U V = Qu (Ru Rv^T) Qv^T, core is r x r
-        Uc, Vc = _balanced_svd(core, None if epsilon is not None else self.rank, epsilon)
+        Uc, Vc = balanced_svd(core, None if epsilon is not None else self.rank, epsilon)
         U, V = Qu @ Uc, Vc @ Qv.T
         if U.shape[1] == self.rank:
             self.U.copy_(U)

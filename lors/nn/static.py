@@ -21,15 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .balance import GradBalance
 from .checks import IntOrList, last_dim, per_layer, positive_int, rank_fits
-from .lowrank import rank_for_epsilon
-from .whiten import calibrated_shared, whitened_spectrum, whitened_svd
+from .spectral import calibrated_shared, rank_for_epsilon, whitened_spectrum, whitened_svd
+from .stack import SharedStack
 
 PATHS = ("auto", "materialize", "lowrank")
 
 
-class LorsLinearStack(nn.Module):
+class LorsLinearStack(SharedStack):
     """``num_layers`` linear maps ``in_features -> out_features`` sharing one weight.
 
     Args:
@@ -51,6 +50,9 @@ class LorsLinearStack(nn.Module):
     every ``A`` Kaiming-uniform, every ``B`` and every bias zero, so at init
     every layer equals the shared layer.
     """
+
+    shared_tensors = ("shared_weight",)  # used by every layer
+    private_tensors = ("A", "B")  # per-layer low-rank residuals
 
     def __init__(self, num_layers: int, in_features: int, out_features: int,
                  rank: IntOrList, groups: IntOrList = 1, bias: bool = True,
@@ -78,7 +80,7 @@ class LorsLinearStack(nn.Module):
             self.bias = nn.Parameter(torch.empty(num_layers, out_features, **kw))
         else:
             self.register_parameter("bias", None)
-        self.grad_balance: Optional[GradBalance] = None  # see lors.balance_shared_gradients
+        self.grad_balance = None  # see lors.balance_shared_gradients
         self.reset_parameters()
 
     @torch.no_grad()
@@ -179,7 +181,7 @@ class LorsLinearStack(nn.Module):
 
         With ``input_moments`` (one ``E[x x^T]`` (d_in, d_in) per layer, from calibration inputs) the
         factors fit the layers' *outputs* on such inputs instead of the weights (see
-        :mod:`lors.nn.whiten`): the shared weight is the output-weighted mean, each residual the
+        :mod:`lors.nn.spectral`): the shared weight is the output-weighted mean, each residual the
         whitened truncated SVD, refined over ``iterations`` alternations. Exact at full rank.
         """
         shapes = {tuple(w.shape) for w in weights}
@@ -230,20 +232,11 @@ class LorsLinearStack(nn.Module):
                                  reference_norm=float(whitened_spectrum(w, C).norm()))
                 for w, C in zip(w64, input_moments)]
 
-    def shared_parameter_names(self) -> list[str]:
-        return ["shared_weight"]
-
-    def private_parameter_names(self) -> list[str]:
-        """The per-layer low-rank residual factors (not the per-layer biases)."""
-        return [f"A.{i}" for i in range(self.num_layers)] + [f"B.{i}" for i in range(self.num_layers)]
-
     def extra_repr(self) -> str:
         return (f"num_layers={self.num_layers}, in_features={self.in_features}, "
                 f"out_features={self.out_features}, ranks={self.ranks}, groups={self.groups}, "
                 f"bias={self.bias is not None}, path={self.path!r}")
 
-    def __len__(self) -> int:
-        return self.num_layers
 
 
 def _calibrated_stack(w64: torch.Tensor, moments: Sequence[torch.Tensor], ranks: list[int], iterations: int):

@@ -15,7 +15,7 @@ from torch import nn
 
 from ...nn.static import LorsLinearStack
 from .boxes import box_iof, box_xyzr_to_xyxy
-from .mixing import AdaptiveMixing
+from .mixing import AdaptiveMixing, build_mixing
 from .sampling import make_sample_points, sampling_3d
 
 
@@ -101,36 +101,25 @@ def refine_xyzr(xyzr: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 class AdaMixerDecoder(nn.Module):
-    """``num_stages`` decoder stages sharing one (dense or LORS) adaptive-mixing module.
+    """Decoder stages sharing one (dense or LORS) adaptive-mixing module, from ready parts.
 
-    ``variant`` and the LORS arguments up to ``stage_bias_init`` configure the mixing (see
-    :class:`~lors.models.adamixer.mixing.AdaptiveMixing`). ``ffn_rank > 0`` also shares the
-    stages' FFNs: each of the two FFN linears becomes a static LORS stack (one shared weight
-    plus a rank-``ffn_rank`` residual and a bias per stage); 0 keeps a dense FFN per stage.
+    Args:
+        stages: the per-stage parts (:class:`DecoderStage`), one per stage.
+        mixing: the :class:`~lors.models.adamixer.mixing.AdaptiveMixing` of all stages.
+        ffn_in, ffn_out: when the stages' FFNs are shared, the two static LORS stacks whose layers the
+            stages' FFNs are (owned here so the shared weights appear once); ``None`` otherwise.
+
+    :func:`build_decoder` makes the parts from a config.
     """
 
-    def __init__(self, num_stages: int = 6, query_dim: int = 256, feat_channels: int = 256, num_classes: int = 80,
-                 num_heads: int = 8, n_groups: int = 4, in_points: int = 32, out_points: int = 128,
-                 ffn_dim: int = 2048, variant: str = "dense", core_size: int = 16,
-                 core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int | Sequence[int] = 8,
-                 factor_init: str = "official", stage_bias: bool = False, stage_bias_init: str = "zero",
-                 ffn_rank: int = 0):
+    def __init__(self, stages: nn.ModuleList, mixing: AdaptiveMixing, ffn_in: Optional[nn.Module] = None,
+                 ffn_out: Optional[nn.Module] = None):
         super().__init__()
-        if feat_channels != query_dim:
-            raise ValueError(f"feat_channels ({feat_channels}) must equal query_dim ({query_dim}) for the mixing")
-        if ffn_rank < 0:
-            raise ValueError(f"ffn_rank must be 0 (a dense FFN per stage) or a positive rank, got {ffn_rank}")
-        ffns = [None] * num_stages  # each stage builds its own dense FFN
-        if ffn_rank:  # the stages' FFNs become views of two static LORS stacks owned here
-            self.ffn_in = LorsLinearStack(num_stages, query_dim, ffn_dim, rank=ffn_rank)
-            self.ffn_out = LorsLinearStack(num_stages, ffn_dim, query_dim, rank=ffn_rank)
-            ffns = [nn.Sequential(self.ffn_in.layer(i), nn.ReLU(inplace=True), self.ffn_out.layer(i))
-                    for i in range(num_stages)]
-        self.stages = nn.ModuleList([DecoderStage(query_dim, num_classes, num_heads, n_groups, in_points, ffn_dim,
-                                                  ffns[i]) for i in range(num_stages)])
-        self.mixing = AdaptiveMixing(num_stages, query_dim, feat_channels, n_groups, in_points, out_points,
-                                     variant, core_size, core_groups, out_rank, factor_init, stage_bias,
-                                     stage_bias_init)
+        if len(stages) != mixing.num_stages:
+            raise ValueError(f"{len(stages)} stages but the mixing has {mixing.num_stages}")
+        if ffn_in is not None:
+            self.ffn_in, self.ffn_out = ffn_in, ffn_out
+        self.stages, self.mixing = stages, mixing
 
     def forward(self, content: torch.Tensor, xyzr: torch.Tensor, features: Sequence[torch.Tensor],
                 strides: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -145,3 +134,23 @@ class AdaMixerDecoder(nn.Module):
             outputs.append((logits, xyzr))
             xyzr = xyzr.detach()  # each stage refines the previous boxes without back-propagating into them
         return outputs
+
+
+def build_decoder(cfg) -> AdaMixerDecoder:
+    """The decoder of an :class:`~lors.cli.config.AdaMixerConfig`.
+
+    ``ffn_rank > 0`` shares the stages' FFNs: each of the two FFN linears becomes a static LORS stack
+    (one shared weight plus a rank-``ffn_rank`` residual and a bias per stage); 0 keeps a dense FFN per stage.
+    """
+    S, d = cfg.num_stages, cfg.feat_channels
+    if cfg.ffn_rank < 0:
+        raise ValueError(f"ffn_rank must be 0 (a dense FFN per stage) or a positive rank, got {cfg.ffn_rank}")
+    ffn_in = ffn_out = None
+    ffns = [None] * S  # each stage builds its own dense FFN
+    if cfg.ffn_rank:  # the stages' FFNs become views of two static LORS stacks owned by the decoder
+        ffn_in = LorsLinearStack(S, d, cfg.ffn_dim, rank=cfg.ffn_rank)
+        ffn_out = LorsLinearStack(S, cfg.ffn_dim, d, rank=cfg.ffn_rank)
+        ffns = [nn.Sequential(ffn_in.layer(i), nn.ReLU(inplace=True), ffn_out.layer(i)) for i in range(S)]
+    stages = nn.ModuleList([DecoderStage(d, cfg.num_classes, cfg.num_heads, cfg.n_groups, cfg.in_points,
+                                         cfg.ffn_dim, ffns[i]) for i in range(S)])
+    return AdaMixerDecoder(stages, build_mixing(cfg), ffn_in, ffn_out)

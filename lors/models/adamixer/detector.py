@@ -8,47 +8,33 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
 from .backbone import ChannelMapper, ResNet
 from .boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, box_xyxy_to_xyzr, box_xyzr_to_xyxy
-from .decoder import AdaMixerDecoder
+from .decoder import build_decoder
 
 STRIDES = (4, 8, 16, 32)
 
 
 class AdaMixer(nn.Module):
-    """Query-based detector. See :class:`~lors.models.adamixer.decoder.AdaMixerDecoder` for decoder arguments.
+    """Query-based detector from ready parts (DETR style; :func:`build_adamixer` makes them from a config).
 
     Args:
-        backbone_depth, backbone_width, frozen_bn: ResNet trunk (18/34/50, channel width, frozen BN).
-        feat_channels: channels of the neck's pyramid (= query_dim).
-        num_queries: number of object queries.
-        decoder: ``"dense"`` or ``"lors"`` (the adaptive mixing).
-        stage_bias, stage_bias_init, ffn_rank: see :class:`~lors.models.adamixer.decoder.AdaMixerDecoder`.
+        backbone: the trunk (:class:`~lors.models.adamixer.backbone.ResNet`) with ``out_channels``.
+        neck: maps the trunk's levels to a pyramid of ``query_dim`` channels.
+        decoder: the :class:`~lors.models.adamixer.decoder.AdaMixerDecoder`.
+        query_content: ``nn.Embedding(num_queries, query_dim)``, the learned content of the queries.
+        query_boxes: ``nn.Embedding(num_queries, 4)``, their initial boxes (cxcywh, normalised).
     """
 
-    def __init__(self, num_classes: int = 80, backbone_depth: int = 50, backbone_width: int = 64,
-                 frozen_bn: bool = False, feat_channels: int = 256, num_queries: int = 100, num_stages: int = 6,
-                 num_heads: int = 8, n_groups: int = 4, in_points: int = 32, out_points: int = 128,
-                 ffn_dim: int = 2048, decoder: str = "dense", core_size: int = 16,
-                 core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int | Sequence[int] = 8,
-                 factor_init: str = "official", stage_bias: bool = False, stage_bias_init: str = "zero",
-                 ffn_rank: int = 0):
+    def __init__(self, backbone: nn.Module, neck: nn.Module, decoder: nn.Module, query_content: nn.Embedding,
+                 query_boxes: nn.Embedding):
         super().__init__()
-        self.backbone = ResNet(backbone_depth, backbone_width, frozen_bn)
-        self.neck = ChannelMapper(self.backbone.out_channels, feat_channels)
-        self.query_content = nn.Embedding(num_queries, feat_channels)
-        self.query_norm = nn.LayerNorm(feat_channels)
-        self.query_boxes = nn.Embedding(num_queries, 4)  # cxcywh normalised; init: the whole image
-        nn.init.constant_(self.query_boxes.weight[:, :2], 0.5)
-        nn.init.constant_(self.query_boxes.weight[:, 2:], 1.0)
-        self.decoder = AdaMixerDecoder(num_stages, feat_channels, feat_channels, num_classes, num_heads, n_groups,
-                                       in_points, out_points, ffn_dim, decoder, core_size, core_groups, out_rank,
-                                       factor_init, stage_bias, stage_bias_init, ffn_rank)
+        self.backbone, self.neck, self.query_content = backbone, neck, query_content
+        self.query_norm = nn.LayerNorm(query_content.embedding_dim)
+        self.query_boxes, self.decoder = query_boxes, decoder
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> dict:
         """images (B, 3, H, W) padded; image_sizes (B, 2) unpadded (width, height) in pixels."""
@@ -75,12 +61,18 @@ def postprocess(outputs: dict, target_sizes: torch.Tensor, top_k: int = 100) -> 
     return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, picked)]
 
 
+def initial_queries(num_queries: int, dim: int) -> tuple[nn.Embedding, nn.Embedding]:
+    """Learned query content (normal init) and boxes (every query starts as the whole image)."""
+    content = nn.Embedding(num_queries, dim)
+    boxes = nn.Embedding(num_queries, 4)  # cxcywh normalised
+    nn.init.constant_(boxes.weight[:, :2], 0.5)
+    nn.init.constant_(boxes.weight[:, 2:], 1.0)
+    return content, boxes
+
+
 def build_adamixer(cfg) -> AdaMixer:
-    """Build from a :class:`lors.config.AdaMixerConfig` (the only config -> constructor bridge)."""
-    return AdaMixer(num_classes=cfg.num_classes, backbone_depth=cfg.backbone_depth,
-                    backbone_width=cfg.backbone_width, frozen_bn=cfg.frozen_bn, feat_channels=cfg.feat_channels,
-                    num_queries=cfg.num_queries, num_stages=cfg.num_stages, num_heads=cfg.num_heads,
-                    n_groups=cfg.n_groups, in_points=cfg.in_points, out_points=cfg.out_points, ffn_dim=cfg.ffn_dim,
-                    decoder=cfg.decoder, core_size=cfg.core_size, core_groups=cfg.core_groups,
-                    out_rank=cfg.out_rank, factor_init=cfg.factor_init,
-                    stage_bias=cfg.stage_bias, stage_bias_init=cfg.stage_bias_init, ffn_rank=cfg.ffn_rank)
+    """Build from a :class:`lors.cli.config.AdaMixerConfig`: the one place its settings become modules."""
+    backbone = ResNet(cfg.backbone_depth, cfg.backbone_width, cfg.frozen_bn)
+    neck = ChannelMapper(backbone.out_channels, cfg.feat_channels)
+    content, boxes = initial_queries(cfg.num_queries, cfg.feat_channels)
+    return AdaMixer(backbone, neck, build_decoder(cfg), content, boxes)

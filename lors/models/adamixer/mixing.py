@@ -8,16 +8,14 @@ the query dimension:
     x (B, N, G, P_in, C) -> x @ M -> LN, ReLU -> S @ . -> LN, ReLU
       -> flatten -> out_proj -> LayerNorm(query + .)
 
-``variant="dense"`` gives every stage its own generators and out projection (the
-original AdaMixer). ``variant="lors"`` is the LORS paper's factorised mixing:
+``decoder: dense`` gives every stage its own generators and out projection (the
+original AdaMixer). ``decoder: lors`` is the LORS paper's factorised mixing:
 adaptive LORS for the M and S generators (one shared generator, per stage K_s
 query-generated k x k cores with static left/right factors) and static LORS for
 the out projection (shared weight, per-stage rank-``out_rank`` residual and bias).
-The LayerNorm after the residual is per stage in both variants.
+:func:`build_mixing` builds either from a config; :class:`AdaptiveMixing` takes the stacks.
 """
 from __future__ import annotations
-
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,57 +29,34 @@ VARIANTS = ("dense", "lors")
 
 
 class AdaptiveMixing(nn.Module):
-    """Adaptive channel + spatial mixing for ``num_stages`` decoder stages.
+    """Adaptive channel + spatial mixing for the decoder stages, from ready generator stacks.
 
     Args:
-        num_stages: number of decoder stages sharing this operator's stacks.
-        query_dim: size of the query content vector.
-        in_dim: channels of the sampled features (C); split evenly over ``n_groups``.
-        n_groups: sampling groups G (one M and one S per group).
-        in_points: sampled points per group (P_in).
-        out_points: points after spatial mixing (P_out).
-        variant: ``"dense"`` or ``"lors"``.
-        core_size: k, side of each query-generated core (``lors`` only).
-        core_groups: K_s, number of cores per stage, int or list (``lors`` only).
-        out_rank: rank of each stage's out-projection residual, int or list (``lors`` only).
-        factor_init: init of the adaptive left/right factors, ``"matrix"`` or ``"official"``
-            (see :class:`~lors.AdaptiveLors`; ``lors`` only).
-        stage_bias: give each stage's M and S generators a private full bias next to the shared
-            generator's (``layer_bias`` of :class:`~lors.AdaptiveLors`; ``lors`` only).
-        stage_bias_init: ``"zero"`` or ``"random"`` (each stage's bias drawn as a dense stage's
-            generator bias; ``layer_bias_init`` of :class:`~lors.AdaptiveLors`; needs ``stage_bias``).
+        m_generator: the channel-mixing generator stack, ``(q, stage) -> (..., G, C/G, C/G)``
+            (:class:`~lors.GeneratorStack` dense or :class:`~lors.AdaptiveLors`).
+        s_generator: the spatial-mixing generator stack, ``(q, stage) -> (..., G, P_out, P_in)``.
+        out_proj: the out-projection stack ``G P_out C/G -> d_q`` (:class:`~lors.LinearStack` or
+            :class:`~lors.LorsLinearStack`).
+
+    The sizes (stages, query_dim, G, C/G, P_in, P_out) are read off the stacks and checked against each
+    other; :func:`build_mixing` makes the stacks from a config. The LayerNorm after the residual is per stage.
     """
 
-    def __init__(self, num_stages: int = 6, query_dim: int = 256, in_dim: int = 256, n_groups: int = 4,
-                 in_points: int = 32, out_points: int = 128, variant: str = "dense", core_size: int = 16,
-                 core_groups: int | Sequence[int] = (1, 1, 2, 2, 3, 3), out_rank: int | Sequence[int] = 8,
-                 factor_init: str = "official", stage_bias: bool = False, stage_bias_init: str = "zero"):
+    def __init__(self, m_generator: nn.Module, s_generator: nn.Module, out_proj: nn.Module):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        positive_int(n_groups, "n_groups")
-        if in_dim % n_groups:
-            raise ValueError(f"in_dim={in_dim} must be divisible by n_groups={n_groups}")
-        self.num_stages, self.query_dim, self.n_groups = num_stages, query_dim, n_groups
-        self.in_points, self.out_points = in_points, out_points
-        self.channels = in_dim // n_groups  # per-group channels, in and out
-        self.variant = variant
-        proj_in = self.channels * out_points * n_groups
-        if variant == "dense":
-            self.m_generator = GeneratorStack(num_stages, query_dim, self.channels, self.channels, n_groups)
-            self.s_generator = GeneratorStack(num_stages, query_dim, out_points, in_points, n_groups)
-            self.out_proj = LinearStack(num_stages, proj_in, query_dim)
-        else:
-            self.m_generator = AdaptiveLors(num_stages, query_dim, self.channels, self.channels,
-                                            rank=core_size, groups=core_groups, param_groups=n_groups,
-                                            factor_init=factor_init, layer_bias=stage_bias,
-                                            layer_bias_init=stage_bias_init)
-            self.s_generator = AdaptiveLors(num_stages, query_dim, out_points, in_points,
-                                            rank=core_size, groups=core_groups, param_groups=n_groups,
-                                            factor_init=factor_init, layer_bias=stage_bias,
-                                            layer_bias_init=stage_bias_init)
-            self.out_proj = LorsLinearStack(num_stages, proj_in, query_dim, rank=out_rank)
-        self.norms = nn.ModuleList([nn.LayerNorm(query_dim) for _ in range(num_stages)])
+        self.num_stages, self.query_dim = m_generator.num_layers, m_generator.query_dim
+        self.n_groups, self.channels = m_generator.param_groups, m_generator.rows  # G, per-group channels
+        self.out_points, self.in_points = s_generator.rows, s_generator.cols
+        self.variant = "lors" if isinstance(m_generator, AdaptiveLors) else "dense"
+        got = (s_generator.num_layers, s_generator.query_dim, s_generator.param_groups, m_generator.cols,
+               out_proj.num_layers, out_proj.in_features, out_proj.out_features)
+        want = (self.num_stages, self.query_dim, self.n_groups, self.channels, self.num_stages,
+                self.channels * self.out_points * self.n_groups, self.query_dim)
+        if got != want:
+            raise ValueError(f"the mixing stacks do not fit together: (s stages, s query_dim, s groups, m cols, "
+                             f"out stages, out in, out out) = {got}, expected {want}")
+        self.m_generator, self.s_generator, self.out_proj = m_generator, s_generator, out_proj
+        self.norms = nn.ModuleList([nn.LayerNorm(self.query_dim) for _ in range(self.num_stages)])
 
     def forward(self, x: torch.Tensor, query: torch.Tensor, stage: int) -> torch.Tensor:
         """x (B, N, G, P_in, C/G) sampled features, query (B, N, d_q) -> (B, N, d_q)."""
@@ -97,3 +72,28 @@ class AdaptiveMixing(nn.Module):
         out = F.relu(F.layer_norm(out, out.shape[-2:]))
         out = self.out_proj(out.flatten(2), stage)  # (B, N, d_q)
         return self.norms[stage](query + out)
+
+
+def build_mixing(cfg) -> AdaptiveMixing:
+    """The adaptive mixing of an :class:`~lors.cli.config.AdaMixerConfig` (``decoder: dense | lors``).
+
+    Dense: every stage its own generators and out projection (the original AdaMixer). LORS: adaptive LORS
+    for the M and S generators (one shared generator; per stage ``core_groups`` query-generated
+    ``core_size`` x ``core_size`` cores with static left/right factors, ``factor_init``, ``stage_bias``)
+    and static LORS for the out projection (a rank-``out_rank`` residual and a bias per stage).
+    """
+    variant, S, d = cfg.decoder, cfg.num_stages, cfg.feat_channels
+    if variant not in VARIANTS:
+        raise ValueError(f"decoder must be one of {VARIANTS}, got {variant!r}")
+    positive_int(cfg.n_groups, "n_groups")
+    if d % cfg.n_groups:
+        raise ValueError(f"feat_channels={d} must be divisible by n_groups={cfg.n_groups}")
+    c, G = d // cfg.n_groups, cfg.n_groups
+    proj_in = c * cfg.out_points * G
+    if variant == "dense":
+        return AdaptiveMixing(GeneratorStack(S, d, c, c, G), GeneratorStack(S, d, cfg.out_points, cfg.in_points, G),
+                              LinearStack(S, proj_in, d))
+    lors = dict(rank=cfg.core_size, groups=cfg.core_groups, param_groups=G, factor_init=cfg.factor_init,
+                layer_bias=cfg.stage_bias, layer_bias_init=cfg.stage_bias_init)
+    return AdaptiveMixing(AdaptiveLors(S, d, c, c, **lors), AdaptiveLors(S, d, cfg.out_points, cfg.in_points, **lors),
+                          LorsLinearStack(S, proj_in, d, rank=cfg.out_rank))

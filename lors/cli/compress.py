@@ -23,12 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .accounting import count_parameters
-from .calibration import input_moments
-from .convert import LorsConfig, convert, lct
-from .discovery import find_stacks
-from .linears import dense_weight
-from .nn.whiten import calibrated_shared, whitened_spectrum
+from ..accounting import count_parameters
+from ..apply.calibration import input_moments
+from ..apply.config import LorsConfig
+from ..apply.discovery import find_stacks
+from ..apply.lct import lct, rebuild
+from ..apply.linears import dense_weight
+from ..apply.lors import convert
+from ..nn.spectral import calibrated_shared, whitened_spectrum
 
 METHODS = ("lors", "lct")
 INITS = ("calibrated", "svd")
@@ -186,13 +188,13 @@ def compress(model: nn.Module, method: str = "lors", fraction: Optional[float] =
         return convert(model, cfg, calibration=moments)
     pattern = "|".join(re.escape(p) for p in paths)
     if ranks is not None:
-        return lct(model, rank=ranks, targets=pattern, calibration=moments)
+        return rebuild(model, ranks, calibration=moments)  # the budget's plan, checked by budget_ranks
     return lct(model, rank=rank, epsilon=epsilon, targets=pattern, calibration=moments)
 
 
 def held_out_sentences(seed: int = 0, n_eval: int = 1000) -> tuple[list[str], list[str]]:
     """(training sentences shuffled by ``seed``, ``n_eval`` held-out sentences) from :mod:`lors.data.text`."""
-    from .data.text import english_sentences
+    from ..data.text import english_sentences
 
     train, held = english_sentences(seed)
     g = torch.Generator().manual_seed(seed)
@@ -212,8 +214,8 @@ def run(model_name: str = "minilm", method: str = "lors", fraction: Optional[flo
     (sentences from sources never used for calibration or training). With ``out`` the final model is
     saved with :func:`lors.save` (plus the tokenizer), and distillation checkpoints go to ``out/distill``.
     """
-    from .distill import distill
-    from .serialization import save
+    from ..apply.serialization import save
+    from ..tasks.distill import distill
 
     torch.manual_seed(seed)
     teacher, tokenizer = load_encoder(model_name)

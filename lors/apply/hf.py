@@ -23,26 +23,24 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .discovery import IN_PROJ
+from .record import ConversionRecord, get_record
 
-FORMAT = "lors-1"
 
-
-def marker_key(conversion: dict) -> str:
+def marker_key(record: ConversionRecord) -> str:
     """The original (unconverted) parameter name of the first converted weight."""
-    if conversion.get("stacks"):
-        rec = conversion["stacks"][0]
-        first = (rec.get("layers") or [0])[0]
-        target = rec["target"]
+    if record.stacks:
+        entry = record.stacks[0]
+        first, target = entry.layers[0], entry.target
         if target.endswith(IN_PROJ):
-            return f"{rec['container']}.{first}.{target[: -len(IN_PROJ)]}.in_proj_weight"
-        return f"{rec['container']}.{first}.{target}.weight"
-    return f"{next(iter(conversion['lct']))}.weight"
+            return f"{entry.container}.{first}.{target[: -len(IN_PROJ)]}.in_proj_weight"
+        return f"{entry.container}.{first}.{target}.weight"
+    return f"{next(iter(record.lct_ranks))}.weight"
 
 
 def write_record(model: nn.Module, directory: str | Path, marker: str | None = None) -> Path:
     """Write ``directory/lors.json`` (format, conversion record, marker key) atomically."""
     directory = Path(directory)
-    meta = {"format": FORMAT, **model.lors_conversion}
+    meta = get_record(model).to_dict()
     if marker is not None:
         meta["marker"] = marker
     tmp = directory / "lors.json.tmp"
@@ -65,10 +63,9 @@ def _unique_tensors(state: dict) -> dict:
 
 
 def _save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
-    conversion = getattr(self, "lors_conversion", None)
+    record = get_record(self)
     out = type(self).save_pretrained(self, save_directory, *args, state_dict=state_dict, **kwargs)
-    if not conversion or not (conversion.get("stacks") or conversion.get("lct")) \
-            or not kwargs.get("is_main_process", True):
+    if record is None or not (record.stacks or record.lct_ranks) or not kwargs.get("is_main_process", True):
         return out
     # transformers may rename keys on save (legacy checkpoint names) or shard the file; a converted model is
     # stored as one file under its own parameter names, plus the marker, so lors.load can replay it exactly.
@@ -76,7 +73,7 @@ def _save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
     for old in list(directory.glob("model*.safetensors")) + list(directory.glob("model.safetensors.index.json")):
         old.unlink()
     state = _unique_tensors(self.state_dict() if state_dict is None else state_dict)
-    marker = marker_key(conversion)
+    marker = marker_key(record)
     state[marker] = torch.zeros(1)  # wrong shape on purpose: from_pretrained on the base class must fail
     tmp = directory / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})

@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from .accounting import reduction
+from ..accounting import reduction
 from .config import Config, from_dict
 
 # One dict per variant; the YAML files in configs/ hold the same settings (a test keeps them equal).
@@ -34,7 +34,7 @@ VARIANTS = {
     "dense": {},
     "lors": {"model": {"variant": "lors", "rank": 6, "attn_groups": [1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2],
                        "mlp_groups": [2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1]}},
-    "lct": {"train": {"lct_epsilon": 0.8, "lct_warmup_epochs": 4}},
+    "lct": {"lct": {"epsilon": 0.8, "warmup_epochs": 4}},
 }
 
 
@@ -57,9 +57,9 @@ def demo_config(variant: str, epochs: Optional[int] = None, seed: int = 0, datas
 def train_variant(variant: str, out_dir: Path, epochs: Optional[int], seed: int, progress: bool,
                   log=print, dataset: str = "digits") -> dict:
     """Train one demo variant; returns its summary row and history."""
-    from .data.classification import build_dataset
-    from .engine.fit import fit, load_for_eval
-    from .models.vit import BLOCK_LINEARS, build_vit
+    from ..engine.checkpoint import load_trained
+    from ..models.vit import build_vit
+    from .experiment import run_training
 
     cfg = demo_config(variant, epochs, seed, dataset)
     cfg.train.progress = progress
@@ -68,11 +68,8 @@ def train_variant(variant: str, out_dir: Path, epochs: Optional[int], seed: int,
     for stale in run_dir.glob("*"):  # a fresh run each time
         if stale.is_file():
             stale.unlink()
-    train_set = build_dataset(cfg.data, "train", seed, train=True)
-    test_set = build_dataset(cfg.data, "test", seed)
-    history = fit(cfg, lambda: build_vit(cfg.model), train_set, test_set, run_dir,
-                  lct_targets=BLOCK_LINEARS, log=log)
-    model, _ = load_for_eval(run_dir / "last.json", lambda: build_vit(cfg.model))
+    history = run_training(cfg, run_dir, log=log)
+    model, _ = load_trained(run_dir / "last.json", lambda: build_vit(cfg.model))
     return {"variant": variant, "params": history[-1]["params"], "block_params": model.block_parameter_count(),
             "top1": history[-1]["top1"], "epoch_time": statistics.mean(h["epoch_time"] for h in history),
             "history": history}
@@ -188,8 +185,8 @@ def run_demo(epochs: Optional[int] = None, seeds=(0,), out_dir: str = "runs/demo
     if len(seeds) > 1:
         report.append(f"Over seeds {list(seeds)}:\n{summarize(all_rows)}")
         print(f"\n{report[-1]}")
-    lct = demo_config("lct", epochs, seeds[0], dataset).train
-    plot(all_rows, out / "demo.png", dataset, lct_epoch=lct.lct_warmup_epochs + 1)
+    lct = demo_config("lct", epochs, seeds[0], dataset).lct
+    plot(all_rows, out / "demo.png", dataset, lct_epoch=lct.warmup_epochs + 1)
     (out / "results.txt").write_text("\n\n".join(report) + "\n")
     print(f"\nplot: {out / 'demo.png'}; table: {out / 'results.txt'}; runs and checkpoints under {out}/")
     return all_rows

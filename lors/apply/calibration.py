@@ -2,7 +2,7 @@
 
 One pass over the batches with forward pre-hooks on the requested modules accumulates,
 per module, the second moment ``E[x x^T]`` of its inputs (float64, every token of every
-batch counted once). :mod:`lors.nn.whiten` turns these into output-aware factorisations.
+batch counted once). :mod:`lors.nn.spectral` turns these into output-aware factorisations.
 """
 from __future__ import annotations
 
@@ -70,3 +70,13 @@ def input_moments(model: nn.Module, paths: Iterable[str], batches: Iterable,
         warnings.warn(f"calibration saw no inputs of {len(unseen)} layer(s) ({', '.join(unseen[:4])}"
                       f"{' ...' if len(unseen) > 4 else ''}); they are fitted to their weights instead", stacklevel=3)
     return {p: sums[p] / counts[p] for p in paths if p in sums}
+
+
+def measured_moments(model: nn.Module, paths: list[str], calibration, forward=None) -> dict[str, torch.Tensor]:
+    """``{path: E[x x^T]}`` from ``calibration``: batches to run now, statistics measured before
+    (a dict from :func:`input_moments`, returned as it is), or ``None`` (no statistics: ``{}``)."""
+    if calibration is None:
+        return {}
+    if isinstance(calibration, dict):
+        return calibration
+    return input_moments(model, paths, calibration, forward)

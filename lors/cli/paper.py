@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .accounting import (adaptive_lors_params, dense_stack_params, generator_stack_params, reduction,
+from ..accounting import (adaptive_lors_params, dense_stack_params, generator_stack_params, reduction,
                          static_lors_params)
 
 DEIT_TINY = dict(dim=192, depth=12, mlp=768, rank=32,

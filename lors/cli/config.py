@@ -1,14 +1,18 @@
 """Experiment configuration: YAML <-> dataclasses, checked key by key.
 
-A YAML file has three sections that map 1:1 onto dataclasses below, chosen by
-an optional top-level ``task`` key::
+A YAML file has sections that map 1:1 onto dataclasses, chosen by an optional
+top-level ``task`` key::
 
     task: classification | detection    # default: classification
     model: {...}   # ViTConfig (classification) or AdaMixerConfig (detection)
     data:  {...}   # DataConfig or DetectionDataConfig
-    train: {...}   # TrainConfig: optimiser, schedule, logging, checkpoints
+    train: {...}   # the engine's TrainConfig: optimiser, schedule, seed, device, output
+    lct:   {...}   # optional LctScheduleConfig: factorise during training (lors.engine.callbacks)
+    loss:  {...}   # classification only: ClassificationLoss (label smoothing, mixup, cutmix)
 
-No inheritance, no includes. ``--set section.key=value`` overrides a key (the value
+Each dataclass lives with the code that uses it (the engine's, the callback's, the task's); the
+model and data sections are defined here, with allowed values imported from the modules that
+implement them. No inheritance, no includes. ``--set section.key=value`` overrides a key (the value
 is parsed as YAML, so ``--set train.lr=1e-3`` and ``--set model.rank=[8,8]`` work).
 Unknown keys and values of the wrong type raise ``ConfigError`` naming the key.
 """
@@ -23,16 +27,27 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from ..data.classification import DATASETS
+from ..engine.callbacks import LctScheduleConfig
+from ..engine.config import TrainConfig
+from ..errors import ConfigError, at_least, fraction, one_of, positive
+from ..models.adamixer.backbone import LAYOUTS
+from ..models.adamixer.mixing import VARIANTS as DECODERS
+from ..models.vit import PRESETS, VARIANTS
+from ..nn.adaptive import FACTOR_INITS, LAYER_BIAS_INITS
+from ..tasks.classification import ClassificationLoss
 
-class ConfigError(ValueError):
-    """A configuration key is unknown, ill-typed or out of range."""
+__all__ = ["AdaMixerConfig", "ClassificationLoss", "Config", "ConfigError", "DataConfig", "DetectionConfig",
+           "DetectionDataConfig", "LctScheduleConfig", "TrainConfig", "ViTConfig", "config_from_dict", "from_dict",
+           "load_config"]
 
 
-def one_of(value, allowed: tuple, key: str):
-    """``value`` if it is in ``allowed``, else a ConfigError naming ``key`` and the allowed values."""
-    if value not in allowed:
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
+def _counts(obj, section: str, names: tuple[str, ...], low: int = 1) -> None:
+    """Every field in ``names`` that is set must be an int (or list of ints) >= ``low``."""
+    for name in names:
+        value = getattr(obj, name)
+        for v in value if isinstance(value, list) else [value]:
+            at_least(v, low, f"{section}.{name}", "a whole number")
 
 
 @dataclass
@@ -54,9 +69,12 @@ class ViTConfig:
     b_init_std: float = 0.0             # LORS: std of a normal init of the residual factors B (0: zero, the paper's)
 
     def __post_init__(self):
-        one_of(self.variant, ("dense", "lors", "lct"), "model.variant")
+        one_of(self.variant, VARIANTS, "model.variant")
         if self.preset is not None:
-            one_of(self.preset, ("deit-tiny", "deit-small"), "model.preset")
+            one_of(self.preset, tuple(PRESETS), "model.preset")
+        _counts(self, "model", ("img_size", "patch_size", "in_chans", "num_classes", "dim", "depth", "heads",
+                                "mlp_dim", "rank", "attn_groups", "mlp_groups", "lct_rank"))
+        at_least(self.b_init_std, 0, "model.b_init_std")
         if self.variant == "lct" and self.lct_rank is None:
             raise ConfigError("model.variant 'lct' needs model.lct_rank (an int); to factorise at a tolerance "
                               "instead, keep variant 'dense' and set train.lct_epsilon")
@@ -75,7 +93,10 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self):
-        one_of(self.dataset, ("digits", "mnist", "cifar10", "cifar100", "imagefolder"), "data.dataset")
+        one_of(self.dataset, DATASETS, "data.dataset")
+        _counts(self, "data", ("img_size", "batch_size", "eval_batch_size"))
+        _counts(self, "data", ("num_workers",), low=0)
+        fraction(self.test_fraction, "data.test_fraction", low_open=True, high_open=True)
         if self.dataset in ("cifar10", "cifar100", "imagefolder") and self.root is None:
             raise ConfigError(f"data.dataset '{self.dataset}' needs data.root (the directory holding the data set; "
                               "nothing is downloaded)")
@@ -84,60 +105,13 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 30
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: int = 3
-    label_smoothing: float = 0.1
-    clip_grad: Optional[float] = 1.0    # max gradient norm; null disables
-    mixup: float = 0.0                  # Beta(alpha, alpha) for mixup; 0 disables
-    cutmix: float = 0.0                 # Beta(alpha, alpha) for cutmix; 0 disables
-    seed: int = 0
-    output_dir: str = "runs/exp"
-    device: str = "auto"                # "auto" | "cpu" | "cuda"
-    progress: bool = True               # tqdm progress bar
-    # Shared-aware optimisation: a LORS weight shared by N layers gets lr * shared_lr_scale, where
-    # shared_lr_scale is a number or a rule of N: "1/sqrt(N)" (default; see RESULTS.md), "1/N", "1".
-    shared_lr_scale: Union[float, str] = "1/sqrt(N)"
-    private_lr_scale: float = 1.0       # lr factor of the private low-rank residual factors
-    # Rescale each layer's contribution to a shared tensor's gradient to the layers' mean size
-    # (lors.balance_shared_gradients), so no single layer steers the shared weight.
-    shared_grad_balance: bool = False
-
-    def __post_init__(self):
-        from .optim import SHARED_LR_RULES
-
-        one_of(self.device, ("auto", "cpu", "cuda"), "train.device")
-        scale = self.shared_lr_scale
-        if isinstance(scale, str) and scale not in SHARED_LR_RULES or not isinstance(scale, str) and scale <= 0:
-            raise ConfigError(f"config key 'train.shared_lr_scale' must be a positive number or one of "
-                              f"{tuple(SHARED_LR_RULES)}, got {scale!r}")
-        if self.lct_ramp_epochs < 0:
-            raise ConfigError(f"config key 'train.lct_ramp_epochs' must be 0 (one-shot LCT) or a positive number of "
-                              f"epochs, got {self.lct_ramp_epochs}")
-        if self.private_lr_scale <= 0:
-            raise ConfigError(f"config key 'train.private_lr_scale' must be positive, got {self.private_lr_scale}")
-    # LCT schedule: train dense for lct_warmup_epochs, then factorise the block linears
-    # at lct_epsilon (or lct_rank) and continue in factored form.
-    lct_epsilon: Optional[float] = None
-    lct_rank: Optional[int] = None
-    lct_warmup_epochs: int = 0
-    lct_targets: Optional[str] = None   # regex of module paths to factorise (default: the model's block linears)
-    lct_lr_scale: float = 1.0           # lr factor of the LCT factors U, V
-    lct_ramp_epochs: int = 0            # >0: cut the dense weights' ranks gradually over this many epochs, then factorise
-    lct_reproject_every: int = 0        # every N steps re-balance U, V by SVD of U V (0: never)
-    lct_reproject_epsilon: Optional[float] = None  # ... and re-truncate each layer to this tolerance
-    lct_frobenius_decay: float = 0.0    # lambda of (lambda/2)||U V||_F^2 replacing weight decay on U, V
-
-
-@dataclass
 class Config:
     task: str = "classification"
     model: ViTConfig = field(default_factory=ViTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lct: LctScheduleConfig = field(default_factory=LctScheduleConfig)
+    loss: ClassificationLoss = field(default_factory=ClassificationLoss)
 
 
 @dataclass
@@ -165,10 +139,13 @@ class AdaMixerConfig:
     ffn_rank: int = 0                   # >0: the stages' FFNs share weights (static LORS, this residual rank)
 
     def __post_init__(self):
-        one_of(self.decoder, ("dense", "lors"), "model.decoder")
-        one_of(self.factor_init, ("matrix", "official"), "model.factor_init")
-        one_of(self.backbone_depth, (18, 34, 50), "model.backbone_depth")
-        one_of(self.stage_bias_init, ("zero", "random"), "model.stage_bias_init")
+        one_of(self.decoder, DECODERS, "model.decoder")
+        one_of(self.factor_init, FACTOR_INITS, "model.factor_init")
+        one_of(self.backbone_depth, tuple(LAYOUTS), "model.backbone_depth")
+        one_of(self.stage_bias_init, LAYER_BIAS_INITS, "model.stage_bias_init")
+        _counts(self, "model", ("num_classes", "backbone_width", "feat_channels", "num_queries", "num_stages",
+                                "num_heads", "n_groups", "in_points", "out_points", "ffn_dim", "core_size",
+                                "core_groups", "out_rank"))
         if self.stage_bias_init == "random" and not (self.decoder == "lors" and self.stage_bias):
             raise ConfigError("config key 'model.stage_bias_init: random' needs model.decoder: lors and "
                               "model.stage_bias: true")
@@ -190,6 +167,10 @@ class DetectionDataConfig:
     num_workers: int = 0
     top_k: int = 100                    # detections kept per image
 
+    def __post_init__(self):
+        _counts(self, "data", ("max_size", "batch_size", "eval_batch_size", "top_k"))
+        _counts(self, "data", ("num_workers",), low=0)
+
 
 @dataclass
 class DetectionConfig:
@@ -197,6 +178,7 @@ class DetectionConfig:
     model: AdaMixerConfig = field(default_factory=AdaMixerConfig)
     data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lct: LctScheduleConfig = field(default_factory=LctScheduleConfig)
 
 
 TASKS = {"classification": Config, "detection": DetectionConfig}
@@ -235,6 +217,13 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
+# Keys that moved when the train section was split (lors 0.2): the engine's, the LCT schedule's, the loss's.
+MOVED = {**{f"train.lct_{k}": f"lct.{k}" for k in ("epsilon", "rank", "warmup_epochs", "targets", "ramp_epochs",
+                                                   "reproject_every", "reproject_epsilon", "frobenius_decay")},
+         "train.lct_lr_scale": "train.factor_lr_scale", "train.label_smoothing": "loss.label_smoothing",
+         "train.mixup": "loss.mixup", "train.cutmix": "loss.cutmix"}
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and ill-typed values."""
     if not isinstance(data, dict):
@@ -243,6 +232,9 @@ def from_dict(cls, data: dict, prefix: str = ""):
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
+        if f"{prefix}{key}" in MOVED:
+            raise ConfigError(f"config key '{prefix}{key}' is now '{MOVED[prefix + key]}' (the train section was "
+                              "split into train, lct and loss); rename it")
         if key not in hints:
             raise ConfigError(f"unknown config key '{prefix}{key}'; allowed keys: {', '.join(names)}")
         tp = hints[key]
@@ -269,17 +261,50 @@ def apply_override(data: dict, assignment: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw)
 
 
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML config file; an empty, non-mapping or unparsable file is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if data is None:
+        raise ConfigError(f"config file {path} is empty; give at least one of the sections model, data, train "
+                          "(omit the file to train with the defaults)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections (task, model, data, train, lct, loss), "
+                          f"got a YAML {type(data).__name__}")
+    return data
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None):
     """Read a YAML config (or start from defaults), apply ``--set`` overrides, validate.
 
-    Returns a :class:`Config` or, with ``task: detection``, a :class:`DetectionConfig`."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-    return config_from_dict(data, overrides)
+    Returns a :class:`Config` or, with ``task: detection``, a :class:`DetectionConfig`. Errors name the file."""
+    if path is None:
+        return config_from_dict({}, overrides)
+    try:
+        return config_from_dict(read_yaml(path), overrides)
+    except ConfigError as e:
+        if str(path) in str(e):
+            raise
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def upgrade_saved_config(data: dict) -> dict:
+    """A config saved in a checkpoint before the train section was split, in today's layout (see ``MOVED``)."""
+    data = copy.deepcopy(data)
+    train = data.get("train") or {}
+    for old, new in MOVED.items():
+        key = old.split(".", 1)[1]
+        if key in train:
+            value = train.pop(key)
+            section, name = new.split(".")
+            if section != "loss" or data.get("task", "classification") == "classification":
+                data.setdefault(section, {})[name] = value
+    return data
 
 
 def config_from_dict(data: dict, overrides: Optional[list[str]] = None):

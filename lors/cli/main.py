@@ -13,27 +13,24 @@ Every command accepts --no-progress (progress bars are also off when output is n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import traceback
 
-from torch.utils.data import DataLoader
-
+from ..accounting import count_parameters, reduction, report
+from ..errors import ConfigError
 from . import paper
-from .accounting import count_parameters, reduction, report
-from .config import ConfigError, config_from_dict, load_config
+from .config import config_from_dict, load_config, upgrade_saved_config
 
 
 def cmd_train(args) -> int:
-    from .engine.fit import fit
-    from .experiment import build_experiment
+    from .experiment import run_training
 
     cfg = load_config(args.config, args.set)
     cfg.train.progress = cfg.train.progress and not args.no_progress
     run_dir = args.output_dir or cfg.train.output_dir
-    exp = build_experiment(cfg)
-    history = fit(cfg, exp.build_model, exp.train_set, exp.test_set, run_dir, task=exp.task, resume=args.resume,
-                  lct_targets=exp.lct_targets)
+    history = run_training(cfg, run_dir, resume=args.resume)
     if history:
         last = history[-1]
         main_metric = "AP" if "AP" in last else "top1"
@@ -41,24 +38,48 @@ def cmd_train(args) -> int:
     return 0
 
 
+def config_differences(saved: dict, config, section: str = "model") -> list[str]:
+    """``section.key=saved (config: given)`` for the keys whose values differ between a checkpoint's config
+    and ``config``."""
+    given = dataclasses.asdict(config).get(section, {})
+    old = (saved or {}).get(section, {})
+    return [f"{section}.{k}={old[k]!r} (config: {given[k]!r})" for k in old if k in given and old[k] != given[k]]
+
+
+def load_for_eval(checkpoint, exp, cfg):
+    """The trained model of ``checkpoint``, built as ``exp`` builds it; a mismatch names the differing settings."""
+    from ..engine.checkpoint import load_trained
+
+    try:
+        return load_trained(checkpoint, exp.build_model)
+    except ValueError as e:
+        from ..engine.checkpoint import read_meta
+
+        diffs = config_differences(read_meta(checkpoint)[1].get("config"), cfg)
+        if not diffs:
+            raise
+        raise ValueError(f"checkpoint {checkpoint} was trained with {', '.join(diffs[:4])}; evaluate it with the "
+                         f"config it was trained with ({e})") from None
+
+
 def cmd_eval(args) -> int:
-    from .engine.checkpoint import read_meta
-    from .engine.fit import load_for_eval, pick_device
+    from ..engine.checkpoint import read_meta
+    from ..engine.trainer import pick_device
     from .experiment import build_experiment
 
     if args.config is None:  # the config the checkpoint was trained with (plus any --set)
         meta = read_meta(args.checkpoint)[1]
         if not isinstance(meta.get("config"), dict):
             raise ConfigError(f"checkpoint {args.checkpoint} holds no config; give the YAML it was trained with")
-        cfg = config_from_dict(meta["config"], args.set)
+        cfg = config_from_dict(upgrade_saved_config(meta["config"]), args.set)
     else:
         cfg = load_config(args.config, args.set)
     if args.per_stage and cfg.task != "detection":
         raise ConfigError(f"--per-stage needs a detection config (task: detection); this one has task {cfg.task!r}")
     exp = build_experiment(cfg)
-    model, meta = load_for_eval(args.checkpoint, exp.build_model, config=cfg)
+    model, meta = load_for_eval(args.checkpoint, exp, cfg)
     device = pick_device(cfg.train.device)
-    loader = DataLoader(exp.test_set, batch_size=cfg.data.eval_batch_size, collate_fn=exp.task.collate_fn)
+    _, loader = exp.loaders(cfg.data)
     print(f"checkpoint {args.checkpoint} (epoch {meta['epoch'] + 1}), {count_parameters(model):,} parameters")
     if args.per_stage:
         for i, metrics in enumerate(exp.task.evaluate_stages(model.to(device), loader, device), 1):
@@ -70,11 +91,9 @@ def cmd_eval(args) -> int:
 
 
 def _count_detector(cfg) -> None:
-    import dataclasses
-
     import torch
 
-    from .models.adamixer.detector import build_adamixer
+    from ..models.adamixer.detector import build_adamixer
 
     with torch.device("meta"):
         model = build_adamixer(cfg.model)
@@ -93,12 +112,10 @@ def cmd_count(args) -> int:
         print("Closed-form parameter counts for the LORS paper's settings\n")
         print(paper.format_comparisons(paper.paper_comparisons()))
         return 0
-    import dataclasses
-
     import torch
 
+    from ..models.vit import build_vit
     from .config import DetectionConfig
-    from .models.vit import build_vit
 
     cfg = load_config(args.config, args.set)
     if isinstance(cfg, DetectionConfig):
@@ -113,28 +130,28 @@ def cmd_count(args) -> int:
     print(f"\nvariant {cfg.model.variant}: blocks {blocks:,} vs dense {dense_blocks:,} "
           f"({reduction(dense_blocks, blocks):.1f}% fewer); total {total:,} vs dense {dense_total:,} "
           f"({reduction(dense_total, total):.1f}% fewer)")
-    t = cfg.train
-    if t.lct_epsilon is not None or t.lct_rank is not None:
+    t = cfg.lct
+    if t.scheduled:
         import re
 
-        from .accounting import lct_block_estimate
-        from .models.vit import BLOCK_LINEARS
+        from ..accounting import lct_block_estimate
+        from ..models.vit import BLOCK_LINEARS
 
-        pattern = re.compile(t.lct_targets or BLOCK_LINEARS)
+        pattern = re.compile(t.targets or BLOCK_LINEARS)
         layers = [(m.in_features, m.out_features, m.bias is not None) for name, m in model.named_modules()
                   if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name)]
-        before, after = lct_block_estimate(layers, t.lct_rank, t.lct_epsilon)
-        how = (f"epsilon {t.lct_epsilon}: at most {after:,} of their {before:,} parameters remain (at least "
+        before, after = lct_block_estimate(layers, t.rank, t.epsilon)
+        how = (f"epsilon {t.epsilon}: at most {after:,} of their {before:,} parameters remain (at least "
                f"{reduction(before, after):.1f}% fewer; the ranks come from the trained spectra)"
-               if t.lct_rank is None else f"rank {t.lct_rank}: {after:,} of their {before:,} parameters remain "
+               if t.rank is None else f"rank {t.rank}: {after:,} of their {before:,} parameters remain "
                f"({reduction(before, after):.1f}% fewer)")
-        print(f"LCT is scheduled: the counts above are before factorisation. After {t.lct_warmup_epochs} dense "
+        print(f"LCT is scheduled: the counts above are before factorisation. After {t.warmup_epochs} dense "
               f"epoch(s) the {len(layers)} block linears are factorised at {how}")
     return 0
 
 
 def cmd_make_shapes(args) -> int:
-    from .data.detection import write_shapes
+    from ..data.detection import write_shapes
 
     for name in ("train", "val", "size"):
         if getattr(args, name) <= 0:

@@ -1,4 +1,4 @@
-"""What counts as a linear layer: ``nn.Linear`` and Hugging Face's GPT-2 ``Conv1D``.
+"""Linear layers (``nn.Linear`` and Hugging Face's GPT-2 ``Conv1D``) read, rebuilt and replaced alike.
 
 ``Conv1D`` (``transformers.pytorch_utils``) computes ``x @ W + b`` with its weight
 stored transposed, ``(in, out)``. Everything in lors works on ``(out, in)`` weights;
@@ -47,3 +47,18 @@ def make_dense(cls: type, weight: torch.Tensor, bias) -> nn.Module:
     if bias is not None:
         layer.bias.copy_(bias)
     return layer
+
+
+def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Replace the sub-module at dotted ``path`` of ``model`` by ``module``."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, module)
+
+
+def tied_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of parameters reachable under more than one name (tied weights, e.g. GPT-2 ``lm_head`` and ``wte``)."""
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {i for i, n in seen.items() if n > 1}

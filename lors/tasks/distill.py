@@ -1,12 +1,12 @@
 """Recover a compressed model by distillation: train the student to reproduce the teacher's outputs.
 
-``distill(student, teacher, batches, steps)`` runs the engine's model-agnostic
-:func:`~lors.engine.train.train_one_epoch` over chunks of ``checkpoint_every`` steps, with
-a loss that compares the student's outputs to the teacher's (teacher in eval mode, under
-``no_grad``). It uses the shared-aware parameter groups of :func:`lors.param_groups`, a
-warm-up + cosine learning rate, gradient clipping, a progress bar, and a checkpoint after
-every chunk (safetensors + JSON); ``resume=True`` continues from it exactly as the
-uninterrupted run would have.
+:class:`DistillTask` is a task for the :class:`~lors.engine.Trainer` whose loss compares the
+student's outputs to the teacher's (teacher in eval mode, under ``no_grad``).
+``distill(student, teacher, batches, steps)`` runs it with the same Trainer as every other
+task: the shared-aware parameter groups of :func:`lors.param_groups`, a warm-up + cosine
+learning rate, gradient clipping, a progress bar, and a checkpoint after every chunk of
+``checkpoint_every`` steps (the Trainer's epochs); ``resume=True`` continues from it exactly
+as the uninterrupted run would have.
 
 Losses (``loss=``), on Hugging Face-style outputs (``last_hidden_state``, masked by the batch's
 ``attention_mask``) or on plain tensors:
@@ -20,20 +20,17 @@ With ``forward=all_hidden_states`` the MSE term averages over every layer's hidd
 """
 from __future__ import annotations
 
-import time
+import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from .engine.checkpoint import load_model_state, optimizer_from_flat, read_checkpoint, save_checkpoint
-from .engine.fit import show_progress
-from .engine.optim import lr_at
-from .engine.train import train_one_epoch
-from .optim import param_groups
+from ..engine.callbacks import CsvLogger
+from ..engine.config import TrainConfig
+from ..engine.trainer import Trainer
 
 LOSSES = ("mse", "cosine", "mse+cosine")
 
@@ -80,6 +77,56 @@ def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, mask: Opt
     return total
 
 
+class DistillTask:
+    """Loss: :func:`distill_loss` between ``forward(student, batch)`` and ``forward(teacher, batch)``;
+    evaluation: ``evaluate(student)`` (a dict of metrics) when given, else nothing."""
+
+    collate_fn = None
+
+    def __init__(self, teacher: nn.Module, loss: str = "mse+cosine",
+                 forward: Callable[[nn.Module, object], torch.Tensor] = None,
+                 evaluate: Optional[Callable[[nn.Module], dict]] = None):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.teacher, self.kind, self.forward, self.evaluate_fn = teacher, loss, forward or outputs, evaluate
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    def loss(self, model: nn.Module, batch, device: torch.device):
+        batch = _to(batch, device)
+        with torch.no_grad():
+            target = self.forward(self.teacher, batch)
+        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        return distill_loss(self.forward(model, batch), target, mask, self.kind), _batch_size(batch)
+
+    def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict:
+        if self.evaluate_fn is None:
+            return {}
+        metrics = self.evaluate_fn(model)
+        model.train()
+        return metrics
+
+
+class Chunks:
+    """The distillation "epochs": chunk ``e`` is steps ``e * size .. (e + 1) * size - 1`` (at most ``steps`` in
+    all), and step ``s`` uses ``batches[s % len(batches)]``."""
+
+    def __init__(self, batches: Sequence, size: int, steps: int):
+        self.batches, self.size, self.steps, self.epoch = batches, size, steps, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        start = self.epoch * self.size
+        for s in range(start, min(start + self.size, self.steps)):
+            yield self.batches[s % len(self.batches)]
+
+
 def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: int, lr: float = 1e-4,
             weight_decay: float = 0.0, loss: str = "mse+cosine", warmup_steps: Optional[int] = None,
             min_lr: float = 0.0, shared_lr_scale="1/sqrt(N)", clip_grad: Optional[float] = 1.0,
@@ -96,71 +143,32 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
         warmup_steps: linear warm-up (default 5% of ``steps``), then cosine decay to ``min_lr``.
         shared_lr_scale: learning-rate rule for shared LORS weights (see :func:`lors.param_groups`).
         run_dir: where checkpoints (``last.json`` + tensors) and ``log.csv`` go; needed for ``resume``.
+            Without it, the run writes nothing.
         checkpoint_every: steps per chunk; after each chunk: ``evaluate(student)`` (if given), a history
             row, a checkpoint.
         resume: continue from ``run_dir/last.json`` (the student must be converted the same way).
         forward: ``forward(model, batch) -> output tensor`` (default: :func:`outputs`).
 
-    Returns one dict per chunk: ``step``, ``loss`` (mean over the chunk), ``lr``, ``seconds`` and whatever
-    ``evaluate`` returned.
+    Returns one row per chunk (the Trainer's rows: ``epoch`` (= chunk), ``train_loss`` (mean over the chunk),
+    ``lr``, ``epoch_time``, ``samples_per_s``, ``params`` and whatever ``evaluate`` returned).
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if steps <= 0 or checkpoint_every <= 0:
         raise ValueError(f"steps and checkpoint_every must be positive, got {steps} and {checkpoint_every}")
     if len(batches) == 0:
         raise ValueError("batches is empty")
     if resume and run_dir is None:
         raise ValueError("resume=True needs run_dir")
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     device = next(student.parameters()).device
-    warmup = max(1, steps // 20) if warmup_steps is None else warmup_steps
-    optimizer = torch.optim.AdamW(param_groups(student, lr, weight_decay, shared_lr_scale), lr=lr)
-    step, history = 0, []
-    if resume:
-        meta, tensors = read_checkpoint(Path(run_dir) / "last.json")
-        if meta.get("lors_conversion") != _record(student):
-            raise ValueError(f"{run_dir} was written for a student converted differently; convert the student "
-                             "exactly as in the interrupted run before resuming")
-        load_model_state(student, tensors)
-        optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer_groups"]))
-        step, history = meta["step"], meta["history"]
-        log(f"resuming distillation from {run_dir} at step {step}")
-
-    def compute_loss(model, batch):
-        batch = _to(batch, device)
-        with torch.no_grad():
-            target = forward(teacher, batch)
-        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
-        return distill_loss(forward(model, batch), target, mask, loss), _batch_size(batch)
-
-    lr_fn = lambda s: lr_at(s, steps, warmup, lr, min_lr)
-    bar = tqdm(total=steps, initial=step, desc="distill", disable=not show_progress(progress))
-    while step < steps:
-        chunk = min(checkpoint_every, steps - step)
-        torch.manual_seed(seed * 100_003 + step)  # each chunk's randomness (dropout) depends only on its start
-        loader = [batches[(step + i) % len(batches)] for i in range(chunk)]
-        t0 = time.perf_counter()
-        stats, step = train_one_epoch(student, loader, optimizer, compute_loss, lr_fn, step, device, clip_grad, bar)
-        row = {"step": step, "loss": round(stats["loss"], 6), "lr": float(f"{stats['lr']:.6g}"),
-               "seconds": round(time.perf_counter() - t0, 2)}
-        if evaluate is not None:
-            row.update(evaluate(student))
-            student.train()
-        history.append(row)
-        log(" ".join(f"{k}={v}" for k, v in row.items()))
-        if run_dir is not None:
-            save_checkpoint(run_dir, student, {"step": step, "epoch": len(history), "history": history,
-                                               "lors_conversion": _record(student)}, optimizer)
-    bar.close()
+    config = TrainConfig(epochs=math.ceil(steps / checkpoint_every), max_steps=steps, lr=lr, min_lr=min_lr,
+                         weight_decay=weight_decay, warmup_steps=max(1, steps // 20) if warmup_steps is None
+                         else warmup_steps, clip_grad=clip_grad, seed=seed, progress=progress,
+                         shared_lr_scale=shared_lr_scale, device=device.type)
+    task = DistillTask(teacher, loss, forward, evaluate)
+    trainer = Trainer(config, task, run_dir=run_dir, callbacks=[CsvLogger(run_dir)] if run_dir else [], log=log,
+                      checkpoints=run_dir is not None)
+    history = trainer.fit(student, Chunks(batches, checkpoint_every, steps), resume=resume)
     student.eval()
     return history
-
-
-def _record(model: nn.Module):
-    return getattr(model, "lors_conversion", None)
 
 
 def _to(batch, device):

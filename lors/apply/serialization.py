@@ -2,8 +2,8 @@
 
 ``save(model, dir)`` writes ``dir/model.safetensors`` (the converted model's
 state_dict: a LORS stack stores its shared weight once, so the file shrinks with
-the parameter count) and ``dir/lors.json`` (the conversion records, chosen ranks
-and a fingerprint of the base architecture). ``load(base_model, dir)`` replays the
+the parameter count) and ``dir/lors.json`` (the :class:`~lors.apply.record.ConversionRecord`:
+every conversion with its own options and ranks, and a fingerprint of the base architecture). ``load(base_model, dir)`` replays the
 conversion on an unconverted copy of the same architecture and loads the tensors.
 
 ``dir`` may also be a Hugging Face model folder or ``transformers.Trainer``
@@ -14,23 +14,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from .convert import apply_freezing, fingerprint, lct, rebuild, tied_parameter_ids
-from .hf import FORMAT, install_save_pretrained, write_record
+from .config import LorsConfig
+from .hf import install_save_pretrained, write_record
+from .lct import factorise_plan
+from .linears import tied_parameter_ids
+from .lors import apply_freezing, rebuild_stack
+from .record import ConversionRecord, fingerprint, get_record
 
 WEIGHTS = "model.safetensors"
 
 
 def save(model: nn.Module, directory: str | Path) -> Path:
     """Write a converted model to ``directory``; returns the directory."""
-    conversion = getattr(model, "lors_conversion", None)
-    if conversion is None:
+    if get_record(model) is None:
         raise ValueError("model has no lors conversion record; convert it with lors.convert or lors.lct first")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -68,18 +70,8 @@ def load(base_model: nn.Module, directory: str | Path) -> nn.Module:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_path} is not valid JSON ({e}); the file is damaged") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    found = fingerprint(base_model)
-    if found != meta["base_fingerprint"]:
-        raise ValueError(f"checkpoint in {directory} was saved from a different base model (architecture "
-                         f"fingerprint {meta['base_fingerprint']}, this model {found}); build the same "
-                         "architecture, unconverted, and load onto it")
-    for record in meta["stacks"]:
-        rebuild(base_model, record)
-    if meta.get("lct"):
-        lct(base_model, rank=meta["lct"], targets="|".join(map(re.escape, meta["lct"])))
-    base_model.lors_conversion = {k: v for k, v in meta.items() if k not in ("format", "marker")}
+    record = ConversionRecord.from_dict(meta, source=str(meta_path))
+    replay(base_model, record, source=str(directory))
     tensors = _read_tensors(directory / WEIGHTS)
     tensors.pop(meta.get("marker"), None)
     missing, unexpected = base_model.load_state_dict(tensors, strict=False)
@@ -90,7 +82,25 @@ def load(base_model: nn.Module, directory: str | Path) -> nn.Module:
     if missing or unexpected:
         raise ValueError(f"saved tensors do not fit the rebuilt model: missing {sorted(missing)[:8]}, "
                          f"unexpected {sorted(unexpected)[:8]}")
-    if meta.get("config"):
-        apply_freezing(base_model, meta["config"])
     install_save_pretrained(base_model)
+    return base_model
+
+
+def replay(base_model: nn.Module, record: ConversionRecord, source: str = "the checkpoint") -> nn.Module:
+    """Redo every conversion of ``record`` on the unconverted ``base_model``, in order (structure and
+    freezing; the values come from the saved tensors loaded afterwards). Returns ``base_model``."""
+    found = fingerprint(base_model)
+    if found != record.base_fingerprint:
+        raise ValueError(f"{source} was saved from a different base model (architecture fingerprint "
+                         f"{record.base_fingerprint}, this model {found}); build the same architecture, "
+                         "unconverted, and load onto it")
+    for conversion in record.conversions:
+        if conversion.kind == "lors":
+            for entry in conversion.stacks:
+                rebuild_stack(base_model, entry)
+            if conversion.config is not None:  # legacy lors-1 records of lct-only models have none
+                apply_freezing(base_model, LorsConfig.from_dict(conversion.config))
+        elif conversion.ranks:
+            factorise_plan(base_model, conversion.ranks)
+    base_model.lors_conversion = record
     return base_model

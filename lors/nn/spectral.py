@@ -1,4 +1,8 @@
-"""Calibration-aware (activation-whitened) low-rank approximation of linear weights.
+"""Spectral maths of every factorisation: ranks from a tolerance, truncated and whitened SVDs (float64).
+
+``rank_for_epsilon`` picks the smallest rank meeting a relative Frobenius tolerance, ``balanced_svd``
+gives balanced truncated factors, and the rest is calibration-aware (activation-whitened)
+low-rank approximation of linear weights:
 
 A linear map ``W`` (out, in) sees inputs ``x`` with second moment ``C = E[x x^T]``.
 The mean squared output error of an approximation ``W'`` is
@@ -22,9 +26,45 @@ from typing import Optional, Sequence
 
 import torch
 
-from .lowrank import rank_for_epsilon
+from .checks import epsilon_in_range
 
 DAMP = 1e-3
+
+
+def rank_for_epsilon(singular_values: torch.Tensor, epsilon: float, reference_norm: Optional[float] = None) -> int:
+    """Smallest r >= 1 with ||W - W_r||_F / ||W||_F <= epsilon.
+
+    ``singular_values`` are those of W in descending order. The error of the
+    best rank-r approximation is sqrt(sum_{j>r} s_j^2) (Eckart-Young).
+    ``reference_norm`` replaces ||W||_F as the denominator (e.g. the norm of the
+    full layer weight when W is only a residual).
+    """
+    epsilon = epsilon_in_range(epsilon)
+    s2 = singular_values.detach().double().pow(2)
+    total = s2.sum() if reference_norm is None else torch.tensor(float(reference_norm) ** 2, dtype=torch.float64)
+    if total == 0:
+        return 1
+    # tail[r] = sum_{j >= r} s_j^2, the squared error of keeping the first r values
+    tail = torch.flip(torch.cumsum(torch.flip(s2, [0]), 0), [0])
+    tail = torch.cat([tail, tail.new_zeros(1)])
+    rel = (tail / total).sqrt()
+    ok = torch.nonzero(rel <= epsilon).flatten()
+    return max(1, int(ok[0]))
+
+
+def relative_error(weight: torch.Tensor, approx: torch.Tensor) -> float:
+    """||W - approx||_F / ||W||_F, computed in float64."""
+    w = weight.detach().double()
+    return float((w - approx.detach().double()).norm() / w.norm())
+
+
+def balanced_svd(matrix: torch.Tensor, rank: Optional[int], epsilon: Optional[float]):
+    """Truncated SVD of a float64 matrix as balanced factors (U sqrt(S), sqrt(S) V^T)."""
+    U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
+    if rank is None:
+        rank = rank_for_epsilon(S, epsilon)
+    root = S[:rank].sqrt()
+    return U[:, :rank] * root, root[:, None] * Vh[:rank]
 
 
 def damped(C: torch.Tensor, damp: float = DAMP) -> torch.Tensor:

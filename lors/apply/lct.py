@@ -1,0 +1,128 @@
+"""LCT on any model: :func:`lct` factorises linear layers into :class:`~lors.LowRankLinear`;
+:func:`rebuild` replays a saved plan ``{path: rank}`` (no choice, no safety checks: the plan was checked
+when it was made). Each call appends one ``kind="lct"`` entry to the model's conversion record.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Optional
+
+from torch import nn
+
+from ..nn.lowrank import LowRankLinear
+from .calibration import measured_moments
+from .config import LctConfig
+from .hf import install_save_pretrained
+from .linears import dense_weight, is_conv1d, is_linear, set_submodule, tied_parameter_ids
+from .record import Conversion, append, fingerprint
+
+
+def _factorise(model: nn.Module, path: str, rank: Optional[int], epsilon: Optional[float],
+               moment=None) -> LowRankLinear:
+    """The LowRankLinear for the layer at ``path`` (SVD of its weight, whitened when ``moment`` is given)."""
+    linear = model.get_submodule(path)
+    weight, bias = dense_weight(linear)
+    layer = LowRankLinear.from_weight(weight, bias, rank=rank, epsilon=None if rank else epsilon,
+                                      input_moment=moment)
+    if is_conv1d(linear):
+        layer.original_cls = type(linear)  # merge() rebuilds a Conv1D
+    return layer
+
+
+def _targeted(model: nn.Module, targets: str) -> list[str]:
+    pattern = re.compile(targets)
+    paths = [name for name, m in model.named_modules() if is_linear(m, exact=True) and pattern.fullmatch(name)]
+    if not paths:
+        linears = [name for name, m in model.named_modules() if is_linear(m)]
+        raise ValueError(f"targets={targets!r} matches no nn.Linear or Conv1D; the model's linear paths are: "
+                         f"{', '.join(linears[:20]) or '(none)'}{' ...' if len(linears) > 20 else ''}")
+    return paths
+
+
+def _why_dense(model: nn.Module, path: str, rank: Optional[int], tied: set) -> Optional[str]:
+    linear = model.get_submodule(path)
+    if id(linear.weight) in tied:
+        return "weight is tied to another module"
+    shape = tuple(dense_weight(linear)[0].shape)
+    if rank is not None and rank > min(shape):
+        return f"rank {rank} > min{shape}"
+    return None
+
+
+def lct(model: nn.Module, config: Optional[LctConfig] = None, calibration=None, forward=None,
+        verbose: bool = False, **kwargs) -> nn.Module:
+    """Factorise the targeted linear layers (``nn.Linear``, GPT-2 ``Conv1D``) of ``model`` in place.
+
+    ``config`` is an :class:`~lors.LctConfig` (or give its fields as keywords: ``rank=`` or
+    ``epsilon=``, ``targets=``, ``skip_if_larger=``). ``calibration``: optional iterable of input
+    batches (run once, ``forward(model, batch)``) or precomputed input moments; the factors then
+    fit each layer's outputs on these inputs instead of its weights, and ``epsilon`` bounds the
+    relative output error (see :mod:`lors.nn.spectral`). ``verbose`` prints each layer's rank.
+
+    Layers are never factorised when their weight is tied to another module (factorising
+    would untie it), when ``rank`` exceeds ``min(in, out)``, or (``skip_if_larger``) when the
+    factors would not be smaller; the first two are listed with the reason in this call's record
+    entry (``skipped``) and named in one warning. Returns ``model``. Raises ``ValueError`` if no
+    linear layer matches. To rebuild a saved plan ``{path: rank}``, use :func:`rebuild`.
+    """
+    if isinstance(kwargs.get("rank"), dict):
+        raise ValueError("lct(rank=...) takes one int; to replay a saved {path: rank} plan use lors.apply.lct.rebuild")
+    cfg = config if config is not None else LctConfig(**kwargs)
+    base_fingerprint = fingerprint(model)
+    paths = _targeted(model, cfg.targets)
+    tied = tied_parameter_ids(model)
+    moments = measured_moments(model, paths, calibration, forward)
+    skipped, ranks, before, after = {}, {}, 0, 0
+    for path in paths:
+        reason = _why_dense(model, path, cfg.rank, tied)
+        if reason:
+            skipped[path] = reason
+            continue
+        layer = _factorise(model, path, cfg.rank, cfg.epsilon, moments.get(path))
+        if cfg.skip_if_larger and layer.num_stored() >= layer.num_dense():
+            if verbose:
+                print(f"  {path}: rank {layer.rank} would not save parameters, kept dense")
+            continue
+        before, after = before + layer.num_dense(), after + layer.num_stored()
+        if verbose:
+            print(f"  {path}: rank {layer.rank} ({layer.num_stored():,} vs {layer.num_dense():,} parameters)")
+        set_submodule(model, path, layer)
+        ranks[path] = layer.rank
+    if verbose and before:
+        print(f"lct: {before:,} -> {after:,} parameters in the factorised layers ({100 * (1 - after / before):.1f}% fewer)")
+    if skipped:
+        listed = "; ".join(f"{p} ({why})" for p, why in list(skipped.items())[:6])
+        warnings.warn(f"lct kept {len(skipped)} targeted layer(s) dense: {listed}"
+                      f"{' ...' if len(skipped) > 6 else ''}", stacklevel=2)
+    append(model, Conversion("lct", cfg.to_dict(), ranks=ranks, skipped=skipped), base_fingerprint)
+    install_save_pretrained(model)
+    return model
+
+
+def rebuild(model: nn.Module, ranks: dict[str, int], calibration=None, forward=None) -> nn.Module:
+    """Factorise exactly the layers of a plan ``{module path: rank}`` (from :func:`lct_ranks` or a record), in place.
+
+    The factors are the truncated SVD of each layer's current weight (whitened with ``calibration``),
+    so this serves both to rebuild a model before loading its saved factors and to cut a trained
+    model at planned ranks. Returns ``model``.
+    """
+    base_fingerprint = fingerprint(model)
+    factorise_plan(model, ranks, measured_moments(model, list(ranks), calibration, forward))
+    append(model, Conversion("lct", None, ranks=dict(ranks)), base_fingerprint)
+    install_save_pretrained(model)
+    return model
+
+
+def factorise_plan(model: nn.Module, ranks: dict[str, int], moments: Optional[dict] = None) -> None:
+    """Replace each layer of the plan by its factors at the planned rank (no record entry: see :func:`rebuild`)."""
+    missing = [p for p in ranks if not is_linear(model.get_submodule(p), exact=True)]
+    if missing:
+        raise ValueError(f"the plan names layers that are not nn.Linear/Conv1D here: {missing[:4]}")
+    for path, rank in ranks.items():
+        set_submodule(model, path, _factorise(model, path, rank, None, (moments or {}).get(path)))
+
+
+def lct_ranks(model: nn.Module) -> dict[str, int]:
+    """``{module path: rank}`` of every ``LowRankLinear`` in ``model``."""
+    return {name: m.rank for name, m in model.named_modules() if isinstance(m, LowRankLinear)}

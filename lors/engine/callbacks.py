@@ -1,0 +1,254 @@
+"""Callbacks: what happens around the Trainer's loop, one hook per moment (Lightning's design).
+
+The :class:`~lors.engine.trainer.Trainer` calls, in this order, ``on_fit_start``, then per
+epoch ``on_epoch_start``, ``on_step_end`` after every optimizer step and ``on_epoch_end``
+with the epoch's row, and ``on_fit_end``. ``extra_loss`` adds a term to the training loss and
+``no_decay`` exempts parameters from weight decay when the optimizer is built. A callback
+that replaces parameters calls ``trainer.request_optimizer_rebuild()``; it never swaps the
+optimizer or the model wrapper itself. ``state_dict``/``load_state_dict`` travel in the
+checkpoint under the callback's class name, so a resumed run continues exactly.
+
+Shipped here: :class:`LctSchedule` (dense warm-up, then factorise, optionally gradually),
+:class:`Reprojection` (re-balance / re-truncate the LCT factors every N steps),
+:class:`FrobeniusDecay` (``(lambda/2)||UV||_F^2`` in place of AdamW's decay on U and V) and
+:class:`CsvLogger` (``log.csv``, and TensorBoard when installed).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..accounting import count_parameters
+from ..apply.lct import lct, lct_ranks, rebuild
+from ..errors import ConfigError, at_least, positive
+from ..nn.checks import epsilon_in_range
+from ..nn.lowrank import frobenius_penalty, low_rank_layers
+
+
+class Callback:
+    """Base class: every hook does nothing; override the ones you need."""
+
+    def on_fit_start(self, trainer) -> None: ...
+    def on_epoch_start(self, trainer, epoch: int) -> None: ...
+    def on_step_end(self, trainer, step: int) -> None: ...
+    def on_epoch_end(self, trainer, epoch: int, row: dict) -> None: ...
+    def on_fit_end(self, trainer) -> None: ...
+
+    def extra_loss(self, trainer) -> Optional[torch.Tensor]:
+        return None
+
+    def no_decay(self, model: nn.Module) -> set[int]:
+        return set()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def _epsilon(value: Optional[float], key: str) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        return epsilon_in_range(value)
+    except ValueError:
+        raise ConfigError(f"config key '{key}' must be a float in (0, 1), got {value!r}") from None
+
+
+@dataclass
+class LctScheduleConfig:
+    """The LCT schedule (``lct:`` in a YAML file): train dense for ``warmup_epochs``, then factorise the
+    targeted linears at ``epsilon`` (or ``rank``) and continue on the factors."""
+
+    epsilon: Optional[float] = None
+    rank: Optional[int] = None
+    warmup_epochs: int = 0
+    targets: Optional[str] = None   # regex of module paths to factorise (default: the model's block linears)
+    ramp_epochs: int = 0            # >0: cut the dense weights' ranks gradually over this many epochs, then factorise
+    reproject_every: int = 0        # every N steps re-balance U, V by SVD of U V (0: never)
+    reproject_epsilon: Optional[float] = None  # ... and re-truncate each layer to this tolerance
+    frobenius_decay: float = 0.0    # lambda of (lambda/2)||U V||_F^2 replacing weight decay on U, V
+
+    def __post_init__(self):
+        if self.epsilon is not None and self.rank is not None:
+            raise ConfigError("set only one of lct.epsilon and lct.rank")
+        _epsilon(self.epsilon, "lct.epsilon")
+        _epsilon(self.reproject_epsilon, "lct.reproject_epsilon")
+        positive(self.rank, "lct.rank")
+        at_least(self.warmup_epochs, 0, "lct.warmup_epochs", "a whole number of epochs")
+        at_least(self.ramp_epochs, 0, "lct.ramp_epochs", "0 (one-shot LCT) or a whole number of epochs")
+        at_least(self.reproject_every, 0, "lct.reproject_every", "0 (never) or a whole number of steps")
+        at_least(self.frobenius_decay, 0, "lct.frobenius_decay")
+        if self.reproject_epsilon is not None and not self.reproject_every:
+            raise ConfigError("config key 'lct.reproject_epsilon' needs lct.reproject_every > 0")
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the run factorises a dense model (``epsilon`` or ``rank`` is set)."""
+        return self.epsilon is not None or self.rank is not None
+
+
+def ramp_rank(full: int, final: int, step: int, steps: int) -> int:
+    """Rank of a layer after ramp step ``step`` of ``steps`` (``full`` at step 0, ``final`` from ``steps`` on):
+    ``final + round((full - final) (1 - step / steps)^3)``, the cubic schedule of gradual pruning."""
+    if step >= steps:
+        return final
+    return final + round((full - final) * (1.0 - step / steps) ** 3)
+
+
+@torch.no_grad()
+def project(model: nn.Module, final: dict[str, int], step: int, steps: int) -> dict[str, int]:
+    """Project each dense layer in ``final`` onto its rank at ramp ``step`` (truncated SVD, in place)."""
+    ranks = {}
+    for path, r_final in final.items():
+        weight = model.get_submodule(path).weight
+        r = ramp_rank(min(weight.shape), r_final, step, steps)
+        U, S, Vh = torch.linalg.svd(weight.double(), full_matrices=False)
+        weight.copy_((U[:, :r] * S[:r]) @ Vh[:r])
+        ranks[path] = r
+    return ranks
+
+
+class LctSchedule(Callback):
+    """Factorise the model's linears during training (the dense -> LCT schedule).
+
+    One-shot (``ramp_epochs: 0``): at the start of epoch ``warmup_epochs`` (0-based) every
+    targeted linear is cut by SVD to its final rank (from ``epsilon`` or ``rank``; a layer whose
+    factors would not be smaller stays dense) and training continues on the factors.
+
+    Gradual (``ramp_epochs: k > 0``): the final ranks are chosen the same way at the same epoch,
+    but the layers stay dense for k more epochs; at the start of ramp epoch j = 1 .. k each weight is
+    projected in place onto rank :func:`ramp_rank` (large cuts early, small ones late; the optimizer
+    keeps its state, the shapes do not change), and after the k-th ramp epoch the layers are
+    factorised at their final ranks. Choosing the ranks runs :func:`lors.lct` on a copy of the
+    model, so it costs one model's memory for a moment.
+    """
+
+    def __init__(self, config: LctScheduleConfig, default_targets: str = r".*"):
+        self.config = config
+        self.targets = config.targets or default_targets
+        self.done, self.final_ranks = False, {}
+
+    def on_fit_start(self, trainer) -> None:
+        if self.config.warmup_epochs >= trainer.config.epochs:
+            trainer.warn(f"lct.warmup_epochs={self.config.warmup_epochs} >= train.epochs={trainer.config.epochs}: "
+                         "the model is never factorised, so this LCT run trains a dense model")
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        c = self.config
+        ramp = epoch - c.warmup_epochs  # epochs into the LCT phase
+        if self.done or ramp < 0:
+            return
+        model = trainer.model
+        if ramp < c.ramp_epochs:  # gradual: project the dense weights, keep the optimizer
+            if not self.final_ranks:  # chosen once, when the LCT phase starts
+                trial = lct(copy.deepcopy(model), epsilon=c.epsilon, rank=c.rank, targets=self.targets)
+                self.final_ranks = lct_ranks(trial)
+            ranks = project(model, self.final_ranks, ramp + 1, c.ramp_epochs)
+            what = f"projected (ramp epoch {ramp + 1}/{c.ramp_epochs})"
+        else:
+            if self.final_ranks:
+                rebuild(model, self.final_ranks)
+            else:
+                lct(model, epsilon=c.epsilon, rank=c.rank, targets=self.targets)
+            ranks = self.final_ranks = lct_ranks(model)
+            self.done, what = True, "factorised"
+            trainer.request_optimizer_rebuild()  # new parameters: fresh optimizer state
+        trainer.info(f"LCT: {what} {len(ranks)} layers at epoch {epoch + 1}, ranks {sorted(set(ranks.values()))}, "
+                     f"now {count_parameters(model):,} parameters")
+
+    def state_dict(self) -> dict:
+        return {"done": self.done, "final_ranks": self.final_ranks}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.done, self.final_ranks = state.get("done", False), dict(state.get("final_ranks", {}))
+
+
+class Reprojection(Callback):
+    """Every ``every`` steps, re-balance the LCT factors by SVD of ``U V`` (and re-truncate to ``epsilon``).
+
+    Same ranks: the factors' Adam moments are dropped (they refer to the old basis). Changed ranks: the
+    factors are new tensors, so the optimizer is rebuilt."""
+
+    def __init__(self, every: int, epsilon: Optional[float] = None):
+        self.every, self.epsilon = every, epsilon
+
+    def on_step_end(self, trainer, step: int) -> None:
+        layers = low_rank_layers(trainer.model)
+        if not layers or step % self.every:
+            return
+        before = [m.rank for m in layers]
+        after = [m.reproject(self.epsilon) for m in layers]
+        if before != after:
+            trainer.request_optimizer_rebuild()
+            return
+        for m in layers:
+            trainer.optimizer.state.pop(m.U, None)
+            trainer.optimizer.state.pop(m.V, None)
+
+
+class FrobeniusDecay(Callback):
+    """``(lambda/2) ||U V||_F^2`` on every LCT layer, replacing AdamW's decay of U and V."""
+
+    def __init__(self, strength: float):
+        self.strength = strength
+
+    def extra_loss(self, trainer) -> torch.Tensor:
+        return 0.5 * self.strength * frobenius_penalty(trainer.model)
+
+    def no_decay(self, model: nn.Module) -> set[int]:
+        return {id(p) for m in low_rank_layers(model) for p in (m.U, m.V)}
+
+
+def lct_callbacks(config: LctScheduleConfig, default_targets: str) -> list[Callback]:
+    """The callbacks that an ``lct:`` section asks for (none when it is empty)."""
+    out: list[Callback] = [LctSchedule(config, default_targets)] if config.scheduled else []
+    if config.reproject_every:
+        out.append(Reprojection(config.reproject_every, config.reproject_epsilon))
+    if config.frobenius_decay > 0:
+        out.append(FrobeniusDecay(config.frobenius_decay))
+    return out
+
+
+class CsvLogger(Callback):
+    """One row per epoch in ``run_dir/log.csv`` (main process only); scalars mirrored to TensorBoard if
+    it is installed."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "log.csv"
+        self.tb = None
+
+    def on_fit_start(self, trainer) -> None:
+        if not trainer.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.path.parent / "tb"))
+        except Exception:  # tensorboard not installed: CSV only
+            self.tb = None
+
+    def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
+        if not trainer.is_main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.is_file()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.tb.add_scalar(k, v, row["epoch"])
+            self.tb.flush()
+
+    def on_fit_end(self, trainer) -> None:
+        if self.tb is not None:
+            self.tb.close()
