@@ -26,23 +26,23 @@ CONFIG = "configs/digits_vit_lct.yaml"
 # name -> config overrides (each a --set KEY=VALUE); "dense" switches the schedule off
 GRIDS = {
     "lr": {
-        "dense": ["train.lct_epsilon=null"],
+        "dense": ["lct.epsilon=null"],
         "one-shot": [],
-        "one-shot, factor lr x0.5": ["train.lct_lr_scale=0.5"],
-        "one-shot, factor lr x2": ["train.lct_lr_scale=2"],
-        "one-shot, factor lr x4": ["train.lct_lr_scale=4"],
+        "one-shot, factor lr x0.5": ["train.factor_lr_scale=0.5"],
+        "one-shot, factor lr x2": ["train.factor_lr_scale=2"],
+        "one-shot, factor lr x4": ["train.factor_lr_scale=4"],
     },
     "epsilon": {
-        "one-shot, epsilon 0.7": ["train.lct_epsilon=0.7"],
-        "one-shot, epsilon 0.6": ["train.lct_epsilon=0.6"],
+        "one-shot, epsilon 0.7": ["lct.epsilon=0.7"],
+        "one-shot, epsilon 0.6": ["lct.epsilon=0.6"],
     },
     "ramp": {
-        "ramp 8": ["train.lct_ramp_epochs=8"],
-        "ramp 16": ["train.lct_ramp_epochs=16"],
-        "ramp 24": ["train.lct_ramp_epochs=24"],
+        "ramp 8": ["lct.ramp_epochs=8"],
+        "ramp 16": ["lct.ramp_epochs=16"],
+        "ramp 24": ["lct.ramp_epochs=24"],
     },
     "projected": {
-        "ramp 35 (factorised for the last epoch)": ["train.lct_ramp_epochs=35"],
+        "ramp 35 (factorised for the last epoch)": ["lct.ramp_epochs=35"],
     },
 }
 FIELDS = ["setting", "seed", "top1", "params", "overrides"]
@@ -65,7 +65,7 @@ def run(setting: str, overrides: list[str], seed: int, out: Path) -> dict:
 
 def block_parameters() -> tuple[int, int]:
     """(all, block) parameters of the dense model of CONFIG; the LCT schedule only changes block linears."""
-    from lors.config import load_config
+    from lors.cli.config import load_config
     from lors.models.vit import build_vit
 
     model = build_vit(load_config(CONFIG).model)

@@ -30,7 +30,7 @@ def lors_groups(depth: int) -> tuple[list[int], list[int]]:
 
 
 def run_config(depth: int, variant: str, scale, b_init_std: float, seed: int, epochs=None):
-    from lors.demo import demo_config
+    from lors.cli.demo import demo_config
 
     cfg = demo_config("dense" if variant == "dense" else "lors", seed=seed)
     cfg.model.depth = depth
@@ -48,22 +48,21 @@ def train_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from lors.data.classification import build_dataset
-    from lors.engine.fit import fit
+    from lors.cli.experiment import build_experiment, run_training
     from lors.models.vit import build_vit
 
     cfg = run_config(job["depth"], job["variant"], job["shared_lr_scale"], job["b_init_std"], job["seed"],
                      job.get("epochs"))
     run_dir = Path(job["out"]) / "runs" / job["key"]
-    train_set = build_dataset(cfg.data, "train", cfg.train.seed, train=True)
-    test_set = build_dataset(cfg.data, "test", cfg.train.seed)
+    exp = build_experiment(cfg)
     model_holder = {}
 
     def build():
         model_holder["m"] = build_vit(cfg.model)
         return model_holder["m"]
 
-    history = fit(cfg, build, train_set, test_set, run_dir, log=lambda s: None)
+    exp.build_model = build
+    history = run_training(cfg, run_dir, log=lambda s: None, experiment=exp)
     row = {k: job[k] for k in FIELDS if k in job}
     row.update(top1=history[-1]["top1"], block_params=model_holder["m"].block_parameter_count())
     return row

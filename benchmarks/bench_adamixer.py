@@ -17,7 +17,8 @@ import torch
 
 from lors import count_parameters
 from lors.models.adamixer.boxes import box_xyxy_to_xyzr
-from lors.models.adamixer.decoder import AdaMixerDecoder
+from lors.cli.config import AdaMixerConfig
+from lors.models.adamixer.decoder import build_decoder
 
 PRESETS = {
     "paper": dict(query_dim=256, num_queries=100, num_heads=8, n_groups=2, in_points=64, out_points=128,
@@ -36,9 +37,10 @@ def main():
     p = PRESETS[args.preset]
     torch.manual_seed(0)
     B, d, N, S = args.batch, p["query_dim"], p["num_queries"], p["image"]
-    decoders = {v: AdaMixerDecoder(6, d, d, p["num_classes"], p["num_heads"], p["n_groups"], p["in_points"],
-                                   p["out_points"], p["ffn_dim"], v, p["core_size"], (1, 1, 2, 2, 3, 3), p["out_rank"])
-                for v in ("dense", "lors")}
+    decoders = {v: build_decoder(AdaMixerConfig(
+        num_stages=6, feat_channels=d, num_classes=p["num_classes"], num_heads=p["num_heads"], n_groups=p["n_groups"],
+        in_points=p["in_points"], out_points=p["out_points"], ffn_dim=p["ffn_dim"], decoder=v,
+        core_size=p["core_size"], core_groups=[1, 1, 2, 2, 3, 3], out_rank=p["out_rank"])) for v in ("dense", "lors")}
     with torch.no_grad():  # non-trivial LORS residuals (they start at zero)
         for prm in decoders["lors"].mixing.parameters():
             if prm.abs().sum() == 0:

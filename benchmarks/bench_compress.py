@@ -72,9 +72,9 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from lors.accounting import count_parameters
-    from lors.compress import (compress, embed, embedding_agreement, held_out_sentences, load_encoder,
+    from lors.cli.compress import (compress, embed, embedding_agreement, held_out_sentences, load_encoder,
                                token_batches)
-    from lors.distill import distill
+    from lors.tasks.distill import distill
 
     warnings.simplefilter("ignore")
     steps_for = {float(k): int(v) for k, v in (kv.split(":") for kv in args.steps.split(","))}

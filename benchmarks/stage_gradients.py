@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lors.accounting import lors_stacks
-from lors.config import load_config
-from lors.engine.fit import load_for_eval
-from lors.experiment import build_experiment
+from lors.nn.stack import shared_stacks
+from lors.cli.config import load_config
+from lors.cli.main import load_for_eval
+from lors.cli.experiment import build_experiment
 from lors.nn.balance import GradBalance
 
 
@@ -67,10 +67,10 @@ def main() -> None:
     cfg = load_config(args.config, args.set)
     exp = build_experiment(cfg)
     torch.manual_seed(cfg.train.seed)
-    model = load_for_eval(args.checkpoint, exp.build_model, cfg)[0] if args.checkpoint else exp.build_model()
+    model = load_for_eval(args.checkpoint, exp, cfg)[0] if args.checkpoint else exp.build_model()
     model.train()
     recorders = {}
-    for name, m in lors_stacks(model):
+    for name, m in shared_stacks(model):
         if hasattr(m, "grad_balance"):
             m.grad_balance = recorders[name] = Recorder(int(m.num_layers))
     if not recorders:

@@ -9,3 +9,12 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+def mixing(num_stages=6, dim=256, n_groups=2, in_points=64, out_points=128, variant="dense", **lors):
+    """The adaptive mixing of an AdaMixer config with these sizes (query and feature channels ``dim``)."""
+    from lors.cli.config import AdaMixerConfig
+    from lors.models.adamixer.mixing import build_mixing
+
+    return build_mixing(AdaMixerConfig(num_stages=num_stages, feat_channels=dim, n_groups=n_groups,
+                                       in_points=in_points, out_points=out_points, decoder=variant, **lors))

@@ -5,21 +5,18 @@ from pathlib import Path
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from lors.config import load_config
-from lors.data.classification import build_dataset
-from lors.engine.fit import fit
-from lors.models.vit import BLOCK_LINEARS, build_vit
+from lors.cli.config import load_config
+from lors.cli.experiment import build_experiment, run_training
 
 out = Path(sys.argv[1])
 overrides = sys.argv[2:]
 cfg = load_config(None, overrides)
-train_set = build_dataset(cfg.data, "train", cfg.train.seed, train=True)
-test_set = build_dataset(cfg.data, "test", cfg.train.seed)
-models = []
-fit(cfg, lambda: models.append(build_vit(cfg.model)) or models[-1], train_set, test_set, out / "run",
-    lct_targets=BLOCK_LINEARS, log=lambda s: None)
+exp = build_experiment(cfg)
+models, build = [], exp.build_model
+exp.build_model = lambda: models.append(build()) or models[-1]
+run_training(cfg, out / "run", log=lambda s: None, experiment=exp)
 rank = dist.get_rank()
 save_file({k: v.contiguous() for k, v in models[0].state_dict().items()}, str(out / f"rank{rank}.safetensors"))
-(out / f"rank{rank}.steps").write_text(str(len(train_set)))
+(out / f"rank{rank}.steps").write_text(str(len(exp.train_set)))
 dist.barrier()  # no rank tears gloo down while the other still uses it (rare abort at exit)
 dist.destroy_process_group()

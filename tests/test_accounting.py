@@ -2,21 +2,21 @@ import torch
 from torch import nn
 
 from lors import LorsLinearStack, count_parameters, parameter_table, report
-from lors.models.adamixer import AdaptiveMixing
-from lors.paper import ADAMIXER_LORS, DEIT_TINY, mixing_counts, vit_linear_counts
+from conftest import mixing
+from lors.cli.paper import ADAMIXER_LORS, DEIT_TINY, mixing_counts, vit_linear_counts
 
 
 def test_dense_adamixer_mixing_six_stages_matches_paper_figure():
     # LORS paper's AdaMixer: query 256, channels 256, 2 groups x 64 in-points, 128 out-points
     with torch.device("meta"):  # counts only: no memory for 126M parameters
-        m = AdaptiveMixing(num_stages=6, query_dim=256, in_dim=256, n_groups=2, in_points=64,
+        m = mixing(num_stages=6, dim=256, n_groups=2, in_points=64,
                            out_points=128, variant="dense")
     assert count_parameters(m) == 126_128_640
 
 
 def test_lors_mixing_matches_closed_form():
     with torch.device("meta"):
-        m = AdaptiveMixing(num_stages=6, query_dim=256, in_dim=256, n_groups=2, in_points=64,
+        m = mixing(num_stages=6, dim=256, n_groups=2, in_points=64,
                            out_points=128, variant="lors", core_size=16, core_groups=[1, 1, 2, 2, 3, 3],
                            out_rank=8)
     c = mixing_counts(**ADAMIXER_LORS)

@@ -6,14 +6,19 @@ import torch
 from lors import count_parameters, param_groups
 from lors.models.adamixer.boxes import (box_cxcywh_to_xyxy, box_iof, box_iou, box_xyxy_to_cxcywh, box_xyxy_to_xyzr,
                                         box_xyzr_to_xyxy, generalized_box_iou)
-from lors.models.adamixer.decoder import AdaMixerDecoder, DecoderStage
-from lors.models.adamixer.detector import AdaMixer, postprocess
+from lors.cli.config import AdaMixerConfig
+from lors.models.adamixer.decoder import DecoderStage, build_decoder
+from lors.models.adamixer.detector import build_adamixer, postprocess
 from lors.models.adamixer.losses import SetCriterion, sigmoid_focal_loss
 from lors.models.adamixer.matcher import HungarianMatcher
 from lors.models.adamixer.sampling import level_weights, sampling_3d
 
 TINY = dict(num_classes=3, backbone_depth=18, backbone_width=8, feat_channels=32, num_queries=10, num_heads=4,
             n_groups=2, in_points=4, out_points=8, ffn_dim=64, core_size=2, out_rank=2)
+
+
+def adamixer(**kw):
+    return build_adamixer(AdaMixerConfig(**kw))
 
 
 def test_box_conversions_round_trip():
@@ -89,7 +94,8 @@ def test_original_adamixer_parameter_counts():
             + (d * ffn + ffn + ffn * d + d) + 2 * d  # FFN + LayerNorm
             + 2 * (d * d + d + 2 * d) + (d * K + K) + (d * 4 + 4))  # cls/reg branches, fc_cls, fc_reg
     with torch.device("meta"):
-        decoder = AdaMixerDecoder(6, d, d, K, heads, G, P_in, P_out, ffn, "dense")
+        decoder = build_decoder(AdaMixerConfig(num_stages=6, feat_channels=d, num_classes=K, num_heads=heads,
+                                                n_groups=G, in_points=P_in, out_points=P_out, ffn_dim=ffn))
     assert count_parameters(decoder.mixing) == 6 * mixing
     assert count_parameters(decoder.stages[0]) == rest == 1_567_964
     assert count_parameters(decoder) == 6 * (mixing + rest) == 110_272_296
@@ -98,7 +104,7 @@ def test_original_adamixer_parameter_counts():
 @pytest.mark.parametrize("decoder,stage_bias,ffn_rank", [("dense", False, 0), ("lors", False, 0), ("lors", True, 3)])
 def test_forward_backward_every_parameter_gets_gradient(decoder, stage_bias, ffn_rank):
     torch.manual_seed(0)
-    model = AdaMixer(**TINY, decoder=decoder, stage_bias=stage_bias, ffn_rank=ffn_rank)
+    model = adamixer(**TINY, decoder=decoder, stage_bias=stage_bias, ffn_rank=ffn_rank)
     with torch.no_grad():  # zero-initialised tensors (fc_reg, generators, B) pass no gradient at step 0 by design
         for p in model.parameters():
             if p.abs().sum() == 0:
@@ -124,9 +130,9 @@ def test_forward_backward_every_parameter_gets_gradient(decoder, stage_bias, ffn
 
 def test_lors_decoder_reduction_and_postprocess():
     with torch.device("meta"):
-        dense = AdaMixer(**{**TINY, "feat_channels": 64, "out_points": 64, "in_points": 16}, decoder="dense")
-        lors = AdaMixer(**{**TINY, "feat_channels": 64, "out_points": 64, "in_points": 16}, decoder="lors")
-        with_bias = AdaMixer(**{**TINY, "feat_channels": 64, "out_points": 64, "in_points": 16}, decoder="lors",
+        dense = adamixer(**{**TINY, "feat_channels": 64, "out_points": 64, "in_points": 16}, decoder="dense")
+        lors = adamixer(**{**TINY, "feat_channels": 64, "out_points": 64, "in_points": 16}, decoder="lors")
+        with_bias = adamixer(**{**TINY, "feat_channels": 64, "out_points": 64, "in_points": 16}, decoder="lors",
                              stage_bias=True)
     assert count_parameters(lors.decoder) < 0.5 * count_parameters(dense.decoder)
     # stage_bias: per stage and sampling group, one full M (C/G x C/G) and one full S (P_out x P_in) bias
@@ -143,7 +149,7 @@ def test_lors_decoder_reduction_and_postprocess():
 def test_ffn_shared_across_stages():
     torch.manual_seed(0)
     kw = {**TINY, "decoder": "lors"}
-    dense_ffn, shared_ffn = AdaMixer(**kw), AdaMixer(**kw, ffn_rank=3)
+    dense_ffn, shared_ffn = adamixer(**kw), adamixer(**kw, ffn_rank=3)
     q, f, r, stages = TINY["feat_channels"], TINY["ffn_dim"], 3, 6
     # dense: per stage two Linears; LORS: two shared weights, per stage two rank-r residuals and two biases
     per_stage_dense = 2 * q * f + f + q
@@ -162,7 +168,7 @@ def test_ffn_shared_across_stages():
     first = shared_ffn.decoder.stages[2].ffn[0]
     assert torch.allclose(first(x), x @ stack.weight(2).T + stack.layer_bias(2), atol=1e-5)
     with pytest.raises(ValueError, match="ffn_rank"):
-        AdaMixer(**kw, ffn_rank=-1)
+        adamixer(**kw, ffn_rank=-1)
 
 
 def test_stage_sampling_offsets_init_grid():
@@ -202,12 +208,12 @@ def test_backbone_torchvision_names_load_and_frozen_bn(tmp_path):
 def test_out_rank_per_stage():
     """model.out_rank as a list: stage s's out-projection residual has rank out_rank[s] (closed-form count)."""
     with torch.device("meta"):
-        uniform = AdaMixer(**{**TINY, "out_rank": 2}, decoder="lors")
-        per_stage = AdaMixer(**{**TINY, "out_rank": [1, 1, 2, 2, 3, 5]}, decoder="lors")
+        uniform = adamixer(**{**TINY, "out_rank": 2}, decoder="lors")
+        per_stage = adamixer(**{**TINY, "out_rank": [1, 1, 2, 2, 3, 5]}, decoder="lors")
     proj_in = (TINY["feat_channels"] // TINY["n_groups"]) * TINY["out_points"] * TINY["n_groups"]
     per_rank = proj_in + TINY["feat_channels"]  # one rank unit of B (out x r) and A (r x in)
     extra = sum([1, 1, 2, 2, 3, 5]) - 2 * 6
     assert count_parameters(per_stage) - count_parameters(uniform) == extra * per_rank
     assert per_stage.decoder.mixing.out_proj.weight(5).shape == (TINY["feat_channels"], proj_in)
     with pytest.raises(ValueError, match="rank"):
-        AdaMixer(**{**TINY, "out_rank": [2, 2]}, decoder="lors")
+        adamixer(**{**TINY, "out_rank": [2, 2]}, decoder="lors")

@@ -4,10 +4,9 @@ import torch
 from torch import nn
 
 import lors
-from lors.config import ConfigError, load_config
-from lors.data.classification import build_dataset
-from lors.engine.fit import fit
-from lors.models.adamixer.mixing import AdaptiveMixing
+from lors.cli.config import ConfigError, load_config
+from lors.cli.experiment import build_experiment, run_training
+from conftest import mixing
 from lors.models.vit import build_vit
 from lors.nn.balance import GradBalance
 
@@ -115,15 +114,15 @@ def test_no_grad_and_frozen_tensors_pass_through():
 
 
 def test_switches_every_stack_of_a_model_and_none_of_a_dense_one():
-    mixing = AdaptiveMixing(num_stages=3, query_dim=8, in_dim=8, n_groups=2, in_points=4, out_points=4,
+    mixer = mixing(num_stages=3, dim=8, n_groups=2, in_points=4, out_points=4,
                             variant="lors", core_size=2, core_groups=1, out_rank=2)
-    assert lors.balance_shared_gradients(mixing) == 3  # M and S generators, out projection
+    assert lors.balance_shared_gradients(mixer) == 3  # M and S generators, out projection
     assert all(isinstance(m.grad_balance, GradBalance) and m.grad_balance.num_layers == 3
-               for m in (mixing.m_generator, mixing.s_generator, mixing.out_proj))
-    dense = AdaptiveMixing(num_stages=3, query_dim=8, in_dim=8, n_groups=2, in_points=4, out_points=4)
+               for m in (mixer.m_generator, mixer.s_generator, mixer.out_proj))
+    dense = mixing(num_stages=3, dim=8, n_groups=2, in_points=4, out_points=4)
     assert lors.balance_shared_gradients(dense) == 0
-    assert sorted(mixing.state_dict()) == sorted(AdaptiveMixing(
-        num_stages=3, query_dim=8, in_dim=8, n_groups=2, in_points=4, out_points=4, variant="lors", core_size=2,
+    assert sorted(mixer.state_dict()) == sorted(mixing(
+        num_stages=3, dim=8, n_groups=2, in_points=4, out_points=4, variant="lors", core_size=2,
         core_groups=1, out_rank=2).state_dict())  # nothing new is saved
 
 
@@ -148,8 +147,9 @@ def test_config_key_and_engine(tmp_path):
         built.append(build_vit(cfg.model))
         return built[-1]
 
-    fit(cfg, build, build_dataset(cfg.data, "train", 0, train=True), build_dataset(cfg.data, "test", 0),
-        tmp_path / "run", log=lambda s: None)
+    exp = build_experiment(cfg)
+    exp.build_model = build
+    run_training(cfg, tmp_path / "run", log=lambda s: None, experiment=exp)
     stacks = [m for m in built[0].modules() if isinstance(m, lors.LorsLinearStack)]
     assert stacks and all(isinstance(m.grad_balance, GradBalance) for m in stacks)
     for m in stacks:  # the training steps went through the balancing: every layer has a running norm

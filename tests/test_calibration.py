@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import lors
-from lors.calibration import input_moments
+from lors.apply.calibration import input_moments
 from lors.nn.spectral import calibrated_shared, output_error, whitened_svd
 
 pytestmark = pytest.mark.filterwarnings("ignore:LORS stack", "ignore:calibration saw no inputs")
@@ -92,7 +92,7 @@ def test_calibrated_lors_full_rank_exact_and_beats_plain_svd_at_low_rank():
     assert output_gap(calib, base, held_out) < 0.5 * output_gap(plain, base, held_out)
     # epsilon picks ranks by output error
     eps = lors.convert(copy.deepcopy(base), lors.LorsConfig(epsilon=0.05, init="calibrated"), calibration=batches)
-    assert all(max(r["ranks"]) < 24 for r in eps.lors_conversion["stacks"])
+    assert all(max(r.ranks) < 24 for r in eps.lors_conversion.stacks)
 
 
 def test_calibrated_lct_full_rank_exact_and_beats_plain_svd():

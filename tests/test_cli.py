@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lors.demo import format_rows, summarize
+from lors.cli.demo import format_rows, summarize
 
 TINY = ["model.dim=16", "model.depth=2", "model.heads=2", "model.mlp_dim=32", "model.patch_size=4",
         "train.epochs=2", "train.progress=false"]

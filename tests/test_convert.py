@@ -63,19 +63,19 @@ def test_merge_round_trip_is_new_and_dense():
 def test_targets_rank_pattern_and_epsilon():
     conv = convert(encoder(), LorsConfig(targets=["linear1", "linear2"], rank=2,
                                          rank_pattern={"linear2": 3, "layers.1.linear1": 5}))
-    rec = {r["target"]: r["ranks"] for r in conv.lors_conversion["stacks"]}
+    rec = {r.target: r.ranks for r in conv.lors_conversion.stacks}
     assert rec == {"linear1": [2, 5, 2], "linear2": [3, 3, 3]}
     assert isinstance(conv.layers[0].self_attn.out_proj, nn.Linear)  # not targeted
 
     regex = convert(encoder(), LorsConfig(targets=r"self_attn\..*", rank=2))
-    assert {r["target"] for r in regex.lors_conversion["stacks"]} == {"self_attn.in_proj", "self_attn.out_proj"}
+    assert {r.target for r in regex.lors_conversion.stacks} == {"self_attn.in_proj", "self_attn.out_proj"}
 
     enc = encoder()
     conv = convert(encoder(), LorsConfig(epsilon=0.05, targets=["linear1"]))
     for i, (orig, layer) in enumerate(zip(enc.layers, conv.layers)):
         err = (layer.linear1.weight - orig.linear1.weight).norm() / orig.linear1.weight.norm()
         assert err <= 0.05 + 1e-6
-        r = conv.lors_conversion["stacks"][0]["ranks"][i]
+        r = conv.lors_conversion.stacks[0].ranks[i]
         assert 1 <= r < 32
 
 
@@ -86,7 +86,7 @@ def test_vit_full_rank_reproduces():
     ref = vit(x)
     convert(vit, rank=16)
     assert torch.allclose(vit(x), ref, atol=1e-5)
-    assert {r["container"] for r in vit.lors_conversion["stacks"]} == {"blocks"}
+    assert {r.container for r in vit.lors_conversion.stacks} == {"blocks"}
 
 
 def test_bert_full_rank_reproduces_and_low_rank_differs():
@@ -192,7 +192,7 @@ def test_paper_init_every_layer_starts_equal():
 def test_convert_twice_adds_only_new_targets():
     enc = convert(encoder(), LorsConfig(targets=["linear1"], rank=2))
     enc = convert(enc, LorsConfig(targets=r"self_attn\..*|linear1", rank=3))
-    targets = [r["target"] for r in enc.lors_conversion["stacks"]]
+    targets = [r.target for r in enc.lors_conversion.stacks]
     assert sorted(targets) == ["linear1", "self_attn.in_proj", "self_attn.out_proj"]
     x = torch.randn(2, 5, 32)
     assert torch.allclose(merge(enc)(x), enc(x), atol=1e-5)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lors.config import DataConfig
+from lors.cli.config import DataConfig
 from lors.data.classification import ImageFolder, build_dataset, load_cifar, load_digits
 
 

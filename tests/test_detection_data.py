@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from lors.data.detection import CocoDetection, collate, write_shapes
-from lors.engine.coco_eval import coco_evaluate
+from lors.tasks.coco_eval import coco_evaluate
 
 
 def test_shapes_writer_is_deterministic_and_loads(tmp_path):

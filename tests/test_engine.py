@@ -10,14 +10,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from lors.config import load_config
+from lors.cli.config import load_config
 from lors.data.classification import build_dataset
+from lors.apply.record import ConversionRecord
+from lors.cli.experiment import run_training
+from lors.engine import TrainConfig, Trainer
 from lors.engine.checkpoint import read_checkpoint, save_checkpoint, load_model_state, optimizer_from_flat
-from lors.engine.fit import fit
-from lors.engine.optim import build_optimizer, lr_at, param_groups
-from lors.engine.tasks import ClassificationTask, mix_batch
-from lors.engine.train import train_one_epoch
-from lors.models.vit import BLOCK_LINEARS, VisionTransformer, build_vit
+from lors.engine.trainer import lr_at
+from lors.models.vit import VisionTransformer, build_vit
+from lors.optim import param_groups
+from lors.tasks.classification import mix_batch
 
 HERE = Path(__file__).resolve().parent
 TINY = ["model.dim=16", "model.depth=2", "model.heads=2", "model.mlp_dim=32", "model.patch_size=4",
@@ -25,10 +27,15 @@ TINY = ["model.dim=16", "model.depth=2", "model.heads=2", "model.mlp_dim=32", "m
 
 
 def run(cfg, run_dir, resume=False):
-    train_set = build_dataset(cfg.data, "train", cfg.train.seed, train=True)
-    test_set = build_dataset(cfg.data, "test", cfg.train.seed)
-    return fit(cfg, lambda: build_vit(cfg.model), train_set, test_set, run_dir, resume=resume,
-               lct_targets=BLOCK_LINEARS, log=lambda s: None)
+    return run_training(cfg, run_dir, resume=resume, log=lambda s: None)
+
+
+def adamw(model, lr, weight_decay):
+    return torch.optim.AdamW(param_groups(model, lr, weight_decay), lr=lr)
+
+
+def lct_ranks_of(meta):
+    return ConversionRecord.from_dict(meta["conversion"]).lct_ranks
 
 
 def test_param_groups_exempt_norms_biases_embeddings():
@@ -62,7 +69,7 @@ def test_mixup_targets_are_convex_combinations():
 def test_checkpoint_round_trip_and_optimizer_state(tmp_path):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
-    opt = build_optimizer(m, 1e-2, 0.1)
+    opt = adamw(m, 1e-2, 0.1)
     m(torch.randn(5, 4)).sum().backward()
     opt.step()
     save_checkpoint(tmp_path, m, {"epoch": 3, "note": "x"}, opt)
@@ -72,7 +79,7 @@ def test_checkpoint_round_trip_and_optimizer_state(tmp_path):
     load_model_state(m2, tensors)
     for a, b in zip(m.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
-    opt2 = build_optimizer(m2, 1e-2, 0.1)
+    opt2 = adamw(m2, 1e-2, 0.1)
     opt2.load_state_dict(optimizer_from_flat(tensors, meta["optimizer_groups"]))
     assert torch.equal(opt2.state[m2[0].weight]["exp_avg"], opt.state[m[0].weight]["exp_avg"])
     with pytest.raises(ValueError, match="does not fit"):
@@ -81,27 +88,26 @@ def test_checkpoint_round_trip_and_optimizer_state(tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
 
 
-def test_training_reduces_loss():
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY)
-    train_set = build_dataset(cfg.data, "train", 0, train=False)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)
-    m = build_vit(cfg.model)
-    opt = build_optimizer(m, 3e-3, 0.0)
-    task = ClassificationTask(10)
-    loss_fn = lambda model, batch: task.loss(model, batch, torch.device("cpu"))
-    first, step = train_one_epoch(m, loader, opt, loss_fn, lambda s: 3e-3, 0, torch.device("cpu"), 1.0)
-    for _ in range(3):
-        stats, step = train_one_epoch(m, loader, opt, loss_fn, lambda s: 3e-3, step, torch.device("cpu"), 1.0)
-    assert stats["loss"] < 0.7 * first["loss"]
+def test_training_reduces_loss(tmp_path):
+    hist = run(load_config(None, TINY + ["train.epochs=4", "train.warmup_epochs=0", "train.min_lr=0.003"]), tmp_path)
+    assert hist[-1]["train_loss"] < 0.7 * hist[0]["train_loss"]
 
 
-def test_non_finite_loss_stops():
-    m = nn.Linear(2, 2)
+class NanTask:
+    collate_fn = None
+
+    def loss(self, model, batch, device):
+        return model(batch[0]).sum() * float("nan"), 4
+
+    def evaluate(self, model, loader, device):
+        return {}
+
+
+def test_non_finite_loss_stops(tmp_path):
     loader = [(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))]
+    trainer = Trainer(TrainConfig(epochs=1, warmup_epochs=0, progress=False), NanTask(), tmp_path, log=lambda s: None)
     with pytest.raises(RuntimeError, match="non-finite loss"):
-        train_one_epoch(m, loader, build_optimizer(m, 1e-3, 0.0), lambda mod, b: (mod(b[0]).sum() * float("nan"), 4),
-                        lambda s: 1e-3, 0, torch.device("cpu"))
+        trainer.fit(nn.Linear(2, 2), loader)
 
 
 KILLER = """
@@ -115,7 +121,7 @@ def killing_write(path, text):
         os.kill(os.getpid(), signal.SIGKILL)
     real(path, text)
 ck._atomic_write_text = killing_write
-from lors.cli import main
+from lors.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -142,13 +148,13 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 
 def test_lct_schedule_factorises_after_warmup_and_resumes(tmp_path):
-    overrides = TINY + ["train.epochs=3", "train.lct_epsilon=0.6", "train.lct_warmup_epochs=1"]
+    overrides = TINY + ["train.epochs=3", "lct.epsilon=0.6", "lct.warmup_epochs=1"]
     hist = run(load_config(None, overrides), tmp_path / "lct")
     assert hist[1]["params"] < hist[0]["params"]  # factorised before epoch 2
     meta, tensors = read_checkpoint(tmp_path / "lct")
-    assert 0 < len(meta["lct_ranks"]) <= 8 and any(k.endswith(".U") for k in tensors)
+    assert 0 < len(lct_ranks_of(meta)) <= 8 and any(k.endswith(".U") for k in tensors)
     # resuming a factorised run rebuilds the factors with the saved ranks
-    cfg = load_config(None, overrides[:-3] + ["train.epochs=4", "train.lct_epsilon=0.6", "train.lct_warmup_epochs=1"])
+    cfg = load_config(None, overrides[:-3] + ["train.epochs=4", "lct.epsilon=0.6", "lct.warmup_epochs=1"])
     more = run(cfg, tmp_path / "lct", resume=True)
     assert len(more) == 4 and more[-1]["params"] == hist[-1]["params"]
 
@@ -180,12 +186,12 @@ def test_ddp_two_cpu_processes_hold_identical_weights(tmp_path):
 
 
 def test_lct_reprojection_retruncates_and_frobenius_decay(tmp_path):
-    overrides = TINY + ["train.epochs=2", "train.lct_rank=6", "train.lct_warmup_epochs=0",
-                        "train.lct_reproject_every=10", "train.lct_reproject_epsilon=0.5",
-                        "train.lct_frobenius_decay=0.01"]
+    overrides = TINY + ["train.epochs=2", "lct.rank=6", "lct.warmup_epochs=0",
+                        "lct.reproject_every=10", "lct.reproject_epsilon=0.5",
+                        "lct.frobenius_decay=0.01"]
     hist = run(load_config(None, overrides), tmp_path / "r")
     meta, _ = read_checkpoint(tmp_path / "r")
-    ranks = meta["lct_ranks"]
+    ranks = lct_ranks_of(meta)
     assert len(ranks) == 8 and max(ranks.values()) < 6  # re-truncated below the starting rank
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in hist)
 

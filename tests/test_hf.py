@@ -34,7 +34,7 @@ def test_gpt2_conv1d_convert_full_rank_exact_merge_and_generate():
     base, x = gpt2(), tokens()
     ref = base(x).logits
     conv = lors.convert(copy.deepcopy(base), lors.LorsConfig(rank=32))
-    assert sorted(r["target"] for r in conv.lors_conversion["stacks"]) == \
+    assert sorted(r.target for r in conv.lors_conversion.stacks) == \
         ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
     assert torch.allclose(conv(x).logits, ref, atol=1e-4)
     prompt, mask = x[:, :4], torch.ones(2, 4, dtype=torch.long)
@@ -56,13 +56,13 @@ def test_gpt2_lct_keeps_tied_head_skips_small_layers_never_grows():
         model = lors.lct(copy.deepcopy(base), rank=16, targets=".*")
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
     assert "lm_head" not in lors.lct_ranks(model)
-    assert model.lors_conversion["lct_skipped"]["lm_head"].startswith("weight is tied")
+    assert model.lors_conversion.conversions[-1].skipped["lm_head"].startswith("weight is tied")
     assert "transformer.h.0.mlp.c_fc" in lors.lct_ranks(model)
     assert lors.count_parameters(model) < lors.count_parameters(base)
     # a rank larger than some layers: those are skipped and reported, nothing raises, nothing grows
     with pytest.warns(UserWarning, match="rank 64 > min"):
         big = lors.lct(copy.deepcopy(base), rank=64, targets=".*")
-    assert "transformer.h.0.attn.c_proj" in big.lors_conversion["lct_skipped"]
+    assert "transformer.h.0.attn.c_proj" in big.lors_conversion.conversions[-1].skipped
     assert lors.count_parameters(big) <= lors.count_parameters(base)
     # full rank where it fits is exact, and merge gives Conv1D back
     full = lors.lct(copy.deepcopy(base), rank=32, targets=r".*c_attn", skip_if_larger=False)
@@ -171,9 +171,9 @@ def test_peft_style_options():
     model = lors.convert(copy.deepcopy(base), lors.LorsConfig(
         rank=2, exclude_modules=["attn.c_proj"], layers_to_transform=[1, 2, 3], train_shared=False,
         freeze_base=True, modules_to_save=["ln_f"]))
-    targets = sorted(r["target"] for r in model.lors_conversion["stacks"])
+    targets = sorted(r.target for r in model.lors_conversion.stacks)
     assert targets == ["attn.c_attn", "mlp.c_fc", "mlp.c_proj"]
-    assert all(r["layers"] == [1, 2, 3] for r in model.lors_conversion["stacks"])
+    assert all(r.layers == [1, 2, 3] for r in model.lors_conversion.stacks)
     from transformers.pytorch_utils import Conv1D
     assert isinstance(model.transformer.h[0].attn.c_attn, Conv1D)  # block 0 left dense
     assert isinstance(model.transformer.h[1].attn.c_proj, Conv1D)  # excluded path left dense

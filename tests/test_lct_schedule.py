@@ -1,18 +1,16 @@
-"""The gradual LCT schedule (train.lct_ramp_epochs) and the LCT factors' learning-rate group."""
+"""The gradual LCT schedule (lct.ramp_epochs) and the LCT factors' learning-rate group."""
 import pytest
 import torch
 from torch import nn
 
 from lors import LowRankLinear
-from lors.config import ConfigError, load_config
-from lors.data.classification import build_dataset
+from lors.cli.config import ConfigError, load_config
+from lors.engine.callbacks import project, ramp_rank
 from lors.engine.checkpoint import read_checkpoint
-from lors.engine.fit import fit
-from lors.engine.lct_schedule import project, ramp_rank
-from lors.models.vit import BLOCK_LINEARS, build_vit
+from lors.cli.experiment import run_training
 from lors.optim import param_groups
 
-from test_engine import TINY, run
+from test_engine import TINY, lct_ranks_of, run
 
 
 def test_ramp_rank_is_cubic_from_full_to_final():
@@ -34,13 +32,14 @@ def test_project_keeps_the_best_approximation_at_the_ramp_rank():
 
 
 def test_ramp_projects_then_factorises_at_the_final_ranks_and_resumes(tmp_path):
-    overrides = TINY + ["train.lct_epsilon=0.6", "train.lct_warmup_epochs=1", "train.lct_ramp_epochs=2"]
+    overrides = TINY + ["lct.epsilon=0.6", "lct.warmup_epochs=1", "lct.ramp_epochs=2"]
     hist = run(load_config(None, overrides + ["train.epochs=5"]), tmp_path / "full")
     # epochs 2-3 train dense weights projected onto falling ranks, epoch 4 factorises
     params = [h["params"] for h in hist]
     assert params[0] == params[1] == params[2] > params[3] == params[4]
     meta, _ = read_checkpoint(tmp_path / "full")
-    assert meta["lct_ranks"] == meta["lct_final_ranks"] and len(meta["lct_ranks"]) == 8
+    ranks = lct_ranks_of(meta)
+    assert ranks == meta["callbacks"]["LctSchedule"]["final_ranks"] and len(ranks) == 8
     # a run stopped in the middle of the ramp (after epoch 2's checkpoint) continues exactly as the uninterrupted one
     cfg = load_config(None, overrides + ["train.epochs=5"])
 
@@ -48,9 +47,8 @@ def test_ramp_projects_then_factorises_at_the_final_ranks_and_resumes(tmp_path):
         if line.startswith("epoch=3 "):
             raise KeyboardInterrupt
 
-    data = [build_dataset(cfg.data, split, cfg.train.seed, train=split == "train") for split in ("train", "test")]
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg, lambda: build_vit(cfg.model), *data, tmp_path / "cut", lct_targets=BLOCK_LINEARS, log=stop_in_epoch_3)
+        run_training(cfg, tmp_path / "cut", log=stop_in_epoch_3)
     resumed = run(cfg, tmp_path / "cut", resume=True)
     assert len(resumed) == 5
     for a, b in zip(hist, resumed):
@@ -58,8 +56,8 @@ def test_ramp_projects_then_factorises_at_the_final_ranks_and_resumes(tmp_path):
 
 
 def test_ramp_epochs_must_not_be_negative():
-    with pytest.raises(ConfigError, match="train.lct_ramp_epochs"):
-        load_config(None, ["train.lct_ramp_epochs=-1"])
+    with pytest.raises(ConfigError, match="lct.ramp_epochs"):
+        load_config(None, ["lct.ramp_epochs=-1"])
 
 
 def test_lct_factors_get_their_own_learning_rate():

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import lors
-from lors.config import ConfigError, load_config
-from lors.engine.optim import build_optimizer, lr_at
-from lors.models.adamixer.mixing import AdaptiveMixing
+from lors.cli.config import ConfigError, load_config
+from lors.engine.trainer import lr_at
+from conftest import mixing
 from lors.models.vit import VisionTransformer
 from lors.optim import lors_roles, param_groups, set_lr
 
@@ -54,7 +54,7 @@ def test_static_lors_vit_groups():
 
 
 def test_adaptive_and_static_stacks_in_adamixer_mixing():
-    m = AdaptiveMixing(num_stages=3, query_dim=16, in_dim=8, n_groups=2, in_points=4, out_points=4,
+    m = mixing(num_stages=3, dim=16, n_groups=2, in_points=4, out_points=4,
                        variant="lors", core_size=2, core_groups=[1, 2, 1], out_rank=2)
     shared = ["m_generator.shared.weight", "m_generator.shared.bias", "s_generator.shared.weight",
               "s_generator.shared.bias", "out_proj.shared_weight"]
@@ -103,7 +103,7 @@ def test_scale_rules_and_errors():
 def test_engine_schedule_keeps_the_ratio_through_warmup_and_cosine():
     m = VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, dim=8, depth=4, heads=2,
                           mlp_dim=8, variant="lors", rank=1)
-    opt = build_optimizer(m, 1e-3, 0.05, shared_lr_scale="1/sqrt(N)")
+    opt = torch.optim.AdamW(param_groups(m, 1e-3, 0.05, shared_lr_scale="1/sqrt(N)"), lr=1e-3)
     shared = next(g for g in opt.param_groups if g["name"].startswith("shared"))
     other = next(g for g in opt.param_groups if g["name"] == "other")
     seen = []

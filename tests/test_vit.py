@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lors import LorsLinearStack, LowRankLinear, static_lors_params
-from lors.convert import lct, lct_ranks
+from lors.apply.lct import lct, lct_ranks
 from lors.models.vit import BLOCK_LINEARS, VisionTransformer
 
 TINY = dict(img_size=8, patch_size=4, in_chans=1, num_classes=5, dim=16, depth=3, heads=2, mlp_dim=32)

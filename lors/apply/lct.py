@@ -15,7 +15,7 @@ from .calibration import measured_moments
 from .config import LctConfig
 from .hf import install_save_pretrained
 from .linears import dense_weight, is_conv1d, is_linear, set_submodule, tied_parameter_ids
-from .record import Conversion, append, fingerprint
+from .record import Conversion, append, fingerprint, get_record
 
 
 def _factorise(model: nn.Module, path: str, rank: Optional[int], epsilon: Optional[float],
@@ -121,6 +121,14 @@ def factorise_plan(model: nn.Module, ranks: dict[str, int], moments: Optional[di
         raise ValueError(f"the plan names layers that are not nn.Linear/Conv1D here: {missing[:4]}")
     for path, rank in ranks.items():
         set_submodule(model, path, _factorise(model, path, rank, None, (moments or {}).get(path)))
+
+
+def sync_ranks(model: nn.Module) -> None:
+    """Write the current ranks of the recorded LCT layers into the model's record (after re-truncation)."""
+    record = get_record(model)
+    for conversion in record.conversions if record else []:
+        for path in conversion.ranks:
+            conversion.ranks[path] = model.get_submodule(path).rank
 
 
 def lct_ranks(model: nn.Module) -> dict[str, int]:

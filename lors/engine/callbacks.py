@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..accounting import count_parameters
-from ..apply.lct import lct, lct_ranks, rebuild
+from ..apply.lct import lct, lct_ranks, rebuild, sync_ranks
 from ..errors import ConfigError, at_least, positive
 from ..nn.checks import epsilon_in_range
 from ..nn.lowrank import frobenius_penalty, low_rank_layers
@@ -186,6 +186,7 @@ class Reprojection(Callback):
         before = [m.rank for m in layers]
         after = [m.reproject(self.epsilon) for m in layers]
         if before != after:
+            sync_ranks(trainer.model)  # the checkpoint's record rebuilds the new shapes
             trainer.request_optimizer_rebuild()
             return
         for m in layers:

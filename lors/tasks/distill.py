@@ -149,8 +149,8 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
         resume: continue from ``run_dir/last.json`` (the student must be converted the same way).
         forward: ``forward(model, batch) -> output tensor`` (default: :func:`outputs`).
 
-    Returns one row per chunk (the Trainer's rows: ``epoch`` (= chunk), ``train_loss`` (mean over the chunk),
-    ``lr``, ``epoch_time``, ``samples_per_s``, ``params`` and whatever ``evaluate`` returned).
+    Returns one row per chunk: ``step`` (steps done), then the Trainer's row: ``epoch`` (= chunk), ``train_loss``
+    (mean over the chunk), whatever ``evaluate`` returned, ``lr``, ``epoch_time``, ``samples_per_s``, ``params``.
     """
     if steps <= 0 or checkpoint_every <= 0:
         raise ValueError(f"steps and checkpoint_every must be positive, got {steps} and {checkpoint_every}")
@@ -168,7 +168,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
                       checkpoints=run_dir is not None)
     history = trainer.fit(student, Chunks(batches, checkpoint_every, steps), resume=resume)
     student.eval()
-    return history
+    return [{"step": min(row["epoch"] * checkpoint_every, steps), **row} for row in history]
 
 
 def _to(batch, device):
