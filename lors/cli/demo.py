@@ -47,7 +47,7 @@ def demo_config(variant: str, epochs: Optional[int] = None, seed: int = 0, datas
     data = copy.deepcopy(BASE)
     for overrides in (DATASETS[dataset], VARIANTS[variant]):
         for section, values in overrides.items():
-            data[section].update(values)
+            data.setdefault(section, {}).update(values)
     data["train"]["seed"] = seed
     if epochs is not None:
         data["train"]["epochs"] = epochs
