@@ -42,3 +42,12 @@ def fraction(value, key: str, low_open: bool = False, high_open: bool = False) -
         interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
         raise ConfigError(f"config key '{key}' must be in {interval}; got {value!r}")
     return value
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """Stop with one clear line when an optional package is missing: ``what`` needs ``module``, from ``extra``."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{what} needs the package '{module}', which is not installed: "
+                          f"pip install -e \".[{extra}]\" (or pip install {module})")

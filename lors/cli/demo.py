@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..accounting import reduction
+from ..errors import require
 from .config import Config, from_dict
 
 # One dict per variant; the YAML files in configs/ hold the same settings (a test keeps them equal).
@@ -97,6 +98,7 @@ def plot(rows: list[dict], path: Path, dataset: str = "digits", lct_epoch: Optio
 
     ``lct_epoch``: the epoch whose start factorised the LCT model (drawn as a dotted line).
     """
+    require("matplotlib", "demo", "the demo's plot")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import require
+
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -65,6 +67,7 @@ class TensorImages(Dataset):
 def _stratified(images: torch.Tensor, labels: np.ndarray, split: str, seed: int, test_fraction: float,
                 augment: bool) -> TensorImages:
     """Seeded stratified train/test split of images in [0, 1], normalised by the train split's mean/std."""
+    require("sklearn", "demo", "the stratified digits/MNIST split")
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test"):
@@ -83,6 +86,7 @@ def _stratified(images: torch.Tensor, labels: np.ndarray, split: str, seed: int,
 
 def load_digits(split: str, seed: int = 0, test_fraction: float = 0.2, augment: bool = False) -> TensorImages:
     """scikit-learn's 8x8 digits (1797 images, 10 classes), stratified train/test split by ``seed``."""
+    require("sklearn", "demo", "data.dataset 'digits' (scikit-learn's bundled digits)")
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
@@ -189,8 +193,7 @@ class ImageFolder(Dataset):
     """``root/<class>/<image>`` read with Pillow, resized to ``img_size``, RGB, normalised to [-1, 1]."""
 
     def __init__(self, root: str | Path, img_size: int, augment: bool = False, hflip: bool = True):
-        from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
-
+        require("PIL", "images", "data.dataset 'imagefolder'")
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"imagefolder directory not found: {root}")

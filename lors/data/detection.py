@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import require
+
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 SHAPES = ("rectangle", "ellipse", "triangle")
@@ -29,8 +31,7 @@ SHAPES = ("rectangle", "ellipse", "triangle")
 
 class CocoDetection(Dataset):
     def __init__(self, image_dir: str | Path, ann_file: str | Path, max_size: int = 128, train: bool = False):
-        from PIL import Image  # noqa: F401
-
+        require("PIL", "detection", "COCO-format detection data")
         self.image_dir, ann_file = Path(image_dir), Path(ann_file)
         if not ann_file.is_file():
             raise FileNotFoundError(f"annotation file not found: {ann_file}")
