@@ -141,3 +141,45 @@ def test_demo_plot_axis_floor_and_file(tmp_path):
             for s in range(2) for i, v in enumerate(["dense", "lors", "lct"])]
     plot(rows, tmp_path / "p.png", lct_epoch=3)
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("", "is empty"),
+    ("# only a comment\n", "is empty"),
+    ("- model\n- train\n", "must be a mapping of sections"),
+    ("model: [1, 2\n", "is not valid YAML"),
+    ("train:\n  lct_epsilon: 0.5\n", "'train.lct_epsilon' is now 'lct.epsilon'"),
+    ("train:\n  mixup: 0.8\n", "'train.mixup' is now 'loss.mixup'"),
+])
+def test_bad_yaml_files_name_the_file(tmp_path, capsys, text, fragment):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    one_error_line(capsys, ["train", str(cfg)], str(cfg), fragment)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.epochs=-1", "train.epochs"), ("train.epochs=0", "train.epochs"), ("train.lr=0", "train.lr"),
+    ("train.warmup_epochs=-2", "train.warmup_epochs"), ("train.max_steps=0", "train.max_steps"),
+    ("train.clip_grad=-1", "train.clip_grad"), ("train.weight_decay=-0.1", "train.weight_decay"),
+    ("train.factor_lr_scale=0", "train.factor_lr_scale"), ("data.batch_size=0", "data.batch_size"),
+    ("data.test_fraction=1.0", "data.test_fraction"), ("data.num_workers=-1", "data.num_workers"),
+    ("model.depth=0", "model.depth"), ("model.rank=[2, 0]", "model.rank"), ("model.lct_rank=-3", "model.lct_rank"),
+    ("loss.label_smoothing=1.0", "loss.label_smoothing"), ("loss.mixup=-1", "loss.mixup"),
+    ("lct.epsilon=1.5", "lct.epsilon"), ("lct.rank=0", "lct.rank"), ("lct.ramp_epochs=-1", "lct.ramp_epochs"),
+    ("lct.reproject_every=-5", "lct.reproject_every"), ("lct.reproject_epsilon=0.5", "lct.reproject_epsilon"),
+])
+def test_out_of_range_counts_and_fractions_are_refused(tmp_path, capsys, override, key):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  variant: dense\n")
+    one_error_line(capsys, ["train", str(cfg), "--set", override, "--output-dir", str(tmp_path / "r")], f"'{key}'")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("override,key", [("model.num_queries=0", "model.num_queries"),
+                                          ("model.core_groups=[1, 0, 1, 1, 1, 1]", "model.core_groups"),
+                                          ("data.top_k=0", "data.top_k"), ("model.backbone_depth=101", "backbone")])
+def test_out_of_range_detection_settings_are_refused(tmp_path, capsys, override, key):
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text("task: detection\n")
+    one_error_line(capsys, ["count", str(cfg), "--set", override], key)

@@ -55,46 +55,6 @@ def _install(block: nn.Module, target: str, stack: LorsLinearStack, index: int) 
     else:
         view = StackLayer(stack, index)
         object.__setattr__(view, "original_cls", type(block.get_submodule(target)))
-        _set_submodule(block, target, view)
-
-
-def _layers(cfg: LorsConfig, stack_info) -> list[int]:
-    """Indices of the blocks of ``stack_info`` that join the stack."""
-    n = len(stack_info.layers)
-    if cfg.layers_to_transform is None:
-        return list(range(n))
-    bad = [i for i in cfg.layers_to_transform if i >= n]
-    if bad:
-        raise ValueError(f"layers_to_transform {bad} out of range for '{stack_info.path}' with {n} blocks "
-                         f"(allowed: 0..{n - 1})")
-    return list(cfg.layers_to_transform)
-
-
-def _ranks(cfg: LorsConfig, container: str, target: str, weights, layers: list[int], moments=None) -> list[int]:
-    if cfg.epsilon is not None:
-        total = LorsLinearStack.residual_ranks(weights, cfg.epsilon, moments)
-        return [max(1, -(-r // cfg.groups)) for r in total]  # ceil(r / groups) per group
-    ranks = []
-    for i in layers:
-        override = lookup(cfg.rank_pattern, f"{container}.{i}.{target}")
-        ranks.append(cfg.rank if override is None else override)
-    return ranks
-
-
-def _weights(block: nn.Module, target: str):
-    """(weight, bias) of a target path in one block."""
-    if target.endswith(IN_PROJ):
-        m = block.get_submodule(target[: -len(IN_PROJ)])
-        return m.in_proj_weight, m.in_proj_bias
-    return dense_weight(block.get_submodule(target))
-
-
-def _install(block: nn.Module, target: str, stack: LorsLinearStack, index: int) -> None:
-    if target.endswith(IN_PROJ):
-        mha_adapter.attach(block.get_submodule(target[: -len(IN_PROJ)]), stack, index)
-    else:
-        view = StackLayer(stack, index)
-        object.__setattr__(view, "original_cls", type(block.get_submodule(target)))
         set_submodule(block, target, view)
 
 
@@ -201,9 +161,8 @@ def convert(model: nn.Module, config: Optional[LorsConfig] = None, calibration=N
         layers = _layers(cfg, stack_info)
         stack = _fit_stack(cfg, stack_info, target, layers, moments)
         path = _register(model, stack_info.path, target, [stack_info.layers[i] for i in layers], stack)
-        entries.append(StackEntry(stack_info.path, target, path, stack.ranks, per_layer(cfg.groups, len(layers),
-                                                                                        "groups"),
-                                  stack.bias is not None, layers))
+        groups = per_layer(cfg.groups, len(layers), "groups")
+        entries.append(StackEntry(stack_info.path, target, path, stack.ranks, groups, stack.bias is not None, layers))
     append(model, Conversion("lors", cfg.to_dict(), entries), base_fingerprint)
     apply_freezing(model, cfg)
     install_save_pretrained(model)
