@@ -172,7 +172,7 @@ def resolve_sizes(preset: Optional[str], dim=None, depth=None, heads=None, mlp_d
 
 
 def build_vit(cfg) -> VisionTransformer:
-    """Build from a :class:`lors.config.ViTConfig` (the only config -> constructor bridge)."""
+    """Build from a :class:`lors.cli.config.ViTConfig` (the only config -> constructor bridge)."""
     sizes = resolve_sizes(cfg.preset, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_dim)
     return VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
                              num_classes=cfg.num_classes, variant=cfg.variant, rank=cfg.rank,
