@@ -109,6 +109,7 @@ class Trainer:
         """Train; returns the history (one row per epoch). ``resume=True`` continues from ``run_dir/last.json``."""
         cfg = self.config
         self.rank, self.world = distributed.init_distributed(self.device)
+        self.epoch, self.step, self.history = 0, 0, []
         for message in cfg.warnings():
             self.warn(message)
         torch.manual_seed(cfg.seed)
