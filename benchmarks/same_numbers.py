@@ -7,7 +7,8 @@
 ``run`` executes, with ``OLD_TREE`` (a checkout's root) first on ``PYTHONPATH``: ``lors demo --seeds 0``
 (dense, LORS and LCT ViTs on digits, 40 epochs), the AdaMixer shapes detector with the dense and the LORS
 decoder for 2 epochs on a 160/40-image shapes set, and a 6-epoch digits LCT run that exercises the gradual
-schedule, re-projection, Frobenius decay and the factor learning rate. ``compare`` checks that every
+schedule, re-projection, Frobenius decay and the factor learning rate, and ``lors.distill`` of a small MLP with
+dropout (25 steps in chunks of 10, so the last chunk is partial). ``compare`` checks that every
 metric of every epoch in every ``log.csv`` is identical (timing columns aside) and prints one line per run.
 """
 from __future__ import annotations
@@ -40,6 +41,23 @@ def commands(code: Path, legacy: bool) -> dict[str, list[str]]:
     }
 
 
+DISTILL = """
+import csv, sys, torch, lors
+from torch import nn
+torch.manual_seed(0)
+net = lambda: nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 8))
+teacher, student = net(), net()
+batches = [torch.randn(4, 3, 8) for _ in range(5)]
+rows = lors.distill(student, teacher, batches, steps=25, lr=3e-3, checkpoint_every=10, loss="mse", progress=False,
+                    log=lambda s: None)
+with open("distill/log.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["epoch", "train_loss", "weight_sum"])
+    total = float(sum(p.detach().double().sum() for p in student.parameters()))
+    w.writerows([i + 1, r.get("train_loss", r.get("loss")), f"{total:.9g}"] for i, r in enumerate(rows))
+"""
+
+
 def run(code: Path, out: Path, legacy: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(code.resolve()))
@@ -48,6 +66,8 @@ def run(code: Path, out: Path, legacy: bool) -> None:
         with open(out / f"{name}.log", "w") as log:
             subprocess.run([sys.executable, "-m", "lors.cli", *args], cwd=out, env=env, stdout=log,
                            stderr=subprocess.STDOUT, check=True)
+    (out / "distill").mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-c", DISTILL], cwd=out, env=env, check=True)
 
 
 def compare(before: Path, after: Path) -> bool:

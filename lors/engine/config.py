@@ -16,6 +16,10 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass
 class TrainConfig:
+    """How the :class:`~lors.engine.Trainer` optimises: AdamW over :func:`lors.param_groups`, a linear warm-up
+    and a cosine decay per step, gradient clipping, the seed, the device and where the run is written.
+    Every count and rate is range-checked on construction (a :class:`~lors.errors.ConfigError` names the key)."""
+
     epochs: int = 30
     lr: float = 1e-3
     min_lr: float = 1e-5                # end of the cosine decay

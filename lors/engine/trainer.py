@@ -71,14 +71,18 @@ class Trainer:
         log: where progress lines go (main process only).
         run_config: a JSON-able description of the run stored in every checkpoint (e.g. the YAML config).
         checkpoints: write a checkpoint after every epoch (``False``: nothing is written by the Trainer).
+        epoch_seed: the torch seed set at the start of epoch ``e`` (default ``seed * 100003 + e``); it decides
+            every random draw of the epoch (dropout, augmentation), so it is also what resume relies on.
     """
 
     def __init__(self, config: TrainConfig, task, run_dir: Union[str, Path, None] = None,
                  callbacks: tuple[Callback, ...] | list[Callback] = (), log: Callable[[str], None] = print,
-                 run_config: Optional[dict] = None, checkpoints: bool = True):
+                 run_config: Optional[dict] = None, checkpoints: bool = True,
+                 epoch_seed: Optional[Callable[[int], int]] = None):
         self.config, self.task, self.callbacks, self._log = config, task, list(callbacks), log
         self.run_dir = Path(run_dir if run_dir is not None else config.output_dir)
         self.run_config, self.checkpoints = run_config, checkpoints
+        self.epoch_seed = epoch_seed or (lambda epoch: config.seed * 100_003 + epoch)
         self.model: Optional[nn.Module] = None
         self.wrapped: Optional[nn.Module] = None  # the model as trained (DDP wrapper under torchrun)
         self.optimizer: Optional[torch.optim.Optimizer] = None
@@ -136,7 +140,7 @@ class Trainer:
             self.epoch = epoch
             self._call("on_epoch_start", epoch)
             self._rebuild_if_requested()
-            torch.manual_seed(cfg.seed * 100_003 + epoch)
+            torch.manual_seed(self.epoch_seed(epoch))
             for obj in (train_loader, getattr(train_loader, "sampler", None)):
                 if hasattr(obj, "set_epoch"):
                     obj.set_epoch(epoch)

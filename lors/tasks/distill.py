@@ -165,7 +165,8 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
                          shared_lr_scale=shared_lr_scale, device=device.type)
     task = DistillTask(teacher, loss, forward, evaluate)
     trainer = Trainer(config, task, run_dir=run_dir, callbacks=[CsvLogger(run_dir)] if run_dir else [], log=log,
-                      checkpoints=run_dir is not None)
+                      checkpoints=run_dir is not None,
+                      epoch_seed=lambda chunk: seed * 100_003 + chunk * checkpoint_every)  # keyed by its first step
     history = trainer.fit(student, Chunks(batches, checkpoint_every, steps), resume=resume)
     student.eval()
     return [{"step": min(row["epoch"] * checkpoint_every, steps), **row} for row in history]
