@@ -24,3 +24,15 @@ def test_library_imports_without_application_packages():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_lors_0_1_public_names_still_work_from_the_top_level():
+    import lors
+
+    old = ["AdaptiveLors", "GeneratorStack", "LinearStack", "LorsConfig", "LorsLinearStack", "LowRankLinear",
+           "StackLayer", "adaptive_lors_params", "balance_shared_gradients", "convert", "count_parameters",
+           "dense_stack_params", "distill", "format_table", "generator_stack_params", "lct", "lct_ranks", "load",
+           "merge", "param_groups", "parameter_table", "print_trainable_parameters", "rank_for_epsilon", "report",
+           "save", "static_lors_params"]
+    assert [n for n in old if not callable(getattr(lors, n, None))] == []
+    assert set(old) <= set(lors.__all__)
