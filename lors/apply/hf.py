@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .discovery import IN_PROJ
+from .linears import unique_tensors
 from .record import ConversionRecord, get_record
 
 
@@ -49,19 +50,6 @@ def write_record(model: nn.Module, directory: str | Path, marker: str | None = N
     return directory / "lors.json"
 
 
-def _unique_tensors(state: dict) -> dict:
-    """Drop second names of tensors stored once (tied weights); contiguous CPU copies for safetensors."""
-    out, seen = {}, set()
-    for k in sorted(state):
-        v = state[k]
-        key = (v.data_ptr(), tuple(v.shape), v.dtype) if v.numel() else None
-        if key is not None and key in seen:
-            continue
-        seen.add(key)
-        out[k] = v.detach().cpu().contiguous()
-    return out
-
-
 def _save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
     record = get_record(self)
     out = type(self).save_pretrained(self, save_directory, *args, state_dict=state_dict, **kwargs)
@@ -72,7 +60,7 @@ def _save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
     directory = Path(save_directory)
     for old in list(directory.glob("model*.safetensors")) + list(directory.glob("model.safetensors.index.json")):
         old.unlink()
-    state = _unique_tensors(self.state_dict() if state_dict is None else state_dict)
+    state = unique_tensors(self.state_dict() if state_dict is None else state_dict)
     marker = marker_key(record)
     state[marker] = torch.zeros(1)  # wrong shape on purpose: from_pretrained on the base class must fail
     tmp = directory / "model.safetensors.tmp"

@@ -62,3 +62,16 @@ def tied_parameter_ids(model: nn.Module) -> set[int]:
     for _, p in model.named_parameters(remove_duplicate=False):
         seen[id(p)] = seen.get(id(p), 0) + 1
     return {i for i, n in seen.items() if n > 1}
+
+
+def unique_tensors(state: dict) -> dict:
+    """Drop second names of tensors stored once (tied weights); contiguous CPU copies for safetensors."""
+    out, seen = {}, set()
+    for k in sorted(state):
+        v = state[k]
+        key = (v.data_ptr(), tuple(v.shape), v.dtype) if v.numel() else None
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        out[k] = v.detach().cpu().contiguous()
+    return out

@@ -3,9 +3,9 @@
 A YAML file has sections that map 1:1 onto dataclasses, chosen by an optional
 top-level ``task`` key::
 
-    task: classification | detection    # default: classification
-    model: {...}   # ViTConfig (classification) or AdaMixerConfig (detection)
-    data:  {...}   # DataConfig or DetectionDataConfig
+    task: classification | detection | lm   # default: classification
+    model: {...}   # ViTConfig (classification), AdaMixerConfig (detection) or GPTConfig (lm)
+    data:  {...}   # DataConfig, DetectionDataConfig or TextDataConfig
     train: {...}   # the engine's TrainConfig: optimiser, schedule, seed, device, output
     lct:   {...}   # optional LctScheduleConfig: factorise during training (lors.engine.callbacks)
     loss:  {...}   # classification only: ClassificationLoss (label smoothing, mixup, cutmix)
@@ -28,6 +28,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..data.classification import DATASETS
+from ..data.corpus import CORPORA
 from ..engine.callbacks import LctScheduleConfig
 from ..engine.config import TrainConfig
 from ..errors import ConfigError, at_least, fraction, one_of, positive
@@ -38,8 +39,8 @@ from ..nn.adaptive import FACTOR_INITS, LAYER_BIAS_INITS
 from ..tasks.classification import ClassificationLoss
 
 __all__ = ["AdaMixerConfig", "ClassificationLoss", "Config", "ConfigError", "DataConfig", "DetectionConfig",
-           "DetectionDataConfig", "LctScheduleConfig", "TrainConfig", "ViTConfig", "config_from_dict", "from_dict",
-           "load_config"]
+           "DetectionDataConfig", "GPTConfig", "LMConfig", "LctScheduleConfig", "TextDataConfig", "TrainConfig",
+           "ViTConfig", "config_from_dict", "from_dict", "load_config"]
 
 
 def _counts(obj, section: str, names: tuple[str, ...], low: int = 1) -> None:
@@ -181,7 +182,62 @@ class DetectionConfig:
     lct: LctScheduleConfig = field(default_factory=LctScheduleConfig)
 
 
-TASKS = {"classification": Config, "detection": DetectionConfig}
+@dataclass
+class GPTConfig:
+    block_size: int = 128               # context length (tokens)
+    dim: int = 128
+    depth: int = 12
+    heads: int = 4
+    mlp_dim: int = 512
+    variant: str = "dense"              # "dense" | "lors" | "lct"
+    rank: Union[int, list[int]] = 8     # LORS residual rank (per block or one for all)
+    attn_groups: Union[int, list[int]] = 1
+    mlp_groups: Union[int, list[int]] = 1
+    lct_rank: Optional[int] = None      # LowRankLinear rank for variant "lct"
+    b_init_std: float = 0.0
+
+    def __post_init__(self):
+        one_of(self.variant, VARIANTS, "model.variant")
+        _counts(self, "model", ("block_size", "dim", "depth", "heads", "mlp_dim", "rank", "attn_groups",
+                                "mlp_groups", "lct_rank"))
+        at_least(self.b_init_std, 0, "model.b_init_std")
+        if self.dim % self.heads:
+            raise ConfigError(f"config key 'model.dim' ({self.dim}) must be divisible by model.heads ({self.heads})")
+        if self.variant == "lct" and self.lct_rank is None:
+            raise ConfigError("model.variant 'lct' needs model.lct_rank (an int)")
+
+
+@dataclass
+class TextDataConfig:
+    corpus: str = "pydoc"               # "pydoc" (Python's reference text, always present) | "files" (data.root)
+    root: Optional[str] = None          # a .txt file or a folder of them, for corpus "files"
+    val_fraction: float = 0.1           # of the characters, whole documents
+    test_fraction: float = 0.1
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    max_eval_chunks: Optional[int] = None  # evaluate on the first N windows of the validation split only
+    num_workers: int = 0
+
+    def __post_init__(self):
+        one_of(self.corpus, CORPORA, "data.corpus")
+        fraction(self.val_fraction, "data.val_fraction", low_open=True, high_open=True)
+        fraction(self.test_fraction, "data.test_fraction", high_open=True)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError("data.val_fraction + data.test_fraction must leave text for training (sum < 1)")
+        _counts(self, "data", ("batch_size", "eval_batch_size", "max_eval_chunks"))
+        _counts(self, "data", ("num_workers",), low=0)
+
+
+@dataclass
+class LMConfig:
+    task: str = "lm"
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lct: LctScheduleConfig = field(default_factory=LctScheduleConfig)
+
+
+TASKS = {"classification": Config, "detection": DetectionConfig, "lm": LMConfig}
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

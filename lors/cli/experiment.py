@@ -16,7 +16,7 @@ from ..engine import CsvLogger, Trainer
 from ..engine.callbacks import lct_callbacks
 from ..engine.distributed import train_loader
 from ..errors import ConfigError
-from .config import DetectionConfig
+from .config import DetectionConfig, LMConfig
 
 
 @dataclass
@@ -84,7 +84,21 @@ def detection(cfg: DetectionConfig) -> Experiment:
     return Experiment(build, train_set, val_set, task, r"decoder\.stages\.\d+\.ffn\.\d", cfg.train.seed)
 
 
+def language_model(cfg: LMConfig) -> Experiment:
+    from ..data.corpus import ByteTokenizer, build_lm_dataset
+    from ..models.gpt import BLOCK_LINEARS, build_gpt
+    from ..tasks.lm import LanguageModelTask
+
+    seed, tokenizer, T = cfg.train.seed, ByteTokenizer(), cfg.model.block_size
+    train_set = build_lm_dataset(cfg.data, "train", seed, T, tokenizer)
+    val_set = build_lm_dataset(cfg.data, "val", seed, T, tokenizer)
+    return Experiment(lambda: build_gpt(cfg.model, tokenizer.vocab_size), train_set, val_set,
+                      LanguageModelTask(val_set.bytes_per_token), BLOCK_LINEARS, seed)
+
+
 def build_experiment(cfg) -> Experiment:
+    if isinstance(cfg, LMConfig):
+        return language_model(cfg)
     return detection(cfg) if isinstance(cfg, DetectionConfig) else classification(cfg)
 
 

@@ -4,6 +4,7 @@
     lors train CONFIG [--set k=v ...] [--resume] [--output-dir DIR]
     lors eval [CONFIG] --checkpoint PATH [--per-stage]   (no CONFIG: the one the checkpoint was trained with)
     lors count [CONFIG]               parameter report (no CONFIG: the paper's settings)
+    lors generate --checkpoint RUN [--prompt TEXT --tokens N --temperature T --top-k K]   sample a trained LM
     lors make-shapes OUT --train N --val M [--size 128] [--seed S]   synthetic COCO-format detection set
     lors compress [--model minilm|DIR] --method lors|lct --budget F [--distill-steps N] [--out DIR]
 
@@ -33,7 +34,7 @@ def cmd_train(args) -> int:
     history = run_training(cfg, run_dir, resume=args.resume)
     if history:
         last = history[-1]
-        main_metric = "AP" if "AP" in last else "top1"
+        main_metric = next(k for k in ("AP", "bpb", "top1") if k in last)
         print(f"final: {main_metric}={last[main_metric]:.2f} after {last['epoch']} epochs; checkpoint {run_dir}/last.json")
     return 0
 
@@ -114,16 +115,18 @@ def cmd_count(args) -> int:
         return 0
     import torch
 
+    from ..models.gpt import build_gpt
     from ..models.vit import build_vit
-    from .config import DetectionConfig
+    from .config import DetectionConfig, LMConfig
 
     cfg = load_config(args.config, args.set)
     if isinstance(cfg, DetectionConfig):
         _count_detector(cfg)
         return 0
+    build = (lambda m: build_gpt(m, 256)) if isinstance(cfg, LMConfig) else build_vit
     with torch.device("meta"):  # count without allocating
-        model = build_vit(cfg.model)
-        dense = build_vit(dataclasses.replace(cfg.model, variant="dense"))
+        model = build(cfg.model)
+        dense = build(dataclasses.replace(cfg.model, variant="dense"))
     print(report(model))
     blocks, dense_blocks = model.block_parameter_count(), dense.block_parameter_count()
     total, dense_total = count_parameters(model), count_parameters(dense)
@@ -171,6 +174,34 @@ def cmd_compress(args) -> int:
         raise ConfigError(f"--budget must be a fraction of the encoder's parameters in (0, 1), got {args.budget}")
     run(args.model, args.method, args.budget, args.rank, args.epsilon, args.init, args.distill_steps, args.lr,
         out=args.out, seed=args.seed, progress=not args.no_progress, resume=args.resume)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from ..data.corpus import ByteTokenizer
+    from ..engine.checkpoint import read_meta
+    from ..models.gpt import build_gpt
+    from .config import LMConfig
+
+    meta = read_meta(args.checkpoint)[1]
+    cfg = config_from_dict(upgrade_saved_config(meta.get("config") or {}), [])
+    if not isinstance(cfg, LMConfig):
+        raise ConfigError(f"lors generate needs a language-model checkpoint (task: lm); {args.checkpoint} has "
+                          f"task {cfg.task!r}")
+    for name, value, low in (("--tokens", args.tokens, 1), ("--top-k", args.top_k, 1),
+                             ("--temperature", args.temperature, 0)):
+        if value is not None and value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    from ..engine.checkpoint import load_trained
+
+    tokenizer = ByteTokenizer()
+    model, _ = load_trained(args.checkpoint, lambda: build_gpt(cfg.model, tokenizer.vocab_size))
+    prompt = torch.tensor([tokenizer.encode(args.prompt) or [10]])
+    out = model.eval().generate(prompt, args.tokens, args.temperature, args.top_k,
+                                torch.Generator().manual_seed(args.seed))
+    print(tokenizer.decode(out[0].tolist()))
     return 0
 
 
@@ -238,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="save the compressed model here (lors.save + tokenizer)")
     p.add_argument("--resume", action="store_true", help="continue the distillation checkpointed in OUT/distill")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("generate", help="print text sampled from a trained language model")
+    p.add_argument("--checkpoint", required=True, help="checkpoint .json file or run directory (task: lm)")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--tokens", type=int, default=200, help="tokens (bytes) to sample")
+    p.add_argument("--temperature", type=float, default=0.8, help="0: always the most likely token")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="dense vs LORS vs LCT ViT on scikit-learn digits")
     p.add_argument("--epochs", type=int, default=None, help="epochs per variant (default: the demo's setting)")

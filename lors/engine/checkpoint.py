@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..apply.lct import factorise_plan
+from ..apply.linears import unique_tensors
 from ..apply.record import ConversionRecord, get_record
 from ..apply.serialization import replay
 
@@ -59,7 +60,7 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, meta: dict[str,
     """Write ``name.json`` + its tensors file into ``run_dir``; returns the JSON path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in unique_tensors(model.state_dict()).items()}  # a tied tensor once
     meta = dict(meta)
     if optimizer is not None:
         opt_tensors, meta["optimizer_groups"] = optimizer_to_flat(optimizer)
@@ -118,13 +119,15 @@ def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -
     own = model.state_dict()
     mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
                   if k in own and own[k].shape != v.shape]
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    stored = {own[k].data_ptr() for k in state if k in own}
+    missing = sorted(k for k in set(own) - set(state) if own[k].data_ptr() not in stored)  # tied names: loaded once
+    unexpected = sorted(set(state) - set(own))
     if mismatched or missing or unexpected:
         example = (f"e.g. '{mismatched[0][0]}' is {mismatched[0][1]} in the checkpoint but {mismatched[0][2]} here"
                    if mismatched else f"e.g. missing {missing[:3]}, unexpected {unexpected[:3]}")
         raise ValueError(f"checkpoint does not fit this model ({len(mismatched)} shape mismatches, {len(missing)} "
                          f"missing and {len(unexpected)} unexpected keys; {example})")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)
 
 
 def checkpoint_meta(model: nn.Module, run_config: Optional[dict], epoch: int, step: int, history: list,

@@ -42,17 +42,19 @@ LinearFactory = Callable[[str, int, int, int], nn.Module]  # (kind, block index,
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, qkv: nn.Module, proj: nn.Module):
+    """Multi-head self-attention over (B, T, C); ``causal``: token t attends to tokens <= t only."""
+
+    def __init__(self, dim: int, heads: int, qkv: nn.Module, proj: nn.Module, causal: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv, self.proj = qkv, proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, T, C/heads)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=self.causal)  # (B, heads, T, C/heads)
         return self.proj(out.transpose(1, 2).reshape(B, T, C))
 
 
@@ -66,17 +68,42 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_dim: int, index: int, make_linear: LinearFactory):
+    """Pre-norm transformer block (the ViT's and, with ``causal=True``, the GPT's); its four linears come from
+    ``make_linear(kind, index, in, out)`` (dense, a LORS stack's layer view, or LowRankLinear)."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, index: int, make_linear: LinearFactory,
+                 causal: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, make_linear("qkv", index, dim, 3 * dim),
-                              make_linear("proj", index, dim, dim))
+                              make_linear("proj", index, dim, dim), causal)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(make_linear("fc1", index, dim, mlp_dim), make_linear("fc2", index, mlp_dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+
+def linear_factory(variant: str, stacks: nn.ModuleDict, depth: int, dim: int, mlp_dim: int,
+                   rank: int | Sequence[int], attn_groups: int | Sequence[int], mlp_groups: int | Sequence[int],
+                   lct_rank: Optional[int], b_init_std: float = 0.0) -> LinearFactory:
+    """How the blocks' qkv, proj, fc1 and fc2 are held: ``dense`` (nn.Linear), ``lct`` (LowRankLinear of
+    ``lct_rank``) or ``lors`` (one LorsLinearStack per kind across the ``depth`` blocks, added to ``stacks``;
+    each block gets a parameter-free view of its layer)."""
+    if variant == "dense":
+        return lambda kind, i, d_in, d_out: nn.Linear(d_in, d_out)
+    if variant == "lct":
+        if lct_rank is None:
+            raise ValueError("variant='lct' needs lct_rank (an int); to factorise at a tolerance, "
+                             "train dense and call lors.lct(model, epsilon=...)")
+        return lambda kind, i, d_in, d_out: LowRankLinear(d_in, d_out, lct_rank)
+    groups = {"qkv": per_layer(attn_groups, depth, "attn_groups"), "proj": per_layer(attn_groups, depth, "attn_groups"),
+              "fc1": per_layer(mlp_groups, depth, "mlp_groups"), "fc2": per_layer(mlp_groups, depth, "mlp_groups")}
+    shapes = {"qkv": (dim, 3 * dim), "proj": (dim, dim), "fc1": (dim, mlp_dim), "fc2": (mlp_dim, dim)}
+    for kind, (d_in, d_out) in shapes.items():
+        stacks[kind] = LorsLinearStack(depth, d_in, d_out, rank=rank, groups=groups[kind], b_init_std=b_init_std)
+    return lambda kind, i, d_in, d_out: stacks[kind].layer(i)
 
 
 class VisionTransformer(nn.Module):
@@ -110,24 +137,8 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
         self.stacks = nn.ModuleDict()  # LORS stacks shared by the blocks (empty unless variant="lors")
 
-        if variant == "dense":
-            make_linear = lambda kind, i, d_in, d_out: nn.Linear(d_in, d_out)
-        elif variant == "lct":
-            if lct_rank is None:
-                raise ValueError("variant='lct' needs lct_rank (an int); to factorise at a tolerance, "
-                                 "train dense and call lors.lct(model, epsilon=...)")
-            make_linear = lambda kind, i, d_in, d_out: LowRankLinear(d_in, d_out, lct_rank)
-        else:
-            groups = {"qkv": per_layer(attn_groups, depth, "attn_groups"),
-                      "proj": per_layer(attn_groups, depth, "attn_groups"),
-                      "fc1": per_layer(mlp_groups, depth, "mlp_groups"),
-                      "fc2": per_layer(mlp_groups, depth, "mlp_groups")}
-            shapes = {"qkv": (dim, 3 * dim), "proj": (dim, dim), "fc1": (dim, mlp_dim), "fc2": (mlp_dim, dim)}
-            for kind, (d_in, d_out) in shapes.items():
-                self.stacks[kind] = LorsLinearStack(depth, d_in, d_out, rank=rank, groups=groups[kind],
-                                                    b_init_std=b_init_std)
-            make_linear = lambda kind, i, d_in, d_out: self.stacks[kind].layer(i)
-
+        make_linear = linear_factory(variant, self.stacks, depth, dim, mlp_dim, rank, attn_groups, mlp_groups,
+                                     lct_rank, b_init_std)
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_dim, i, make_linear) for i in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)

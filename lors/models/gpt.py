@@ -1,0 +1,95 @@
+"""A nanoGPT-sized causal language model whose blocks hold dense, LORS or LCT linear weights.
+
+Token + learned position embeddings, ``depth`` pre-norm blocks (the ViT's :class:`~lors.models.vit.Block`
+with causal ``F.scaled_dot_product_attention``), a final LayerNorm and an output head tied to the token
+embedding. ``variant`` holds the blocks' qkv, proj, fc1 and fc2 exactly as the ViT does (see
+:func:`~lors.models.vit.linear_factory`): ``dense``, ``lors`` (one shared weight per kind across the blocks,
+per-block rank/group lists) or ``lct`` (LowRankLinear of ``lct_rank``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.checks import positive_int
+from .vit import BLOCK_LINEARS, VARIANTS, Block, linear_factory  # noqa: F401  (BLOCK_LINEARS: the LCT targets)
+
+
+class GPT(nn.Module):
+    """Causal LM: token ids (B, T) -> next-token logits (B, T, vocab_size).
+
+    Args:
+        vocab_size: number of token ids (256 for bytes).
+        block_size: longest context (positions learned).
+        dim, depth, heads, mlp_dim: transformer size.
+        variant, rank, attn_groups, mlp_groups, lct_rank, b_init_std: how the block linears are held (as the ViT).
+    """
+
+    def __init__(self, vocab_size: int = 256, block_size: int = 256, dim: int = 128, depth: int = 12, heads: int = 4,
+                 mlp_dim: int = 512, variant: str = "dense", rank: int | Sequence[int] = 8,
+                 attn_groups: int | Sequence[int] = 1, mlp_groups: int | Sequence[int] = 1,
+                 lct_rank: Optional[int] = None, b_init_std: float = 0.0):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        for name, value in [("vocab_size", vocab_size), ("block_size", block_size), ("dim", dim), ("depth", depth)]:
+            positive_int(value, name)
+        self.variant, self.block_size = variant, block_size
+        self.tok_embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, block_size, dim))
+        self.stacks = nn.ModuleDict()  # LORS stacks shared by the blocks (empty unless variant="lors")
+        make_linear = linear_factory(variant, self.stacks, depth, dim, mlp_dim, rank, attn_groups, mlp_groups,
+                                     lct_rank, b_init_std)
+        self.blocks = nn.ModuleList([Block(dim, heads, mlp_dim, i, make_linear, causal=True) for i in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.head.weight = self.tok_embed.weight  # tied input/output embeddings
+        nn.init.normal_(self.tok_embed.weight, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) token ids, T <= block_size -> logits (B, T, vocab_size)."""
+        T = idx.shape[1]
+        if T > self.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size={self.block_size}")
+        x = self.tok_embed(idx) + self.pos_embed[:, :T]  # (B, T, dim)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that AdamW leaves undecayed: the position embeddings."""
+        return {"pos_embed"}
+
+    def block_parameter_count(self) -> int:
+        """Unique parameters held by the transformer blocks (including shared LORS stacks)."""
+        params = {id(p): p for p in self.blocks.parameters()}
+        params.update({id(p): p for p in self.stacks.parameters()})
+        return sum(p.numel() for p in params.values())
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Append ``tokens`` sampled tokens to ``idx`` (B, T); temperature 0 picks the most likely token."""
+        for _ in range(tokens):
+            logits = self(idx[:, -self.block_size:])[:, -1].float()  # (B, vocab)
+            if temperature <= 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=generator)
+            idx = torch.cat([idx, nxt], 1)
+        return idx
+
+
+def build_gpt(cfg, vocab_size: int) -> GPT:
+    """Build from a :class:`lors.cli.config.GPTConfig` and the tokenizer's vocabulary size."""
+    return GPT(vocab_size=vocab_size, block_size=cfg.block_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
+               mlp_dim=cfg.mlp_dim, variant=cfg.variant, rank=cfg.rank, attn_groups=cfg.attn_groups,
+               mlp_groups=cfg.mlp_groups, lct_rank=cfg.lct_rank, b_init_std=cfg.b_init_std)
