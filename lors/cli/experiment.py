@@ -18,6 +18,8 @@ from ..engine.distributed import train_loader
 from ..errors import ConfigError
 from .config import DetectionConfig, LMConfig
 
+TOKENIZER = "tokenizer.json"  # a trained tokenizer, saved in the run directory
+
 
 @dataclass
 class Experiment:
@@ -27,6 +29,7 @@ class Experiment:
     task: Any
     lct_targets: str    # the model's block linears: what the LCT schedule factorises unless lct.targets says
     seed: int = 0       # the data order's seed (train.seed)
+    tokenizer: Any = None  # language models: what turns text into ids (saved with the run when it was trained)
 
     def loaders(self, data) -> tuple[DataLoader, DataLoader]:
         """(train, test) loaders with the sizes of the ``data`` section; the train loader shards under torchrun."""
@@ -84,21 +87,23 @@ def detection(cfg: DetectionConfig) -> Experiment:
     return Experiment(build, train_set, val_set, task, r"decoder\.stages\.\d+\.ffn\.\d", cfg.train.seed)
 
 
-def language_model(cfg: LMConfig) -> Experiment:
-    from ..data.corpus import ByteTokenizer, build_lm_dataset
+def language_model(cfg: LMConfig, run_dir: Optional[Path] = None) -> Experiment:
+    from ..data.corpus import build_lm_dataset, make_tokenizer
     from ..models.gpt import BLOCK_LINEARS, build_gpt
     from ..tasks.lm import LanguageModelTask
 
-    seed, tokenizer, T = cfg.train.seed, ByteTokenizer(), cfg.model.block_size
+    seed, T = cfg.train.seed, cfg.model.block_size
+    tokenizer = make_tokenizer(cfg.data, seed, saved=None if run_dir is None else Path(run_dir) / TOKENIZER)
     train_set = build_lm_dataset(cfg.data, "train", seed, T, tokenizer)
     val_set = build_lm_dataset(cfg.data, "val", seed, T, tokenizer)
     return Experiment(lambda: build_gpt(cfg.model, tokenizer.vocab_size), train_set, val_set,
-                      LanguageModelTask(val_set.bytes_per_token), BLOCK_LINEARS, seed)
+                      LanguageModelTask(val_set.bytes_per_token), BLOCK_LINEARS, seed, tokenizer)
 
 
-def build_experiment(cfg) -> Experiment:
+def build_experiment(cfg, run_dir: Optional[str | Path] = None) -> Experiment:
+    """The pieces of ``cfg``'s run; ``run_dir``: a trained run whose saved tokenizer a language model reuses."""
     if isinstance(cfg, LMConfig):
-        return language_model(cfg)
+        return language_model(cfg, run_dir)
     return detection(cfg) if isinstance(cfg, DetectionConfig) else classification(cfg)
 
 
@@ -107,8 +112,11 @@ def run_training(cfg, run_dir: Optional[str | Path] = None, resume: bool = False
     """Train the config's model on its data with its task and LCT schedule; returns the per-epoch history.
 
     Writes ``run_dir`` (default ``train.output_dir``): ``last.json`` + tensors after every epoch, ``log.csv``."""
-    exp = experiment or build_experiment(cfg)
     run_dir = Path(run_dir or cfg.train.output_dir)
+    exp = experiment or build_experiment(cfg, run_dir)
+    if hasattr(exp.tokenizer, "save") and not (run_dir / TOKENIZER).is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        exp.tokenizer.save(run_dir / TOKENIZER)
     callbacks = lct_callbacks(cfg.lct, exp.lct_targets) + [CsvLogger(run_dir)]
     trainer = Trainer(cfg.train, exp.task, run_dir, callbacks, log=log, run_config=dataclasses.asdict(cfg))
     return trainer.fit(exp.build_model, *exp.loaders(cfg.data), resume=resume)

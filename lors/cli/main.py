@@ -18,6 +18,7 @@ import dataclasses
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from ..accounting import count_parameters, reduction, report
 from ..errors import ConfigError
@@ -37,6 +38,12 @@ def cmd_train(args) -> int:
         main_metric = next(k for k in ("AP", "bpb", "top1") if k in last)
         print(f"final: {main_metric}={last[main_metric]:.2f} after {last['epoch']} epochs; checkpoint {run_dir}/last.json")
     return 0
+
+
+def run_dir(checkpoint) -> Path:
+    """The run directory of a checkpoint given as its folder or its JSON file."""
+    path = Path(checkpoint)
+    return path if path.is_dir() else path.parent
 
 
 def config_differences(saved: dict, config, section: str = "model") -> list[str]:
@@ -77,7 +84,7 @@ def cmd_eval(args) -> int:
         cfg = load_config(args.config, args.set)
     if args.per_stage and cfg.task != "detection":
         raise ConfigError(f"--per-stage needs a detection config (task: detection); this one has task {cfg.task!r}")
-    exp = build_experiment(cfg)
+    exp = build_experiment(cfg, run_dir(args.checkpoint))
     model, meta = load_for_eval(args.checkpoint, exp, cfg)
     device = pick_device(cfg.train.device)
     _, loader = exp.loaders(cfg.data)
@@ -180,10 +187,11 @@ def cmd_compress(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
-    from ..data.corpus import ByteTokenizer
-    from ..engine.checkpoint import read_meta
+    from ..data.corpus import make_tokenizer
+    from ..engine.checkpoint import load_trained, read_meta
     from ..models.gpt import build_gpt
     from .config import LMConfig
+    from .experiment import TOKENIZER
 
     meta = read_meta(args.checkpoint)[1]
     cfg = config_from_dict(upgrade_saved_config(meta.get("config") or {}), [])
@@ -194,9 +202,7 @@ def cmd_generate(args) -> int:
                              ("--temperature", args.temperature, 0)):
         if value is not None and value < low:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
-    from ..engine.checkpoint import load_trained
-
-    tokenizer = ByteTokenizer()
+    tokenizer = make_tokenizer(cfg.data, cfg.train.seed, saved=run_dir(args.checkpoint) / TOKENIZER)
     model, _ = load_trained(args.checkpoint, lambda: build_gpt(cfg.model, tokenizer.vocab_size))
     prompt = torch.tensor([tokenizer.encode(args.prompt) or [10]])
     out = model.eval().generate(prompt, args.tokens, args.temperature, args.top_k,

