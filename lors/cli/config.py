@@ -218,6 +218,7 @@ class TextDataConfig:
     batch_size: int = 16
     eval_batch_size: int = 32
     max_eval_chunks: Optional[int] = None  # evaluate on the first N windows of the validation split only
+    train_windows: Optional[int] = None    # an epoch = N random training windows (null: every window once)
     num_workers: int = 0
 
     def __post_init__(self):
@@ -228,7 +229,7 @@ class TextDataConfig:
         fraction(self.test_fraction, "data.test_fraction", high_open=True)
         if self.val_fraction + self.test_fraction >= 1:
             raise ConfigError("data.val_fraction + data.test_fraction must leave text for training (sum < 1)")
-        _counts(self, "data", ("batch_size", "eval_batch_size", "max_eval_chunks"))
+        _counts(self, "data", ("batch_size", "eval_batch_size", "max_eval_chunks", "train_windows"))
         _counts(self, "data", ("num_workers",), low=0)
 
 

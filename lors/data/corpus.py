@@ -170,16 +170,21 @@ def split_text(data_cfg, split: str, seed: int) -> str:
 
 
 class TokenChunks(Dataset):
-    """Non-overlapping windows of ``block_size + 1`` tokens: item i is (x, y) = (w[:-1], w[1:]), both (T,).
+    """Windows of ``block_size + 1`` tokens: item i is (x, y) = (w[:-1], w[1:]), both (T,).
 
-    ``max_chunks`` keeps the first chunks only (a smaller evaluation set)."""
+    By default the non-overlapping windows in order (``max_chunks``: the first ones only, a smaller evaluation
+    set). With ``random_windows=n`` the data set is n windows at random offsets, drawn from the torch RNG when
+    an item is read (nanoGPT's sampling): the Trainer seeds every epoch, so each epoch sees new windows and a
+    resumed run the same ones."""
 
-    def __init__(self, tokens: torch.Tensor, block_size: int, max_chunks: Optional[int] = None, text_bytes: int = 0):
+    def __init__(self, tokens: torch.Tensor, block_size: int, max_chunks: Optional[int] = None, text_bytes: int = 0,
+                 random_windows: Optional[int] = None):
         n = (len(tokens) - 1) // block_size
         if n < 1:
             raise ValueError(f"the text holds {len(tokens)} tokens, fewer than one window of block_size + 1 = "
                              f"{block_size + 1}; use more text or a smaller model.block_size")
-        self.n = n if max_chunks is None else min(n, max_chunks)
+        self.random = random_windows is not None
+        self.n = random_windows if self.random else n if max_chunks is None else min(n, max_chunks)
         self.tokens, self.block_size = tokens, block_size
         self.bytes_per_token = text_bytes / max(1, len(tokens))  # for bits per byte
 
@@ -187,7 +192,8 @@ class TokenChunks(Dataset):
         return self.n
 
     def __getitem__(self, i: int):
-        w = self.tokens[i * self.block_size: (i + 1) * self.block_size + 1]
+        start = int(torch.randint(len(self.tokens) - self.block_size, ())) if self.random else i * self.block_size
+        w = self.tokens[start: start + self.block_size + 1]
         return w[:-1], w[1:]
 
 
@@ -195,5 +201,6 @@ def build_lm_dataset(data_cfg, split: str, seed: int, block_size: int, tokenizer
     """Token chunks of one split of the configured corpus."""
     text = split_text(data_cfg, split, seed)
     tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    limit = data_cfg.max_eval_chunks if split != "train" else None
-    return TokenChunks(tokens, block_size, limit, text_bytes=len(text.encode("utf-8")))
+    train = split == "train"
+    return TokenChunks(tokens, block_size, None if train else data_cfg.max_eval_chunks,
+                       text_bytes=len(text.encode("utf-8")), random_windows=data_cfg.train_windows if train else None)
