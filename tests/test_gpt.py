@@ -92,6 +92,13 @@ def test_token_chunks_are_shifted_windows_and_bpb_is_bits_per_byte():
     assert torch.equal(x, torch.arange(16, 24)) and torch.equal(y, torch.arange(17, 25))
     with pytest.raises(ValueError, match="block_size"):
         TokenChunks(torch.arange(5), block_size=8)
+    random = TokenChunks(torch.arange(1000), block_size=8, random_windows=5)
+    torch.manual_seed(0)
+    first = [random[i][0] for i in range(5)]
+    torch.manual_seed(0)
+    again = [random[i][0] for i in range(5)]
+    assert len(random) == 5 and all(torch.equal(a, b) for a, b in zip(first, again))  # the epoch's seed decides
+    assert len({int(w[0]) for w in first}) > 1 and all(torch.equal(w, torch.arange(w[0], w[0] + 8)) for w in first)
 
     class Uniform(torch.nn.Module):  # predicts every byte with probability 1/256: 8 bits per byte
         def forward(self, x):
@@ -116,8 +123,9 @@ def tiny_lm(text_file, *extra):
                               *extra])
 
 
-def test_lm_training_lowers_bpb_and_resume_continues_exactly(tmp_path, text_file):
-    full = run_training(tiny_lm(text_file, "train.epochs=3"), tmp_path / "full", log=lambda s: None)
+@pytest.mark.parametrize("windows", [[], ["data.train_windows=40"]])  # every window once / random windows
+def test_lm_training_lowers_bpb_and_resume_continues_exactly(tmp_path, text_file, windows):
+    full = run_training(tiny_lm(text_file, "train.epochs=3", *windows), tmp_path / "full", log=lambda s: None)
     assert full[-1]["bpb"] < full[0]["bpb"] < 8.5
 
     def stop_in_epoch_2(line):
@@ -125,8 +133,9 @@ def test_lm_training_lowers_bpb_and_resume_continues_exactly(tmp_path, text_file
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_training(tiny_lm(text_file, "train.epochs=3"), tmp_path / "cut", log=stop_in_epoch_2)
-    resumed = run_training(tiny_lm(text_file, "train.epochs=3"), tmp_path / "cut", resume=True, log=lambda s: None)
+        run_training(tiny_lm(text_file, "train.epochs=3", *windows), tmp_path / "cut", log=stop_in_epoch_2)
+    resumed = run_training(tiny_lm(text_file, "train.epochs=3", *windows), tmp_path / "cut", resume=True,
+                           log=lambda s: None)
     assert [(r["train_loss"], r["bpb"]) for r in resumed] == [(r["train_loss"], r["bpb"]) for r in full]
 
 

