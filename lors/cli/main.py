@@ -204,7 +204,7 @@ def cmd_generate(args) -> int:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
     tokenizer = make_tokenizer(cfg.data, cfg.train.seed, saved=run_dir(args.checkpoint) / TOKENIZER)
     model, _ = load_trained(args.checkpoint, lambda: build_gpt(cfg.model, tokenizer.vocab_size))
-    prompt = torch.tensor([tokenizer.encode(args.prompt) or [10]])
+    prompt = torch.tensor([tokenizer.encode(args.prompt or "\n")])  # no prompt: start a new line
     out = model.eval().generate(prompt, args.tokens, args.temperature, args.top_k,
                                 torch.Generator().manual_seed(args.seed))
     print(tokenizer.decode(out[0].tolist()))

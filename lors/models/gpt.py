@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.checks import positive_int
-from .vit import BLOCK_LINEARS, VARIANTS, Block, linear_factory  # noqa: F401  (BLOCK_LINEARS: the LCT targets)
+from .vit import BLOCK_LINEARS, VARIANTS, Block, block_parameters, linear_factory  # noqa: F401  (BLOCK_LINEARS: the LCT targets)
 
 
 class GPT(nn.Module):
@@ -66,9 +66,7 @@ class GPT(nn.Module):
 
     def block_parameter_count(self) -> int:
         """Unique parameters held by the transformer blocks (including shared LORS stacks)."""
-        params = {id(p): p for p in self.blocks.parameters()}
-        params.update({id(p): p for p in self.stacks.parameters()})
-        return sum(p.numel() for p in params.values())
+        return block_parameters(self.blocks, self.stacks)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,

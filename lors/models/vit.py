@@ -85,6 +85,13 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def block_parameters(blocks: nn.Module, stacks: nn.Module) -> int:
+    """Unique parameters of the blocks and of the LORS stacks they share (each tensor once)."""
+    params = {id(p): p for p in blocks.parameters()}
+    params.update({id(p): p for p in stacks.parameters()})
+    return sum(p.numel() for p in params.values())
+
+
 def linear_factory(variant: str, stacks: nn.ModuleDict, depth: int, dim: int, mlp_dim: int,
                    rank: int | Sequence[int], attn_groups: int | Sequence[int], mlp_groups: int | Sequence[int],
                    lct_rank: Optional[int], b_init_std: float = 0.0) -> LinearFactory:
@@ -165,9 +172,7 @@ class VisionTransformer(nn.Module):
 
     def block_parameter_count(self) -> int:
         """Unique parameters held by the transformer blocks (including shared LORS stacks)."""
-        params = {id(p): p for p in self.blocks.parameters()}
-        params.update({id(p): p for p in self.stacks.parameters()})
-        return sum(p.numel() for p in params.values())
+        return block_parameters(self.blocks, self.stacks)
 
 
 SMALL = dict(dim=64, depth=12, heads=4, mlp_dim=128)  # sizes used when no preset is given
