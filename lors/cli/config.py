@@ -31,7 +31,7 @@ from ..data.classification import DATASETS
 from ..data.corpus import CORPORA, TOKENIZERS
 from ..engine.callbacks import LctScheduleConfig
 from ..engine.config import TrainConfig
-from ..errors import ConfigError, at_least, fraction, one_of, positive
+from ..errors import ConfigError, at_least, fraction, one_of
 from ..models.adamixer.backbone import LAYOUTS
 from ..models.adamixer.mixing import VARIANTS as DECODERS
 from ..models.vit import PRESETS, VARIANTS
