@@ -52,7 +52,7 @@ def test_distill_loss_definitions():
     assert distill_loss(s, t, mask, "mse").item() == pytest.approx(0.0, abs=1e-6)
     assert distill_loss(-t, t, None, "cosine").item() == pytest.approx(2.0, abs=1e-5)
     with pytest.raises(ValueError, match="loss"):
-        distill(*student_teacher(), batches(), steps=1, loss="kl")
+        distill(*student_teacher(), batches(), steps=1, loss="kld")
 
 
 def test_distillation_reduces_the_student_teacher_loss():

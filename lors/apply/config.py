@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Union
 from ..nn.checks import epsilon_in_range, positive_int
 
 INITS = ("pretrained", "calibrated", "paper")
+SHARINGS = ("residual", "basis")
 
 
 class _DictMixin:
@@ -62,6 +63,12 @@ class LorsConfig(_DictMixin):
             (PEFT's behaviour); ``False`` (default) leaves them trainable, as when training from scratch.
         modules_to_save: module names (or dotted suffixes of module paths, e.g. ``["classifier"]``)
             that stay trainable under ``freeze_base``.
+        sharing: ``"residual"`` (LORS: ``W_i = W_shared + B_i A_i``) or ``"basis"`` (Basis Sharing:
+            ``W_i = U A_i`` with one output basis ``U`` of rank ``rank`` per stack, see :mod:`lors.nn.basis`).
+        group_size: share within groups of this many adjacent blocks (one stack per group, the last may be
+            smaller); ``None``: one stack over all blocks.
+        fit_iterations: with ``init="calibrated"``, alternations between the shared weight and the residuals
+            (each step lowers the whitened output error; 1: shared weight first, then residuals).
     """
 
     targets: Union[Sequence[str], str, None] = None
@@ -76,9 +83,20 @@ class LorsConfig(_DictMixin):
     train_shared: bool = True
     freeze_base: bool = False
     modules_to_save: Optional[Sequence[str]] = None
+    sharing: str = "residual"
+    group_size: Optional[int] = None
+    fit_iterations: int = 2
 
     def __post_init__(self):
         positive_int(self.rank, "rank")
+        positive_int(self.fit_iterations, "fit_iterations")
+        if self.sharing not in SHARINGS:
+            raise ValueError(f"sharing must be one of {SHARINGS}, got {self.sharing!r}")
+        if self.sharing == "basis" and (self.groups != 1 or self.epsilon is not None):
+            raise ValueError("sharing='basis' takes one basis rank (rank= or rank_pattern=): groups must be 1 "
+                             "and epsilon None")
+        if self.group_size is not None and (positive_int(self.group_size, "group_size") < 2):
+            raise ValueError(f"group_size must be >= 2 blocks (or None for one stack), got {self.group_size}")
         positive_int(self.groups, "groups")
         positive_int(self.min_layers, "min_layers")
         if self.init not in INITS:
@@ -115,7 +133,9 @@ class LctConfig(_DictMixin):
     """How :func:`lors.lct` factorises linear layers into :class:`~lors.LowRankLinear`.
 
     Attributes:
-        rank: one rank for every targeted layer (give exactly one of ``rank`` and ``epsilon``).
+        rank: one rank for every targeted layer (give exactly one of ``rank``, ``epsilon`` and ``fraction``).
+        fraction: each targeted matrix keeps this fraction of its parameters, in (0, 1):
+            rank ``floor(fraction * in * out / (in + out))`` (at least 1), so one setting fits every shape.
         epsilon: relative Frobenius tolerance in (0, 1); each layer gets the smallest rank meeting it
             (with calibration: the relative output error).
         targets: regex matched (in full) against module paths such as ``blocks.3.mlp.fc1``.
@@ -127,15 +147,19 @@ class LctConfig(_DictMixin):
     epsilon: Optional[float] = None
     targets: str = r".*"
     skip_if_larger: bool = True
+    fraction: Optional[float] = None
 
     def __post_init__(self):
-        if (self.rank is None) == (self.epsilon is None):
-            raise ValueError(f"give exactly one of rank= or epsilon= (got rank={self.rank!r}, "
-                             f"epsilon={self.epsilon!r})")
+        if sum(x is not None for x in (self.rank, self.epsilon, self.fraction)) != 1:
+            raise ValueError(f"give exactly one of rank=, epsilon= or fraction= (got rank={self.rank!r}, "
+                             f"epsilon={self.epsilon!r}, fraction={self.fraction!r})")
         if self.rank is not None:
             positive_int(self.rank, "rank")
-        else:
+        elif self.epsilon is not None:
             epsilon_in_range(self.epsilon)
+        elif not (isinstance(self.fraction, (int, float)) and 0 < self.fraction < 1):
+            raise ValueError(f"fraction must be in (0, 1) (the share of each matrix's parameters kept), "
+                             f"got {self.fraction!r}")
         if not isinstance(self.targets, str):
             raise ValueError(f"targets must be a regex string, got {self.targets!r}")
         try:

@@ -18,11 +18,19 @@ from .linears import dense_weight, is_conv1d, is_linear, set_submodule, tied_par
 from .record import Conversion, append, fingerprint, get_record
 
 
+def fraction_rank(shape: tuple[int, int], fraction: float) -> int:
+    """The rank whose factors store ``fraction`` of a (out, in) matrix: ``floor(f out in / (out + in))``, >= 1."""
+    out_f, in_f = shape
+    return max(1, int(fraction * out_f * in_f / (out_f + in_f)))
+
+
 def _factorise(model: nn.Module, path: str, rank: Optional[int], epsilon: Optional[float],
-               moment=None) -> LowRankLinear:
+               moment=None, fraction: Optional[float] = None) -> LowRankLinear:
     """The LowRankLinear for the layer at ``path`` (SVD of its weight, whitened when ``moment`` is given)."""
     linear = model.get_submodule(path)
     weight, bias = dense_weight(linear)
+    if fraction is not None:
+        rank = fraction_rank(tuple(weight.shape), fraction)
     layer = LowRankLinear.from_weight(weight, bias, rank=rank, epsilon=None if rank else epsilon,
                                       input_moment=moment)
     if is_conv1d(linear):
@@ -54,8 +62,9 @@ def lct(model: nn.Module, config: Optional[LctConfig] = None, calibration=None, 
         verbose: bool = False, **kwargs) -> nn.Module:
     """Factorise the targeted linear layers (``nn.Linear``, GPT-2 ``Conv1D``) of ``model`` in place.
 
-    ``config`` is an :class:`~lors.LctConfig` (or give its fields as keywords: ``rank=`` or
-    ``epsilon=``, ``targets=``, ``skip_if_larger=``). ``calibration``: optional iterable of input
+    ``config`` is an :class:`~lors.LctConfig` (or give its fields as keywords: ``rank=``,
+    ``epsilon=`` or ``fraction=`` (each matrix keeps that share of its parameters), ``targets=``,
+    ``skip_if_larger=``). ``calibration``: optional iterable of input
     batches (run once, ``forward(model, batch)``) or precomputed input moments; the factors then
     fit each layer's outputs on these inputs instead of its weights, and ``epsilon`` bounds the
     relative output error (see :mod:`lors.nn.spectral`). ``verbose`` prints each layer's rank.
@@ -79,7 +88,7 @@ def lct(model: nn.Module, config: Optional[LctConfig] = None, calibration=None, 
         if reason:
             skipped[path] = reason
             continue
-        layer = _factorise(model, path, cfg.rank, cfg.epsilon, moments.get(path))
+        layer = _factorise(model, path, cfg.rank, cfg.epsilon, moments.get(path), cfg.fraction)
         if cfg.skip_if_larger and layer.num_stored() >= layer.num_dense():
             if verbose:
                 print(f"  {path}: rank {layer.rank} would not save parameters, kept dense")

@@ -18,8 +18,9 @@ from typing import Optional
 from torch import nn
 
 from ..nn import mha as mha_adapter
+from ..nn.basis import BasisSharedStack
 from ..nn.checks import per_layer
-from ..nn.stack import shared_stacks
+from ..nn.stack import SharedStack, shared_stacks
 from ..nn.static import LorsLinearStack, StackLayer
 from .calibration import measured_moments
 from .config import LorsConfig
@@ -58,10 +59,12 @@ def _install(block: nn.Module, target: str, stack: LorsLinearStack, index: int) 
         set_submodule(block, target, view)
 
 
-def _register(model: nn.Module, container: str, target: str, blocks: list, stack: LorsLinearStack) -> str:
-    """Own ``stack`` next to ``container`` and point every block's ``target`` at its layer; returns its path."""
+def _register(model: nn.Module, container: str, target: str, blocks: list, stack: nn.Module,
+              key: Optional[str] = None) -> str:
+    """Own ``stack`` next to ``container`` (as ``key``, default the target with ``__`` for dots) and point
+    every block's ``target`` at its layer; returns the stack's path."""
     holder, holder_path = _holder(model, container)
-    key = target.replace(".", "__")
+    key = key or target.replace(".", "__")
     holder[key] = stack
     for i, block in enumerate(blocks):
         _install(block, target, stack, i)
@@ -69,7 +72,7 @@ def _register(model: nn.Module, container: str, target: str, blocks: list, stack
 
 
 def _layers(cfg: LorsConfig, stack_info) -> list[int]:
-    """Indices of the blocks of ``stack_info`` that join the stack."""
+    """Indices of the blocks of ``stack_info`` that join a stack."""
     n = len(stack_info.layers)
     if cfg.layers_to_transform is None:
         return list(range(n))
@@ -78,6 +81,23 @@ def _layers(cfg: LorsConfig, stack_info) -> list[int]:
         raise ValueError(f"layers_to_transform {bad} out of range for '{stack_info.path}' with {n} blocks "
                          f"(allowed: 0..{n - 1})")
     return list(cfg.layers_to_transform)
+
+
+def layer_groups(cfg: LorsConfig, stack_info) -> list[list[int]]:
+    """The blocks of each stack made for one target: all of them, or runs of ``group_size`` adjacent ones
+    (a last group of one block joins the one before, since a stack needs two)."""
+    return split_groups(_layers(cfg, stack_info), cfg.group_size)
+
+
+def split_groups(layers: list[int], group_size: Optional[int]) -> list[list[int]]:
+    """``layers`` in runs of ``group_size`` (``None``: one run); a last run of one joins the one before."""
+    if group_size is None:
+        return [list(layers)]
+    groups = [list(layers[i:i + group_size]) for i in range(0, len(layers), group_size)]
+    if len(groups) > 1 and len(groups[-1]) == 1:
+        last = groups.pop()
+        groups[-1] = groups[-1] + last
+    return groups
 
 
 def _ranks(cfg: LorsConfig, container: str, target: str, weights, layers: list[int], moments=None) -> list[int]:
@@ -106,7 +126,7 @@ def _select(model: nn.Module, cfg: LorsConfig) -> list:
     return selected
 
 
-def _fit_stack(cfg: LorsConfig, stack_info, target: str, layers: list[int], moments: dict) -> LorsLinearStack:
+def _fit_stack(cfg: LorsConfig, stack_info, target: str, layers: list[int], moments: dict) -> nn.Module:
     """The LORS stack replacing ``target`` in the ``layers`` of ``stack_info`` (fitted unless init='paper')."""
     blocks = [stack_info.layers[i] for i in layers]
     layer_moments = [moments.get(f"{stack_info.path}.{i}.{target}") for i in layers] if moments else None
@@ -117,6 +137,8 @@ def _fit_stack(cfg: LorsConfig, stack_info, target: str, layers: list[int], mome
     biases = None if pairs[0][1] is None else [b for _, b in pairs]
     ranks = _ranks(cfg, stack_info.path, target, weights, layers, layer_moments)
     out_f, in_f = weights[0].shape
+    if cfg.sharing == "basis":
+        return _basis_stack(cfg, f"{stack_info.path}.*.{target}", weights, biases, ranks, layer_moments)
     for i, r in enumerate(ranks):
         if r * cfg.groups > min(out_f, in_f):
             raise ValueError(f"rank {r} x groups {cfg.groups} is too large for '{stack_info.path}.{layers[i]}."
@@ -125,13 +147,25 @@ def _fit_stack(cfg: LorsConfig, stack_info, target: str, layers: list[int], mome
         stack = LorsLinearStack(len(blocks), in_f, out_f, ranks, cfg.groups, bias=biases is not None,
                                 device=weights[0].device, dtype=weights[0].dtype)
     else:
-        stack = LorsLinearStack.from_weights(weights, biases, ranks, cfg.groups, input_moments=layer_moments)
+        stack = LorsLinearStack.from_weights(weights, biases, ranks, cfg.groups, input_moments=layer_moments,
+                                             iterations=cfg.fit_iterations)
     dense_count = sum(w.numel() for w in weights) + (0 if biases is None else sum(b.numel() for b in biases))
     if sum(p.numel() for p in stack.parameters()) > dense_count:
         warnings.warn(f"LORS stack for '{stack_info.path}.*.{target}' (ranks {ranks}) holds more parameters "
                       f"than the {len(blocks)} dense layers it replaces; lower rank/epsilon to save memory",
                       stacklevel=3)
     return stack
+
+
+def _basis_stack(cfg: LorsConfig, where: str, weights, biases, ranks, moments) -> BasisSharedStack:
+    out_f, in_f = weights[0].shape
+    if len(set(ranks)) != 1 or not 1 <= ranks[0] <= out_f:
+        raise ValueError(f"sharing='basis' needs one basis rank in 1..{out_f} for all blocks of '{where}', "
+                         f"got {sorted(set(ranks))}")
+    if cfg.init == "paper":
+        return BasisSharedStack(len(weights), in_f, out_f, ranks[0], bias=biases is not None,
+                                device=weights[0].device, dtype=weights[0].dtype)
+    return BasisSharedStack.from_weights(weights, biases, ranks[0], moments)
 
 
 def convert(model: nn.Module, config: Optional[LorsConfig] = None, calibration=None, forward=None,
@@ -158,11 +192,13 @@ def convert(model: nn.Module, config: Optional[LorsConfig] = None, calibration=N
     moments = measured_moments(model, paths, calibration, forward)
     entries = []
     for stack_info, target in selected:
-        layers = _layers(cfg, stack_info)
-        stack = _fit_stack(cfg, stack_info, target, layers, moments)
-        path = _register(model, stack_info.path, target, [stack_info.layers[i] for i in layers], stack)
-        groups = per_layer(cfg.groups, len(layers), "groups")
-        entries.append(StackEntry(stack_info.path, target, path, stack.ranks, groups, stack.bias is not None, layers))
+        for g, layers in enumerate(layer_groups(cfg, stack_info)):
+            stack = _fit_stack(cfg, stack_info, target, layers, moments)
+            key = target.replace(".", "__") + (f"__g{g}" if cfg.group_size else "")
+            path = _register(model, stack_info.path, target, [stack_info.layers[i] for i in layers], stack, key)
+            groups = per_layer(cfg.groups, len(layers), "groups")
+            entries.append(StackEntry(stack_info.path, target, path, list(stack.ranks), groups,
+                                      stack.bias is not None, layers, cfg.sharing))
     append(model, Conversion("lors", cfg.to_dict(), entries), base_fingerprint)
     apply_freezing(model, cfg)
     install_save_pretrained(model)
@@ -172,7 +208,7 @@ def convert(model: nn.Module, config: Optional[LorsConfig] = None, calibration=N
 def apply_freezing(model: nn.Module, cfg: LorsConfig) -> None:
     """Apply ``train_shared``/``freeze_base``/``modules_to_save`` of ``cfg`` to the model as it is now."""
     if cfg.freeze_base:
-        stack_params = {id(p) for m in model.modules() if isinstance(m, LorsLinearStack) for p in m.parameters()}
+        stack_params = {id(p) for m in model.modules() if isinstance(m, SharedStack) for p in m.parameters()}
         keep = cfg.modules_to_save or []
         saved = {id(p) for name, m in model.named_modules() if name and any(name == k or name.endswith("." + k)
                                                                           for k in keep) for p in m.parameters()}
@@ -194,6 +230,9 @@ def rebuild_stack(model: nn.Module, entry: StackEntry) -> None:
     blocks = [blocks[i] for i in entry.layers]
     weight, _ = _weights(blocks[0], entry.target)
     out_f, in_f = weight.shape
-    stack = LorsLinearStack(len(blocks), in_f, out_f, entry.ranks, entry.groups, bias=entry.bias,
-                            device=weight.device, dtype=weight.dtype)
-    _register(model, entry.container, entry.target, blocks, stack)
+    kw = dict(bias=entry.bias, device=weight.device, dtype=weight.dtype)
+    if entry.sharing == "basis":
+        stack = BasisSharedStack(len(blocks), in_f, out_f, entry.ranks[0], **kw)
+    else:
+        stack = LorsLinearStack(len(blocks), in_f, out_f, entry.ranks, entry.groups, **kw)
+    _register(model, entry.container, entry.target, blocks, stack, entry.stack.rpartition(".")[2])

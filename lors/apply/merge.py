@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..nn import mha as mha_adapter
+from ..nn.basis import BasisSharedStack
 from ..nn.lowrank import LowRankLinear
 from ..nn.static import LorsLinearStack, StackLayer
 from .linears import make_dense, set_submodule
@@ -38,9 +39,12 @@ def merge(model: nn.Module) -> nn.Module:
     return model
 
 
-def _dense(stack: LorsLinearStack, i: int):
-    B, A = stack.factors(i)
-    W = (stack.shared_weight.double() + B.double() @ A.double()).to(stack.shared_weight.dtype)
+def _dense(stack: LorsLinearStack | BasisSharedStack, i: int):
+    if isinstance(stack, BasisSharedStack):
+        W = (stack.basis.double() @ stack.coefficients[i].double()).to(stack.basis.dtype)
+    else:
+        B, A = stack.factors(i)
+        W = (stack.shared_weight.double() + B.double() @ A.double()).to(stack.shared_weight.dtype)
     b = stack.layer_bias(i)
     return W, (None if b is None else b.detach().clone())
 

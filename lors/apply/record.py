@@ -42,6 +42,7 @@ class StackEntry:
     groups: list[int]       # residual groups per layer
     bias: bool
     layers: list[int]       # indices of the blocks in the stack
+    sharing: str = "residual"  # "residual" (LorsLinearStack) or "basis" (BasisSharedStack)
 
 
 @dataclass

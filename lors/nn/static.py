@@ -214,6 +214,21 @@ class LorsLinearStack(SharedStack):
                 stack.bias[i].copy_(biases[i])
         return stack
 
+    @torch.no_grad()
+    def refit_layer(self, i: int, target: torch.Tensor, moment: Optional[torch.Tensor] = None) -> None:
+        """Refit layer ``i``'s residual (same rank and groups) so that ``W_shared + B A`` best matches
+        ``target`` (d_out, d_in): on the outputs for inputs of second moment ``moment``, else on the weight."""
+        r, k = self.ranks[i], self.groups[i]
+        residual = target.detach().double() - self.shared_weight.double()
+        if moment is None:
+            U, S, Vh = torch.linalg.svd(residual, full_matrices=False)
+            B, A = U[:, : r * k] * S[: r * k], Vh[: r * k]
+        else:
+            U, sig, A = whitened_svd(residual, moment, rank=r * k)
+            B = U * sig
+        self.B[i].copy_(B.reshape(self.out_features, k, r).permute(1, 0, 2))
+        self.A[i].copy_(A.reshape(k, r, self.in_features))
+
     @staticmethod
     @torch.no_grad()
     def residual_ranks(weights: Sequence[torch.Tensor], epsilon: float,

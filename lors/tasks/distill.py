@@ -13,7 +13,10 @@ Losses (``loss=``), on Hugging Face-style outputs (``last_hidden_state``, masked
 
 * ``"mse"``: mean squared error of the token states, divided by the teacher's mean square;
 * ``"cosine"``: 1 - cosine of the mean-pooled embeddings (sentence encoders);
-* ``"mse+cosine"`` (default): their sum.
+* ``"mse+cosine"`` (default): their sum;
+* ``"kl"`` (causal LMs): ``T^2 KL(teacher || student)`` of the next-token distributions at temperature ``T``,
+  per token (forward: :func:`logits`);
+* ``"kl+hidden"``: that plus the MSE term over every layer's hidden states (forward: :func:`logits_and_hidden`).
 
 With ``forward=all_hidden_states`` the MSE term averages over every layer's hidden states
 (intermediate-layer distillation) and the cosine term uses the last layer.
@@ -32,7 +35,7 @@ from ..engine.callbacks import CsvLogger
 from ..engine.config import TrainConfig
 from ..engine.trainer import Trainer
 
-LOSSES = ("mse", "cosine", "mse+cosine")
+LOSSES = ("mse", "cosine", "mse+cosine", "kl", "kl+hidden")
 
 
 def outputs(model: nn.Module, batch) -> torch.Tensor:
@@ -48,6 +51,29 @@ def all_hidden_states(model: nn.Module, batch) -> torch.Tensor:
     return torch.stack(model(**batch, output_hidden_states=True).hidden_states)
 
 
+def logits(model: nn.Module, batch) -> torch.Tensor:
+    """Next-token logits (B, T, V) of a causal LM (``.logits`` of HF outputs, else the output itself)."""
+    out = model(**batch) if isinstance(batch, dict) else model(batch)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def logits_and_hidden(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (B, T, V), every layer's hidden states (L + 1, B, T, D)) of a Hugging Face causal LM."""
+    out = model(**batch, output_hidden_states=True)
+    return out.logits, torch.stack(out.hidden_states)
+
+
+def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: Optional[torch.Tensor],
+            temperature: float = 1.0) -> torch.Tensor:
+    """``T^2 KL(softmax(t / T) || softmax(s / T))`` summed over the vocabulary, averaged over (unmasked) tokens."""
+    s = F.log_softmax(student_logits.float() / temperature, -1)
+    t = F.log_softmax(teacher_logits.float() / temperature, -1)
+    per_token = (t.exp() * (t - s)).sum(-1)  # (B, T)
+    if mask is not None:
+        per_token = per_token[mask.bool()]
+    return per_token.mean() * temperature ** 2
+
+
 def mean_pool(hidden: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Mean over tokens (B, T, D) -> (B, D), counting only tokens where ``mask`` is 1."""
     if hidden.ndim == 2:
@@ -58,9 +84,16 @@ def mean_pool(hidden: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tenso
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
 
 
-def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, mask: Optional[torch.Tensor],
-                 kind: str = "mse+cosine") -> torch.Tensor:
-    """The distillation loss ``kind`` (see the module docstring) between student and teacher outputs."""
+def distill_loss(student_out, teacher_out, mask: Optional[torch.Tensor], kind: str = "mse+cosine",
+                 temperature: float = 1.0) -> torch.Tensor:
+    """The distillation loss ``kind`` (see the module docstring) between student and teacher outputs
+    (``(logits, hidden states)`` pairs for ``"kl+hidden"``)."""
+    if kind.startswith("kl"):
+        s_logits, t_logits = (student_out[0], teacher_out[0]) if kind == "kl+hidden" else (student_out, teacher_out)
+        total = kl_loss(s_logits, t_logits, mask, temperature)
+        if kind == "kl+hidden":
+            total = total + distill_loss(student_out[1], teacher_out[1], mask, "mse")
+        return total
     total = student_out.new_zeros(())
     if "mse" in kind:  # per layer when outputs are stacked hidden states (L, B, T, D)
         layers = student_out if student_out.ndim == 4 else student_out[None]
@@ -77,6 +110,12 @@ def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, mask: Opt
     return total
 
 
+def default_forward(loss: str) -> Callable:
+    """The forward a loss needs: logits for ``"kl"``, logits and hidden states for ``"kl+hidden"``, else
+    :func:`outputs`."""
+    return {"kl": logits, "kl+hidden": logits_and_hidden}.get(loss, outputs)
+
+
 class DistillTask:
     """Loss: :func:`distill_loss` between ``forward(student, batch)`` and ``forward(teacher, batch)``;
     evaluation: ``evaluate(student)`` (a dict of metrics) when given, else nothing."""
@@ -85,10 +124,13 @@ class DistillTask:
 
     def __init__(self, teacher: nn.Module, loss: str = "mse+cosine",
                  forward: Callable[[nn.Module, object], torch.Tensor] = None,
-                 evaluate: Optional[Callable[[nn.Module], dict]] = None):
+                 evaluate: Optional[Callable[[nn.Module], dict]] = None, temperature: float = 1.0):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        self.teacher, self.kind, self.forward, self.evaluate_fn = teacher, loss, forward or outputs, evaluate
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.teacher, self.kind, self.evaluate_fn, self.temperature = teacher, loss, evaluate, temperature
+        self.forward = forward or default_forward(loss)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -98,7 +140,7 @@ class DistillTask:
         with torch.no_grad():
             target = self.forward(self.teacher, batch)
         mask = batch.get("attention_mask") if isinstance(batch, dict) else None
-        return distill_loss(self.forward(model, batch), target, mask, self.kind), _batch_size(batch)
+        return distill_loss(self.forward(model, batch), target, mask, self.kind, self.temperature), _batch_size(batch)
 
     def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict:
         if self.evaluate_fn is None:
@@ -132,14 +174,14 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
             min_lr: float = 0.0, shared_lr_scale="1/sqrt(N)", clip_grad: Optional[float] = 1.0,
             run_dir: Optional[str | Path] = None, checkpoint_every: int = 100, resume: bool = False, seed: int = 0,
             progress: bool = True, evaluate: Optional[Callable[[nn.Module], dict]] = None,
-            forward: Callable[[nn.Module, object], torch.Tensor] = outputs,
+            forward: Optional[Callable[[nn.Module, object], torch.Tensor]] = None, temperature: float = 1.0,
             log: Callable[[str], None] = print) -> list[dict]:
     """Train ``student`` to match ``teacher`` on ``batches`` for ``steps`` optimizer steps; returns the history.
 
     Args:
         batches: a sequence of input batches (dicts for HF models); step ``s`` uses
             ``batches[s % len(batches)]``.
-        loss: ``"mse"``, ``"cosine"`` or ``"mse+cosine"``.
+        loss: one of ``LOSSES`` (``"kl"`` / ``"kl+hidden"`` for causal LMs, at ``temperature``).
         warmup_steps: linear warm-up (default 5% of ``steps``), then cosine decay to ``min_lr``.
         shared_lr_scale: learning-rate rule for shared LORS weights (see :func:`lors.param_groups`).
         run_dir: where checkpoints (``last.json`` + tensors) and ``log.csv`` go; needed for ``resume``.
@@ -147,7 +189,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
         checkpoint_every: steps per chunk; after each chunk: ``evaluate(student)`` (if given), a history
             row, a checkpoint.
         resume: continue from ``run_dir/last.json`` (the student must be converted the same way).
-        forward: ``forward(model, batch) -> output tensor`` (default: :func:`outputs`).
+        forward: ``forward(model, batch) -> output`` (default: :func:`default_forward` of ``loss``).
 
     Returns one row per chunk: ``step`` (steps done), then the Trainer's row: ``epoch`` (= chunk), ``train_loss``
     (mean over the chunk), whatever ``evaluate`` returned, ``lr``, ``epoch_time``, ``samples_per_s``, ``params``.
@@ -163,7 +205,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
                          weight_decay=weight_decay, warmup_steps=max(1, steps // 20) if warmup_steps is None
                          else warmup_steps, clip_grad=clip_grad, seed=seed, progress=progress,
                          shared_lr_scale=shared_lr_scale, device=device.type)
-    task = DistillTask(teacher, loss, forward, evaluate)
+    task = DistillTask(teacher, loss, forward, evaluate, temperature)
     trainer = Trainer(config, task, run_dir=run_dir, callbacks=[CsvLogger(run_dir)] if run_dir else [], log=log,
                       checkpoints=run_dir is not None,
                       epoch_seed=lambda chunk: seed * 100_003 + chunk * checkpoint_every)  # keyed by its first step

