@@ -20,8 +20,8 @@ import sys
 import warnings
 from pathlib import Path
 
-FIELDS = ["method", "init", "fraction", "params_fraction", "cos_mean", "cos_min", "top1_agree", "steps",
-          "distill_seconds"]
+FIELDS = ["method", "init", "fraction", "params_fraction", "cos_mean", "cos_min", "top1_agree", "recall@10",
+          "steps", "distill_seconds"]
 
 
 def plot(out: Path) -> None:
@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.7,0.5,0.3")
     ap.add_argument("--steps", default="0.7:200,0.5:1000,0.3:200", help="distillation steps per fraction")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--allocation", default="uniform", choices=("uniform", "spectrum"))
+    ap.add_argument("--sequential", action="store_true", help="also rows with the sequential refit")
+    ap.add_argument("--no-svd", action="store_true", help="skip the plain-SVD rows")
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--gaps-only", action="store_true", help="print the neighbour-gap statistic and stop")
     args = ap.parse_args()
@@ -112,10 +115,15 @@ def main() -> None:
 
     for method in args.methods.split(","):
         for fraction in (float(f) for f in args.fractions.split(",")):
-            record(method, "svd", fraction, compress(teacher, method, fraction, init="svd", scope="encoder"))
-            student = compress(teacher, method, fraction, init="calibrated", calibration=calibration,
-                               scope="encoder")
-            start = record(method, "calibrated", fraction, student)
+            kw = dict(scope="encoder", allocation=args.allocation)
+            if not args.no_svd:
+                record(method, "svd", fraction, compress(teacher, method, fraction, init="svd", **kw))
+            student = compress(teacher, method, fraction, init="calibrated", calibration=calibration, **kw)
+            start = record(method, f"calibrated ({args.allocation})", fraction, student)
+            if args.sequential:
+                student = compress(teacher, method, fraction, init="calibrated", calibration=calibration,
+                                   sequential=True, **kw)
+                start = record(method, f"calibrated sequential ({args.allocation})", fraction, student)
             steps = steps_for.get(fraction, 0)
             if steps:
                 evaluate = lambda m: {k: round(v, 5) for k, v in

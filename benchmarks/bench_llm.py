@@ -41,6 +41,33 @@ def parse(config: str) -> dict:
     return kw
 
 
+def plot(row_files: list[str], out: str) -> None:
+    """Perplexity ratio to dense against the kept fraction, one line per config (mixed calibration)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for f in row_files for r in json.loads(Path(f).read_text()) if r["config"] != "dense"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, text in zip(axes, ("pydoc", "bible")):
+        for config in sorted({r["config"] for r in rows}):
+            pts = sorted((r["kept"], r[f"x_{text}"]) for r in rows if r["config"] == config
+                         and r["calibration"] == "mixed" and r[f"x_{text}"] < 1000)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=config)
+        ax.axhline(1.5, color="gray", ls=":", lw=1)
+        ax.axhline(3.0, color="gray", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("kept fraction of the 30 blocks' linear parameters")
+        ax.set_title(f"held-out {text}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("perplexity / dense perplexity")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M (from a 4-bit grid), training-free, mixed calibration", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2")
@@ -52,7 +79,11 @@ def main():
     ap.add_argument("--eval-windows", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/llm")
+    ap.add_argument("--plot", nargs="+", default=None, metavar="ROWS_JSON", help="only plot these rows.json files "
+                    "to OUT (a .png path)")
     args = ap.parse_args()
+    if args.plot:
+        return plot(args.plot, args.out)
     torch.set_num_threads(args.threads)
 
     from lors.apply.budget import stack_linears

@@ -5,6 +5,7 @@ Public API::
     lors.LorsLinearStack   static LORS: shared weight + per-layer low-rank residuals
     lors.AdaptiveLors      adaptive LORS: shared generator + per-layer generated low-rank residuals
     lors.LowRankLinear     LCT: factorised linear W = U @ V, SVD to/from dense
+    lors.BasisSharedStack  basis sharing: one output basis for N layers, W_i = U @ A_i
     lors.SharedStack       the base class declaring a stack's shared and private tensors
     lors.convert           apply static LORS to the stacks of any model (LorsConfig)
     lors.lct               factorise Linear layers of any model into LowRankLinear (LctConfig)
@@ -24,14 +25,14 @@ from .accounting import (adaptive_lors_params, count_parameters, dense_stack_par
                          static_lors_params)
 from .apply import ConversionRecord, LctConfig, LorsConfig, convert, lct, lct_ranks, load, merge, save
 from .engine import TrainConfig, Trainer
-from .nn import (AdaptiveLors, GeneratorStack, LinearStack, LorsLinearStack, LowRankLinear, SharedStack,
+from .nn import (AdaptiveLors, BasisSharedStack, GeneratorStack, LinearStack, LorsLinearStack, LowRankLinear, SharedStack,
                  StackLayer, rank_for_epsilon)
 from .optim import balance_shared_gradients, param_groups
 from .tasks.distill import distill
 
 __version__ = "0.2.0"
 
-__all__ = ["AdaptiveLors", "ConversionRecord", "GeneratorStack", "LctConfig", "LinearStack", "LorsConfig",
+__all__ = ["AdaptiveLors", "BasisSharedStack", "ConversionRecord", "GeneratorStack", "LctConfig", "LinearStack", "LorsConfig",
            "LorsLinearStack", "LowRankLinear", "SharedStack", "StackLayer", "TrainConfig", "Trainer",
            "adaptive_lors_params", "balance_shared_gradients", "convert", "count_parameters", "dense_stack_params",
            "distill", "format_table", "generator_stack_params", "lct", "lct_ranks", "load", "merge", "param_groups",

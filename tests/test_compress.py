@@ -85,3 +85,20 @@ def test_minilm_calibrated_init_beats_plain_svd():
     calibrated = embedding_agreement(ref, embed(compress(model, "lct", 0.5, init="calibrated", calibration=calib,
                                                          scope="encoder"), ev))
     assert calibrated["cos_mean"] > plain["cos_mean"] + 0.1
+
+
+def test_sequential_refit_on_an_encoder_and_recall_at_k(tmp_path):
+    from lors.cli.compress import compress, embed, embedding_agreement, load_encoder, token_batches
+
+    model, tok = load_encoder(str(tiny_bert_folder(tmp_path)))
+    sentences = english_sentences(0)[0]
+    calib, ev = token_batches(tok, sentences[:64]), token_batches(tok, sentences[64:128])
+    ref = embed(model, ev)
+    one_shot = embedding_agreement(ref, embed(compress(model, "lct", 0.4, calibration=calib, scope="encoder"), ev))
+    seq = embedding_agreement(ref, embed(compress(model, "lct", 0.4, calibration=calib, scope="encoder",
+                                                  sequential=True), ev))
+    assert seq["cos_mean"] > one_shot["cos_mean"]
+    same = embedding_agreement(ref, ref.clone())
+    assert same["recall@10"] == 100.0 and same["top1_agree"] == 100.0
+    shuffled = embedding_agreement(ref, ref[torch.randperm(len(ref), generator=torch.Generator().manual_seed(0))])
+    assert shuffled["recall@10"] < 50.0  # unrelated neighbours

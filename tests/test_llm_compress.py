@@ -11,7 +11,7 @@ from lors.apply.calibration import input_moments
 from lors.apply.lct import rebuild
 from lors.apply.sequential import corrected_target, sequential_refit
 from lors.nn.basis import BasisSharedStack
-from lors.nn.spectral import damped, whitener
+from lors.nn.spectral import whitener
 from lors.nn.static import _calibrated_stack
 
 transformers = pytest.importorskip("transformers")
@@ -284,3 +284,13 @@ def test_smollm2_loads_offline_and_its_linears_are_found():
     assert container == "model.layers" and len(paths) == 30 * 7
     ids = torch.tensor([tok("The King James Bible")["input_ids"]])
     assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
+
+
+def test_stages_group_the_linears_that_read_one_tensor():
+    from lors.apply.sequential import block_inputs, stages
+
+    model = tiny_llama()
+    inputs = block_inputs(model, model.model.layers[0], batches(1))
+    assert stages(model.model.layers[0], stack_linears(model)[1], inputs) == [
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]

@@ -103,27 +103,35 @@ def _record_inputs(block: nn.Module, targets: Sequence[str], inputs, stop: bool)
 
 
 def stages(block: nn.Module, targets: Sequence[str], inputs) -> list[list[str]]:
-    """``targets`` grouped by the tensor they read, in the order the block calls them (one batch run)."""
-    order: list[tuple[str, int]] = []
+    """``targets`` grouped by the tensor they read, in the order the block calls them (one batch run).
+
+    Tensors are compared by identity while every one of them is kept alive, so that a freed tensor's memory,
+    reused by a later one, cannot make two different inputs look the same."""
+    order: list[tuple[str, torch.Tensor]] = []  # holds the inputs: no address is reused during the run
     handles = []
     for t in targets:
         def hook(module, args, kwargs, t=t):
-            x = args[0] if args else kwargs["input"]
-            order.append((t, x.data_ptr()))
+            order.append((t, args[0] if args else kwargs["input"]))
         handles.append(block.get_submodule(t).register_forward_pre_hook(hook, with_kwargs=True))
     try:
         _run(block, *inputs[0])
     finally:
         for h in handles:
             h.remove()
-    groups: dict[int, list[str]] = {}
-    for t, ptr in order:
-        if t not in [x for g in groups.values() for x in g]:
-            groups.setdefault(ptr, []).append(t)
-    missing = [t for t in targets if t not in [x for g in groups.values() for x in g]]
+    groups: list[tuple[torch.Tensor, list[str]]] = []
+    for t, x in order:
+        if any(t in names for _, names in groups):
+            continue
+        match = next((names for y, names in groups if y is x), None)
+        if match is None:
+            groups.append((x, [t]))
+        else:
+            match.append(t)
+    found = [t for _, names in groups for t in names]
+    missing = [t for t in targets if t not in found]
     if missing:
         raise ValueError(f"the block never calls {missing}; sequential fitting needs every target on the forward path")
-    return list(groups.values())
+    return [names for _, names in groups]
 
 
 def corrected_target(W: torch.Tensor, X: torch.Tensor, C: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
@@ -153,11 +161,13 @@ def refit(block: nn.Module, target: str, T: torch.Tensor, C: torch.Tensor) -> No
 @torch.no_grad()
 def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targets: Sequence[str],
                      batches: Sequence, forward: Optional[Callable] = None, correct: bool = True,
-                     shrinkage: float = 0.0, log: Optional[Callable[[str], None]] = None) -> nn.Module:
+                     shrinkage: float = 0.0, ridge: float = RIDGE,
+                     log: Optional[Callable[[str], None]] = None) -> nn.Module:
     """Refit the compressed ``model``'s ``targets`` in every block of ``container``, in order, on the inputs the
     compressed blocks below produce (see the module docstring); ``teacher`` is the original model (unchanged).
     ``model`` and ``teacher`` must have the same blocks at ``container``. ``shrinkage`` moves each measured
-    ``C`` toward its diagonal before the fit (``(1 - s) C + s diag(C)``). Returns ``model``."""
+    ``C`` toward its diagonal before the fit (``(1 - s) C + s diag(C)``); ``ridge`` is the correction's lambda
+    relative to ``mean(diag C)`` (larger: closer to ``T = W``). Returns ``model``."""
     was_training = model.training
     model.eval(), teacher.eval()
     blocks, originals = list(model.get_submodule(container)), list(teacher.get_submodule(container))
@@ -175,7 +185,7 @@ def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targe
             C = (1 - shrinkage) * C + shrinkage * torch.diag(C.diagonal())
             for t in group:
                 W = dense_weight(original.get_submodule(t))[0]
-                refit(block, t, corrected_target(W, X, C) if correct else W.double(), C)
+                refit(block, t, corrected_target(W, X, C, ridge) if correct else W.double(), C)
         inputs_o = [(_run(original, h, a, k), a, k) for h, a, k in inputs_o]
         inputs_c = [(_run(block, h, a, k), a, k) for h, a, k in inputs_c]
         if log:

