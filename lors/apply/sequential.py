@@ -78,14 +78,16 @@ def _run(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> t
 
 def _record_inputs(block: nn.Module, targets: Sequence[str], inputs, stop: bool) -> dict[str, list[torch.Tensor]]:
     """``{target: [input rows (tokens, d_in) per batch]}`` of ``targets`` while running ``block``;
-    with ``stop`` the pass ends as soon as every target has been called."""
+    with ``stop`` (one target) each pass ends as soon as that target has been called."""
+    if stop and len(targets) != 1:
+        raise ValueError("stop=True records one target")
     seen: dict[str, list] = {t: [] for t in targets}
 
     def hook_for(t):
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs["input"]
             seen[t].append(x.detach().reshape(-1, x.shape[-1]))
-            if stop and all(len(v) == len(seen[targets[0]]) for v in seen.values()):
+            if stop:
                 raise _Stop
         return hook
 
@@ -169,7 +171,8 @@ def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targe
     ``C`` toward its diagonal before the fit (``(1 - s) C + s diag(C)``); ``ridge`` is the correction's lambda
     relative to ``mean(diag C)`` (larger: closer to ``T = W``). Returns ``model``."""
     was_training = model.training
-    model.eval(), teacher.eval()
+    model.eval()
+    teacher.eval()
     blocks, originals = list(model.get_submodule(container)), list(teacher.get_submodule(container))
     inputs_c = block_inputs(model, blocks[0], batches, forward)
     inputs_o = [(h.clone(), a, k) for h, a, k in inputs_c]  # the embeddings are not compressed

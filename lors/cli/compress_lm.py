@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..accounting import count_parameters
 from ..apply.budget import stack_linears
 from ..apply.calibration import input_moments
 from ..data.lm_text import calibration_text, eval_text, token_windows
@@ -115,8 +116,6 @@ def _linear_params(model: nn.Module, container: str, targets, teacher: Optional[
     blocks = len(reference.get_submodule(container))
     dense = {id(p) for i in range(blocks) for t in targets for p in modules[f"{container}.{i}.{t}"].parameters()}
     other = sum(p.numel() for p in reference.parameters() if id(p) not in dense)
-    from ..accounting import count_parameters
-
     return count_parameters(model) - other
 
 

@@ -189,10 +189,12 @@ def cmd_compress(args) -> int:
     if is_causal_lm(args.model, args.gguf_file):
         from .compress_lm import run_lm
 
-        run_lm(args.model, args.gguf_file, args.method, args.budget, args.rank, args.epsilon, args.init,
-               args.sequential, args.calibration, args.calibration_windows, args.eval_text or ("pydoc", "bible"),
-               args.eval_windows, args.allocation, args.group_size, args.shrinkage, args.distill_steps,
-               args.distill_loss, args.temperature, args.lr, out=args.out, seed=args.seed,
+        run_lm(args.model, gguf_file=args.gguf_file, method=args.method, fraction=args.budget, rank=args.rank,
+               epsilon=args.epsilon, init=args.init, sequential=args.sequential, calibration=args.calibration,
+               calibration_windows=args.calibration_windows, eval_texts=args.eval_text or ("pydoc", "bible"),
+               eval_windows=args.eval_windows, allocation=args.allocation, group_size=args.group_size,
+               shrinkage=args.shrinkage, distill_steps=args.distill_steps, distill_loss=args.distill_loss,
+               temperature=args.temperature, lr=args.lr, out=args.out, seed=args.seed,
                progress=not args.no_progress, resume=args.resume)
         return 0
     if args.method == "basis" or args.gguf_file or args.eval_text:

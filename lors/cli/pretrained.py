@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -90,7 +91,8 @@ def _cache_gguf(transformers, folder: Path, gguf_file: str, cached: Path) -> Non
     tmp = cached.with_name(cached.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(cached) if not cached.exists() else None
+    if not cached.exists():  # another process may have finished first
+        tmp.replace(cached)
 
 
 def is_causal_lm(name: str, gguf_file: Optional[str] = None) -> bool:
@@ -100,6 +102,4 @@ def is_causal_lm(name: str, gguf_file: Optional[str] = None) -> bool:
     config = Path(name) / "config.json"
     if name == "minilm" or not config.is_file():
         return False
-    import json
-
     return any(a.endswith("ForCausalLM") for a in json.loads(config.read_text()).get("architectures") or [])
