@@ -3,7 +3,8 @@
 :func:`budget_ranks` works on the largest stack of identical blocks (:func:`stack_linears`) of any model
 (encoders, decoder-only LMs, ViTs) and serves three structures:
 
-* ``"lct"``: per-layer factors ``U V``, ``r (in + out)`` numbers per rank;
+* ``"lct"``: per-layer factors ``U V``, ``r (in + out)`` numbers per rank, or with ``form="pivoted"``
+  (:class:`~lors.nn.pivoted.PivotedLowRankLinear`) ``r (in + out - r)`` numbers for rank r;
 * ``"lors"``: one shared weight per stack (or per group of ``group_size`` adjacent blocks), paid first, plus
   per-layer residuals ``r (in + out)``;
 * ``"basis"``: one output basis of rank ``k`` per stack/group plus per-layer coefficients, ``k (out + n in)``.
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..accounting import count_parameters
+from ..nn.pivoted import pivoted_rank
 from ..nn.spectral import calibrated_shared, whitened_spectrum
 from .discovery import IN_PROJ, find_stacks
 from .linears import dense_weight
@@ -30,6 +32,7 @@ from .lors import split_groups
 
 METHODS = ("lors", "lct", "basis")
 ALLOCATIONS = ("uniform", "spectrum")
+FORMS = ("factors", "pivoted")
 
 
 def stack_linears(model: nn.Module, targets: Optional[Sequence[str]] = None) -> tuple[str, list[str], list[str]]:
@@ -48,23 +51,36 @@ def stack_linears(model: nn.Module, targets: Optional[Sequence[str]] = None) -> 
     return stack.path, found, [f"{stack.path}.{i}.{t}" for i in range(len(stack.layers)) for t in found]
 
 
-def max_rank(d_out: int, d_in: int) -> int:
+def max_rank(d_out: int, d_in: int, form: str = "factors") -> int:
     """The largest rank whose factors store fewer numbers than the dense matrix."""
+    if form == "pivoted":
+        return max(1, min(d_out, d_in) - 1)
     return max(1, (d_out * d_in - 1) // (d_out + d_in))
+
+
+def rank_cost(shape, form: str = "factors"):
+    """``cost(r)``: numbers that the r-th rank (1-based) adds to a matrix of ``shape`` in storage ``form``."""
+    total = sum(shape)
+    return (lambda r: total - 2 * r + 1) if form == "pivoted" else (lambda r: total)
 
 
 def _allocate(candidates: dict, start: dict, budget: float) -> dict:
     """Greedy: ``start`` ranks, then one rank at a time to the best gain per parameter while it fits.
 
-    ``candidates[key] = (gains (descending, one per rank), cost per rank, max rank)``.
+    ``candidates[key] = (gains (descending, one per rank), cost(r) of the r-th rank, max rank)``. Per matrix
+    the gain per parameter is made non-increasing (running minimum), so its ranks are offered in order.
     """
     ranks = dict(start)
-    spent = sum(candidates[k][1] * r for k, r in ranks.items())
-    offers = sorted(((float(g) / cost, k) for k, (gains, cost, cap) in candidates.items()
-                     for g in gains[ranks[k]:cap]), key=lambda t: -t[0])
-    for _, k in offers:
-        cost = candidates[k][1]
-        if spent + cost <= budget:
+    spent = sum(cost(r) for k, r0 in ranks.items() for cost in [candidates[k][1]] for r in range(1, r0 + 1))
+    offers = []
+    for k, (gains, cost, cap) in candidates.items():
+        best = float("inf")
+        for r in range(ranks[k] + 1, cap + 1):
+            best = min(best, float(gains[r - 1]) / cost(r))
+            offers.append((best, k))
+    for _, k in sorted(offers, key=lambda t: -t[0]):  # stable: one matrix's ranks stay in order
+        cost = candidates[k][1](ranks[k] + 1)
+        if ranks[k] < candidates[k][2] and spent + cost <= budget:
             ranks[k] += 1
             spent += cost
     return ranks
@@ -73,7 +89,8 @@ def _allocate(candidates: dict, start: dict, budget: float) -> dict:
 @torch.no_grad()
 def budget_ranks(model: nn.Module, method: str, fraction: float, moments: Optional[dict] = None,
                  scope: Optional[nn.Module] = None, allocation: str = "uniform", floor: float = 0.5,
-                 group_size: Optional[int] = None, targets: Optional[Sequence[str]] = None) -> dict[str, int]:
+                 group_size: Optional[int] = None, targets: Optional[Sequence[str]] = None,
+                 form: str = "factors") -> dict[str, int]:
     """``{full module path: rank}`` so that the stacked linears keep ``fraction`` of their parameters.
 
     Args:
@@ -83,6 +100,8 @@ def budget_ranks(model: nn.Module, method: str, fraction: float, moments: Option
         allocation: ``"uniform"`` or ``"spectrum"`` (``"basis"``: uniform only).
         floor: with ``"spectrum"``, every matrix keeps at least this fraction of its uniform rank.
         group_size: LORS/basis stacks over runs of this many adjacent blocks (as ``LorsConfig.group_size``).
+        form: ``"factors"`` (``U V``) or ``"pivoted"`` (``"lct"`` only: ranks costed as
+            :class:`~lors.nn.pivoted.PivotedLowRankLinear` stores them).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -92,6 +111,8 @@ def budget_ranks(model: nn.Module, method: str, fraction: float, moments: Option
         raise ValueError(f"budget fraction must be in (0, 1), got {fraction}")
     if not 0 <= floor <= 1:
         raise ValueError(f"floor must be in [0, 1], got {floor}")
+    if form not in FORMS or (form == "pivoted" and method != "lct"):
+        raise ValueError(f"form must be one of {FORMS} ('pivoted' for method 'lct' only), got {form!r}")
     container, targets, paths = stack_linears(model, targets)
     modules = dict(model.named_modules())
     weights = {p: dense_weight(modules[p])[0].detach().double() for p in paths}
@@ -104,32 +125,38 @@ def budget_ranks(model: nn.Module, method: str, fraction: float, moments: Option
         return _basis_ranks(container, targets, groups, weights, budget / dense_total)
     shared_cost = sum(weights[f"{container}.0.{t}"].numel() for t in targets) * len(groups) if method == "lors" else 0
     share = (budget - shared_cost) / dense_total  # of each matrix, for its factors
-    uniform = {p: int(share * w.numel() / sum(w.shape)) for p, w in weights.items()}
+    if form == "pivoted":
+        uniform = {p: pivoted_rank(tuple(w.shape), share * w.numel()) for p, w in weights.items()}
+    else:
+        uniform = {p: int(share * w.numel() / sum(w.shape)) for p, w in weights.items()}
     if min(uniform.values()) < 1:
         raise ValueError(f"a budget of {fraction:.0%} is below what rank 1 everywhere needs"
                          f"{' (LORS keeps one shared weight per stack)' if method == 'lors' else ''}")
     if allocation == "uniform":
-        return _top_up(uniform, weights, budget - shared_cost, share)
-    candidates = _gains(container, targets, groups, weights, moments, method)
+        return _top_up(uniform, weights, budget - shared_cost, share, form)
+    candidates = _gains(container, targets, groups, weights, moments, method, form)
     start = {p: max(1, int(floor * r)) for p, r in uniform.items()}
     return _allocate(candidates, start, budget - shared_cost)
 
 
-def _top_up(ranks: dict, weights: dict, budget: float, share: float) -> dict:
-    """Spend what rounding the uniform ranks down left over: one more rank each, largest remainder first."""
+def _top_up(ranks: dict, weights: dict, budget: float, share: float, form: str) -> dict:
+    """Spend what rounding the uniform ranks down left over: one more rank each, largest remainder (unspent
+    own share, in units of the next rank's cost) first."""
     ranks = dict(ranks)
-    spent = sum(r * sum(weights[p].shape) for p, r in ranks.items())
-    remainders = sorted(ranks, key=lambda p: -(share * weights[p].numel() / sum(weights[p].shape) - ranks[p]))
-    for p in remainders:
-        cost = sum(weights[p].shape)
-        if spent + cost <= budget and ranks[p] < max_rank(*weights[p].shape):
+    costs = {p: rank_cost(weights[p].shape, form) for p in ranks}
+    used = {p: sum(costs[p](r) for r in range(1, r0 + 1)) for p, r0 in ranks.items()}
+    spent = sum(used.values())
+    remainder = {p: (share * weights[p].numel() - used[p]) / costs[p](ranks[p] + 1) for p in ranks}
+    for p in sorted(ranks, key=lambda p: -remainder[p]):
+        cost = costs[p](ranks[p] + 1)
+        if spent + cost <= budget and ranks[p] < max_rank(*weights[p].shape, form):
             ranks[p] += 1
             spent += cost
     return ranks
 
 
-def _gains(container, targets, groups, weights, moments, method) -> dict:
-    """Per matrix: (relative error removed by each rank, cost per rank, max rank)."""
+def _gains(container, targets, groups, weights, moments, method, form="factors") -> dict:
+    """Per matrix: (relative error removed by each rank, cost(r) of the r-th rank, max rank)."""
     candidates = {}
     for t in targets:
         for group in groups:
@@ -140,7 +167,8 @@ def _gains(container, targets, groups, weights, moments, method) -> dict:
             for p, W, C in zip(layer_paths, Ws, Cs):
                 spectrum = (lambda M: whitened_spectrum(M, C)) if C is not None else torch.linalg.svdvals
                 energy = spectrum(W).pow(2).sum()
-                candidates[p] = (spectrum(W - shared).pow(2) / energy, sum(W.shape), max_rank(*W.shape))
+                candidates[p] = (spectrum(W - shared).pow(2) / energy, rank_cost(W.shape, form),
+                                 max_rank(*W.shape, form))
     return candidates
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 from torch import nn
 
 from ..nn.lowrank import LowRankLinear
+from ..nn.pivoted import PivotedLowRankLinear
 from .calibration import measured_moments
 from .config import LctConfig
 from .hf import install_save_pretrained
@@ -130,6 +131,42 @@ def factorise_plan(model: nn.Module, ranks: dict[str, int], moments: Optional[di
         raise ValueError(f"the plan names layers that are not nn.Linear/Conv1D here: {missing[:4]}")
     for path, rank in ranks.items():
         set_submodule(model, path, _factorise(model, path, rank, None, (moments or {}).get(path)))
+
+
+def pivot(model: nn.Module, paths: Optional[list[str]] = None) -> nn.Module:
+    """Move factorised layers (:class:`~lors.LowRankLinear`, all of them or those at ``paths``) to pivoted storage
+    (:class:`~lors.nn.pivoted.PivotedLowRankLinear`, ``r (in + out - r)`` numbers), in place; the function is
+    unchanged (to float rounding). Appends one ``kind="pivot"`` record entry. Returns ``model``."""
+    found = lct_ranks(model)
+    paths = list(found) if paths is None else list(paths)
+    wrong = [p for p in paths if p not in found]
+    if wrong:
+        raise ValueError(f"pivot() moves LowRankLinear layers; not LowRankLinear here: {wrong[:4]}")
+    if not paths:
+        raise ValueError("the model has no LowRankLinear layers to pivot; factorise them first (lors.lct)")
+    base_fingerprint = fingerprint(model)
+    for path in paths:
+        old = model.get_submodule(path)
+        layer = PivotedLowRankLinear.from_lowrank(old)
+        if hasattr(old, "original_cls"):
+            layer.original_cls = old.original_cls
+        set_submodule(model, path, layer)
+    append(model, Conversion("pivot", None, ranks={p: found[p] for p in paths}), base_fingerprint)
+    install_save_pretrained(model)
+    return model
+
+
+def pivot_plan(model: nn.Module, ranks: dict[str, int]) -> None:
+    """Replace the factorised layers of a plan by empty pivoted layers of the same rank (for loading saved tensors)."""
+    for path, rank in ranks.items():
+        old = model.get_submodule(path)
+        if not isinstance(old, LowRankLinear):
+            raise ValueError(f"the pivot plan names '{path}', which is not a LowRankLinear here")
+        layer = PivotedLowRankLinear(old.in_features, old.out_features, rank, bias=old.bias is not None,
+                                     device=old.U.device, dtype=old.U.dtype)
+        if hasattr(old, "original_cls"):
+            layer.original_cls = old.original_cls
+        set_submodule(model, path, layer)
 
 
 def sync_ranks(model: nn.Module) -> None:

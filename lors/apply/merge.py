@@ -9,13 +9,14 @@ from torch import nn
 from ..nn import mha as mha_adapter
 from ..nn.basis import BasisSharedStack
 from ..nn.lowrank import LowRankLinear
+from ..nn.pivoted import PivotedLowRankLinear
 from ..nn.static import LorsLinearStack, StackLayer
 from .linears import make_dense, set_submodule
 
 
 @torch.no_grad()
 def merge(model: nn.Module) -> nn.Module:
-    """A new model with every LORS stack and LowRankLinear folded back into dense weights.
+    """A new model with every LORS stack and factorised layer (LowRankLinear, PivotedLowRankLinear) folded back into dense weights.
 
     The input is not modified. Weights are formed in float64 and cast to their dtype,
     so outputs equal the converted model's to float tolerance.
@@ -26,8 +27,8 @@ def merge(model: nn.Module) -> nn.Module:
             set_submodule(model, name, make_dense(getattr(m, "original_cls", nn.Linear), *_dense(m.stack, m.index)))
         elif isinstance(m, mha_adapter.LorsMultiheadAttention):
             mha_adapter.detach(m, *_dense(m.lors_stack, m.lors_index))
-        elif isinstance(m, LowRankLinear):
-            W = (m.U.double() @ m.V.double()).to(m.U.dtype)
+        elif isinstance(m, (LowRankLinear, PivotedLowRankLinear)):
+            W = m.to_dense().weight
             set_submodule(model, name, make_dense(getattr(m, "original_cls", nn.Linear), W, m.bias))
     for name, m in list(model.named_modules()):
         for child_name, child in list(m.named_children()):

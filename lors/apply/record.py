@@ -22,7 +22,7 @@ from torch import nn
 
 FORMAT = "lors-2"
 LEGACY_FORMATS = ("lors-1",)
-KINDS = ("lors", "lct")
+KINDS = ("lors", "lct", "pivot")
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -47,12 +47,13 @@ class StackEntry:
 
 @dataclass
 class Conversion:
-    """One call of :func:`lors.convert` (``kind="lors"``) or :func:`lors.lct` (``kind="lct"``)."""
+    """One call of :func:`lors.convert` (``kind="lors"``), :func:`lors.lct` (``kind="lct"``) or
+    :func:`lors.apply.lct.pivot` (``kind="pivot"``: factorised layers moved to pivoted storage, same ranks)."""
 
-    kind: Literal["lors", "lct"]
+    kind: Literal["lors", "lct", "pivot"]
     config: Optional[dict] = None                        # LorsConfig / LctConfig as a dict (None: a replayed plan)
     stacks: list[StackEntry] = field(default_factory=list)   # lors: the stacks made
-    ranks: dict[str, int] = field(default_factory=dict)      # lct: {module path: rank} factorised by this call
+    ranks: dict[str, int] = field(default_factory=dict)      # lct/pivot: {module path: rank} made by this call
     skipped: dict[str, str] = field(default_factory=dict)    # lct: {module path: why it stayed dense}
 
     def __post_init__(self):

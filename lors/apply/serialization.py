@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import LorsConfig
 from .hf import install_save_pretrained, write_record
-from .lct import factorise_plan
+from .lct import factorise_plan, pivot_plan
 from .linears import tied_parameter_ids
 from .lors import apply_freezing, rebuild_stack
 from .record import ConversionRecord, fingerprint, get_record
@@ -100,6 +100,8 @@ def replay(base_model: nn.Module, record: ConversionRecord, source: str = "the c
                 rebuild_stack(base_model, entry)
             if conversion.config is not None:  # legacy lors-1 records of lct-only models have none
                 apply_freezing(base_model, LorsConfig.from_dict(conversion.config))
+        elif conversion.kind == "pivot":
+            pivot_plan(base_model, conversion.ranks)
         elif conversion.ranks:
             factorise_plan(base_model, conversion.ranks)
     base_model.lors_conversion = record

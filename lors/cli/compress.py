@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..accounting import count_parameters
-from ..apply.budget import METHODS, budget_ranks, stack_linears
+from ..apply.budget import FORMS, METHODS, budget_ranks, stack_linears
 from ..apply.calibration import input_moments
 from ..apply.config import LorsConfig
-from ..apply.lct import lct, rebuild
+from ..apply.lct import lct, pivot, rebuild
 from ..apply.lors import convert
 from ..apply.sequential import RIDGE, sequential_refit
 from .pretrained import load_encoder
@@ -74,12 +74,33 @@ def shrink(moments: dict, alpha: float) -> dict:
     return {p: (1 - alpha) * C + alpha * torch.diag(C.diagonal()) for p, C in moments.items()}
 
 
+SHRINKAGE_GRID = (0.0, 0.05, 0.1, 0.2, 0.4)
+
+
+def choose_shrinkage(model: nn.Module, moments: dict, score, grid=SHRINKAGE_GRID, log=None,
+                     **compress_kwargs) -> tuple[float, dict]:
+    """The shrinkage (see :func:`shrink`) whose one-shot compressed model scores lowest, and every score.
+
+    ``score(model) -> float`` (lower is better) must use held-out calibration text, never the evaluation
+    text; ``compress_kwargs`` go to :func:`compress` (``sequential`` is turned off here: the choice is made on
+    one-shot fits, which are cheap, and reused for the sequential refit)."""
+    if not grid or any(not 0 <= a <= 1 for a in grid):
+        raise ValueError(f"shrinkage grid values must be in [0, 1], got {grid}")
+    kwargs = {**compress_kwargs, "sequential": False, "init": "calibrated"}
+    scores = {}
+    for alpha in grid:
+        scores[alpha] = float(score(compress(model, moments=moments, shrinkage=alpha, **kwargs)))
+        if log:
+            log(f"  shrinkage {alpha:g}: held-out calibration score {scores[alpha]:.3f}")
+    return min(scores, key=scores.get), scores
+
+
 def compress(model: nn.Module, method: str = "lors", fraction: Optional[float] = None, rank: Optional[int] = None,
              epsilon: Optional[float] = None, init: str = "calibrated", calibration: Optional[list] = None,
              scope: Optional[str] = None, moments: Optional[dict] = None, allocation: str = "uniform",
              floor: float = 0.5, group_size: Optional[int] = None, fit_iterations: int = 2,
              sequential: bool = False, correct: bool = True, shrinkage: float = 0.0, ridge: float = RIDGE,
-             forward=None, log=None) -> nn.Module:
+             form: str = "factors", forward=None, log=None) -> nn.Module:
     """A compressed copy of ``model``: LCT factors, LORS (shared + residuals) or basis sharing on its stacked linears.
 
     Give one of ``fraction`` (parameter budget: of the stacked linears, or of module ``scope``, e.g.
@@ -89,7 +110,8 @@ def compress(model: nn.Module, method: str = "lors", fraction: Optional[float] =
     their diagonals by ``shrinkage``; ``"svd"`` to the weights. ``sequential=True`` then refits block by block
     on the compressed network's own inputs (:mod:`lors.apply.sequential`; needs ``calibration`` batches),
     ``correct`` toward the original layers' outputs (ridge ``ridge``). ``group_size`` and ``fit_iterations``: as in
-    :class:`~lors.LorsConfig`.
+    :class:`~lors.LorsConfig`. ``form="pivoted"`` (``"lct"`` only) stores each rank-r factorisation in
+    ``r (in + out - r)`` numbers (:class:`~lors.nn.pivoted.PivotedLowRankLinear`), so a budget buys higher ranks.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -101,6 +123,10 @@ def compress(model: nn.Module, method: str = "lors", fraction: Optional[float] =
         raise ValueError("init='calibrated' needs calibration batches (or their moments)")
     if sequential and (init != "calibrated" or not calibration):
         raise ValueError("sequential=True needs init='calibrated' and calibration batches")
+    if form not in FORMS or (form == "pivoted" and method != "lct"):
+        raise ValueError(f"form must be one of {FORMS} ('pivoted' for method 'lct' only), got {form!r}")
+    if form == "pivoted" and fraction is None:
+        raise ValueError("form='pivoted' needs a budget (fraction=): a rank or epsilon means the same in either form")
     teacher, model = model, copy.deepcopy(model)
     container, targets, paths = stack_linears(model)
     if init == "calibrated":
@@ -109,7 +135,7 @@ def compress(model: nn.Module, method: str = "lors", fraction: Optional[float] =
     else:
         moments = None
     ranks = budget_ranks(model, method, fraction, moments, model.get_submodule(scope) if scope else None,
-                         allocation, floor, group_size) if fraction is not None else None
+                         allocation, floor, group_size, form=form) if fraction is not None else None
     if method == "lct":
         pattern = "|".join(re.escape(p) for p in paths)
         if ranks is not None:
@@ -123,6 +149,8 @@ def compress(model: nn.Module, method: str = "lors", fraction: Optional[float] =
         convert(model, cfg, calibration=moments)
     if sequential:
         sequential_refit(model, teacher, container, targets, calibration, forward, correct, shrinkage, ridge, log)
+    if form == "pivoted":
+        pivot(model)
     return model
 
 

@@ -22,7 +22,7 @@ from ..apply.budget import stack_linears
 from ..apply.calibration import input_moments
 from ..data.lm_text import calibration_text, eval_text, token_windows
 from ..tasks.lm import perplexity
-from .compress import compress
+from .compress import SHRINKAGE_GRID, choose_shrinkage, compress
 from .pretrained import load_causal_lm
 
 WINDOW = 256
@@ -47,14 +47,17 @@ def run_lm(model_name: str = "smollm2", gguf_file: Optional[str] = None, method:
            fraction: Optional[float] = 0.8, rank: Optional[int] = None, epsilon: Optional[float] = None,
            init: str = "calibrated", sequential: bool = True, calibration: str = "mixed",
            calibration_windows: int = 64, eval_texts: Sequence[str] = ("pydoc", "bible"), eval_windows: int = 40,
-           allocation: str = "uniform", group_size: Optional[int] = None, shrinkage: float = 0.0,
+           allocation: str = "uniform", group_size: Optional[int] = None, shrinkage: float | str = 0.0,
+           form: str = "factors",
            distill_steps: int = 0, distill_loss: str = "kl", temperature: float = 1.0, lr: Optional[float] = None,
            batch_size: int = 4, out: Optional[str] = None, seed: int = 0, progress: bool = True,
            checkpoint_every: int = 50, resume: bool = False, log=print) -> dict:
     """Compress a causal LM and (optionally) distil it; returns ``{"rows", "history", "samples", "model"}``.
 
     Rows: held-out perplexity (``ppl_<text>``) of the original, the compressed and the distilled model, with
-    the parameters of the stacked decoder linears. With ``out``: ``results.json``, the compressed model
+    the parameters of the stacked decoder linears. ``shrinkage="auto"`` picks it from :data:`SHRINKAGE_GRID` by
+    the perplexity of one-shot fits on held-out calibration windows (:func:`choose_shrinkage`). ``form``:
+    ``"factors"`` or ``"pivoted"`` (see :func:`lors.cli.compress.compress`). With ``out``: ``results.json``, the compressed model
     (:func:`lors.save` + tokenizer) and the distillation checkpoints (``out/distill``).
     """
     from ..apply.serialization import save
@@ -84,12 +87,22 @@ def run_lm(model_name: str = "smollm2", gguf_file: Optional[str] = None, method:
     rows, samples = [row("original", teacher)], {"original": greedy_sample(teacher, tokenizer)}
     t0 = time.time()
     moments = input_moments(teacher, paths, calib) if init == "calibrated" else None
-    student = compress(teacher, method, fraction, rank, epsilon, init, calib if sequential else None,
-                       moments=moments, allocation=allocation, group_size=group_size, sequential=sequential,
-                       shrinkage=shrinkage, log=log if progress else None)
+    options = dict(method=method, fraction=fraction, rank=rank, epsilon=epsilon, allocation=allocation,
+                   group_size=group_size, form=form)
+    chosen = None
+    if shrinkage == "auto":
+        held = token_windows(tokenizer, texts, min(16, calibration_windows), WINDOW, skip=1)
+        shrinkage, chosen = choose_shrinkage(teacher, moments, lambda m: perplexity(m, held, batch_size)["ppl"],
+                                             log=log, **options)
+        log(f"shrinkage {shrinkage:g} chosen on {len(held)} held-out calibration windows")
+    student = compress(teacher, init=init, calibration=calib if sequential else None, moments=moments,
+                       sequential=sequential, shrinkage=shrinkage, log=log if progress else None, **options)
     setting = f"{fraction:.0%}" if fraction is not None else f"rank {rank}" if rank else f"epsilon {epsilon}"
-    name = f"{method} {init}{' sequential' if sequential else ''} ({setting})"
+    name = f"{method}{' pivoted' if form == 'pivoted' else ''} {init}{' sequential' if sequential else ''} ({setting})"
     rows.append(row(name, student, time.time() - t0))
+    rows[-1]["shrinkage"] = shrinkage
+    if chosen:
+        rows[-1]["shrinkage_scores"] = {str(a): round(v, 3) for a, v in chosen.items()}
     samples[name] = greedy_sample(student, tokenizer)
     history = []
     if distill_steps > 0:

@@ -182,8 +182,10 @@ def cmd_compress(args) -> int:
         raise ConfigError(f"--budget must be a fraction of the parameters in (0, 1), got {args.budget}")
     if args.group_size is not None and args.group_size < 2:
         raise ConfigError(f"--group-size must be >= 2 blocks, got {args.group_size}")
-    if not 0 <= args.shrinkage <= 1:
-        raise ConfigError(f"--shrinkage must be in [0, 1], got {args.shrinkage}")
+    shrinkage = _shrinkage(args.shrinkage)
+    if args.form == "pivoted" and (args.method != "lct" or args.budget is None):
+        raise ConfigError(f"--form pivoted needs --method lct and --budget (got --method {args.method}"
+                          f"{'' if args.budget is not None else ' without --budget'})")
     if args.sequential and args.init != "calibrated":
         raise ConfigError("--sequential needs --init calibrated")
     if is_causal_lm(args.model, args.gguf_file):
@@ -193,12 +195,12 @@ def cmd_compress(args) -> int:
                epsilon=args.epsilon, init=args.init, sequential=args.sequential, calibration=args.calibration,
                calibration_windows=args.calibration_windows, eval_texts=args.eval_text or ("pydoc", "bible"),
                eval_windows=args.eval_windows, allocation=args.allocation, group_size=args.group_size,
-               shrinkage=args.shrinkage, distill_steps=args.distill_steps, distill_loss=args.distill_loss,
+               shrinkage=shrinkage, form=args.form, distill_steps=args.distill_steps, distill_loss=args.distill_loss,
                temperature=args.temperature, lr=args.lr, out=args.out, seed=args.seed,
                progress=not args.no_progress, resume=args.resume)
         return 0
-    if args.method == "basis" or args.gguf_file or args.eval_text:
-        raise ConfigError("--method basis, --gguf-file and --eval-text are for causal LMs; "
+    if args.method == "basis" or args.gguf_file or args.eval_text or shrinkage or args.form != "factors":
+        raise ConfigError("--method basis, --gguf-file, --eval-text, --shrinkage and --form are for causal LMs; "
                           f"{args.model} is an encoder")
     from .compress import run
 
@@ -206,6 +208,18 @@ def cmd_compress(args) -> int:
         out=args.out, seed=args.seed, progress=not args.no_progress, resume=args.resume,
         allocation=args.allocation, sequential=args.sequential)
     return 0
+
+
+def _shrinkage(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = -1.0
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"--shrinkage must be a number in [0, 1] or 'auto', got {value!r}")
+    return alpha
 
 
 def cmd_generate(args) -> int:
@@ -246,7 +260,7 @@ def cmd_demo(args) -> int:
 
 
 def _add_compress(p: argparse.ArgumentParser) -> None:
-    from ..apply.budget import ALLOCATIONS, METHODS
+    from ..apply.budget import ALLOCATIONS, FORMS, METHODS
     from ..data.lm_text import CALIBRATION_SOURCES
 
     p.add_argument("--model", default="minilm",
@@ -264,7 +278,10 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
                    help="refit block by block on the compressed network's inputs, toward the original outputs")
     p.add_argument("--allocation", default="uniform", choices=ALLOCATIONS, help="how --budget spreads over layers")
     p.add_argument("--group-size", type=int, default=None, help="lors/basis: share within groups of N blocks")
-    p.add_argument("--shrinkage", type=float, default=0.0, help="shrink calibration moments toward their diagonal")
+    p.add_argument("--shrinkage", default="0", help="shrink calibration moments toward their diagonal: a number in "
+                   "[0, 1], or 'auto' (chosen on held-out calibration text; LMs)")
+    p.add_argument("--form", default="factors", choices=FORMS, help="lct: store rank r as U V (factors) or in "
+                   "r (in + out - r) numbers (pivoted; needs --budget)")
     p.add_argument("--calibration", default="mixed", choices=CALIBRATION_SOURCES, help="calibration text (LMs)")
     p.add_argument("--calibration-windows", type=int, default=64, help="calibration windows of 256 tokens (LMs)")
     p.add_argument("--eval-text", action="append", default=None,

@@ -2,9 +2,11 @@
 from .adaptive import AdaptiveLors, GeneratorStack
 from .basis import BasisSharedStack
 from .lowrank import LowRankLinear
+from .pivoted import PivotedLowRankLinear
 from .spectral import rank_for_epsilon, relative_error
 from .stack import SharedStack
 from .static import LinearStack, LorsLinearStack, StackLayer
 
-__all__ = ["AdaptiveLors", "BasisSharedStack", "GeneratorStack", "LinearStack", "LorsLinearStack", "LowRankLinear", "SharedStack",
+__all__ = ["AdaptiveLors", "BasisSharedStack", "GeneratorStack", "LinearStack", "LorsLinearStack", "LowRankLinear", "PivotedLowRankLinear",
+           "SharedStack",
            "StackLayer", "rank_for_epsilon", "relative_error"]
