@@ -8,7 +8,9 @@
 Each config is METHOD-FIT[-option...]: METHOD lct | lors | basis; FIT svd (plain SVD of the weights), whiten
 (one-shot whitened SVD on calibration moments), seq (whitened + sequential refit toward the original outputs),
 seqraw (sequential without the correction); options: gN (share within groups of N blocks), spec (spectrum
-allocation instead of uniform), shK (shrinkage K/100 toward the diagonal), itN (N LORS alternations).
+allocation instead of uniform), shK (shrinkage K/100 toward the diagonal; shauto: chosen on 16 held-out
+calibration windows, see lors.cli.compress.choose_shrinkage), itN (N LORS alternations), piv (pivoted storage,
+r (in + out - r) numbers per rank-r matrix; lct only).
 Moments are measured once per calibration source and reused. Prints one row per run and writes rows.json.
 Machine: 2 CPU cores; the model's weights start from a 4-bit (Q4_1) grid.
 """
@@ -26,14 +28,19 @@ def parse(config: str) -> dict:
     parts = config.split("-")
     method, fit, opts = parts[0], parts[1], parts[2:]
     kw = dict(method=method, init="svd" if fit == "svd" else "calibrated", sequential=fit.startswith("seq"),
-              correct=fit == "seq", allocation="uniform", group_size=None, shrinkage=0.0, fit_iterations=2)
+              correct=fit == "seq", allocation="uniform", group_size=None, shrinkage=0.0, fit_iterations=2,
+              form="factors")
     for o in opts:
         if o.startswith("g"):
             kw["group_size"] = int(o[1:])
         elif o == "spec":
             kw["allocation"] = "spectrum"
+        elif o == "shauto":
+            kw["shrinkage"] = "auto"
         elif o.startswith("sh"):
             kw["shrinkage"] = int(o[2:]) / 100
+        elif o == "piv":
+            kw["form"] = "pivoted"
         elif o.startswith("it"):
             kw["fit_iterations"] = int(o[2:])
         else:
@@ -88,7 +95,7 @@ def main():
 
     from lors.apply.budget import stack_linears
     from lors.apply.calibration import input_moments
-    from lors.cli.compress import compress
+    from lors.cli.compress import choose_shrinkage, compress
     from lors.cli.compress_lm import WINDOW, _linear_params, lm_batches
     from lors.cli.pretrained import load_causal_lm
     from lors.data.lm_text import calibration_text, eval_text, token_windows
@@ -110,7 +117,9 @@ def main():
     dense = {f"ppl_{e}": round(perplexity(teacher, w)["ppl"], 3) for e, w in evals.items()}
     record({"config": "dense", "calibration": "-", "fraction": 1.0, **dense})
     for source in args.calibrations.split(","):
-        calib = lm_batches(token_windows(tok, calibration_text(source), args.calibration_windows, WINDOW), 4)
+        texts = calibration_text(source)
+        calib = lm_batches(token_windows(tok, texts, args.calibration_windows, WINDOW), 4)
+        held = token_windows(tok, texts, 16, WINDOW, skip=1)  # held-out calibration windows (for shauto)
         t = time.time()
         moments = input_moments(teacher, paths, calib)
         print(f"moments of {source}: {time.time() - t:.0f} s", flush=True)
@@ -118,6 +127,13 @@ def main():
             for config in args.configs.split(","):
                 kw = parse(config)
                 t = time.time()
+                extra = {}
+                if kw["shrinkage"] == "auto":
+                    options = {k: kw[k] for k in ("method", "allocation", "group_size", "form", "fit_iterations")}
+                    kw["shrinkage"], scores = choose_shrinkage(teacher, moments, lambda m: perplexity(m, held)["ppl"],
+                                                               fraction=fraction, **options)
+                    extra = {"shrinkage": kw["shrinkage"], "shrinkage_scores": {str(a): round(v, 3)
+                                                                                for a, v in scores.items()}}
                 student = compress(teacher, fraction=fraction, calibration=calib,
                                    moments=moments if kw["init"] == "calibrated" else None, **kw)
                 seconds = time.time() - t
@@ -125,7 +141,7 @@ def main():
                 kept = _linear_params(student, container, targets, teacher) / base
                 record({"config": config, "calibration": source, "fraction": fraction, "kept": round(kept, 4),
                         **ppl, **{f"x_{e}": round(ppl[f"ppl_{e}"] / dense[f"ppl_{e}"], 3) for e in evals},
-                        "compress_s": round(seconds, 1)})
+                        "compress_s": round(seconds, 1), **extra})
                 del student
 
 

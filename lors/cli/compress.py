@@ -74,7 +74,7 @@ def shrink(moments: dict, alpha: float) -> dict:
     return {p: (1 - alpha) * C + alpha * torch.diag(C.diagonal()) for p, C in moments.items()}
 
 
-SHRINKAGE_GRID = (0.0, 0.05, 0.1, 0.2, 0.4)
+SHRINKAGE_GRID = (0.0, 0.1, 0.2, 0.4, 0.7)
 
 
 def choose_shrinkage(model: nn.Module, moments: dict, score, grid=SHRINKAGE_GRID, log=None,
@@ -170,7 +170,7 @@ def run(model_name: str = "minilm", method: str = "lors", fraction: Optional[flo
         distill_steps: int = 0, lr: Optional[float] = None, batch_size: int = 32, calibration_sentences: int = 256,
         eval_sentences: int = 1000, out: Optional[str] = None, seed: int = 0, progress: bool = True,
         checkpoint_every: int = 100, resume: bool = False, allocation: str = "uniform", sequential: bool = False,
-        log=print) -> dict:
+        form: str = "factors", log=print) -> dict:
     """Compress ``model_name`` and (optionally) distil it; returns ``{"rows": [...], "history": [...], "model"}``.
 
     Rows compare the original, the compressed model and the distilled model on held-out sentences
@@ -196,10 +196,10 @@ def run(model_name: str = "minilm", method: str = "lors", fraction: Optional[flo
                 **embedding_agreement(reference, embed(model, eval_batches))}
 
     rows = [row("original", teacher)]
-    setting = (f"budget {fraction:.0%}" if fraction is not None else f"rank {rank}" if rank is not None
+    setting = (f"budget {fraction:.0%}{', pivoted' if form == 'pivoted' else ''}" if fraction is not None else f"rank {rank}" if rank is not None
                else f"epsilon {epsilon}")
     student = compress(teacher, method, fraction, rank, epsilon, init, calibration if init == "calibrated" else None,
-                       scope="encoder", allocation=allocation, sequential=sequential)
+                       scope="encoder", allocation=allocation, sequential=sequential, form=form)
     rows.append(row(f"{method} {init} ({setting})", student))
     history = []
     if distill_steps > 0:

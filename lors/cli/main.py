@@ -199,14 +199,14 @@ def cmd_compress(args) -> int:
                temperature=args.temperature, lr=args.lr, out=args.out, seed=args.seed,
                progress=not args.no_progress, resume=args.resume)
         return 0
-    if args.method == "basis" or args.gguf_file or args.eval_text or shrinkage or args.form != "factors":
-        raise ConfigError("--method basis, --gguf-file, --eval-text, --shrinkage and --form are for causal LMs; "
+    if args.method == "basis" or args.gguf_file or args.eval_text or shrinkage:
+        raise ConfigError("--method basis, --gguf-file, --eval-text and --shrinkage are for causal LMs; "
                           f"{args.model} is an encoder")
     from .compress import run
 
     run(args.model, args.method, args.budget, args.rank, args.epsilon, args.init, args.distill_steps, args.lr,
         out=args.out, seed=args.seed, progress=not args.no_progress, resume=args.resume,
-        allocation=args.allocation, sequential=args.sequential)
+        allocation=args.allocation, sequential=args.sequential, form=args.form)
     return 0
 
 
