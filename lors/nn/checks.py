@@ -42,6 +42,13 @@ def rank_fits(ranks: Sequence[int], rows: int, cols: int, name: str = "rank") ->
             raise ValueError(f"{name}={r} exceeds min(out_features, in_features)={limit}; allowed: 1..{limit}")
 
 
+def factor_sizes(in_features: int, out_features: int, rank: int) -> tuple[int, int, int]:
+    """Checked ``(in_features, out_features, rank)`` of a rank-r layer: positive, rank <= min(in, out)."""
+    sizes = positive_int(in_features, "in_features"), positive_int(out_features, "out_features")
+    rank_fits([positive_int(rank, "rank")], sizes[1], sizes[0])
+    return sizes[0], sizes[1], rank
+
+
 def epsilon_in_range(epsilon: float, name: str = "epsilon") -> float:
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0.0 < float(epsilon) < 1.0:
         raise ValueError(f"{name} must be a float in the open interval (0, 1), got {epsilon!r}")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import epsilon_in_range, last_dim, positive_int, rank_fits
+from .checks import epsilon_in_range, factor_sizes, last_dim, positive_int, rank_fits
 from .spectral import balanced_svd, whitened_svd
 
 
@@ -36,10 +36,7 @@ class LowRankLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
-        self.in_features = positive_int(in_features, "in_features")
-        self.out_features = positive_int(out_features, "out_features")
-        positive_int(rank, "rank")
-        rank_fits([rank], out_features, in_features)
+        self.in_features, self.out_features, rank = factor_sizes(in_features, out_features, rank)
         kw = dict(device=device, dtype=dtype)
         self.U = nn.Parameter(torch.empty(out_features, rank, **kw))
         self.V = nn.Parameter(torch.empty(rank, in_features, **kw))
