@@ -54,9 +54,15 @@ def plot(row_files: list[str], out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for f in row_files for r in json.loads(Path(f).read_text()) if r["config"] != "dense"]
+    data = [json.loads(Path(f).read_text()) for f in row_files]
+    rows = [r for d in data if isinstance(d, list) for r in d if r["config"] != "dense"]
+    runs = [d["rows"] for d in data if isinstance(d, dict)]  # results.json of `lors compress`: one point per row
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, text in zip(axes, ("pydoc", "bible")):
+        for run in runs:
+            for r in run[1:]:
+                ax.plot(r["fraction"], r[f"ppl_{text}"] / run[0][f"ppl_{text}"], marker="*", ms=10, ls="",
+                        label=r["model"])
         for config in sorted({r["config"] for r in rows}):
             pts = sorted((r["kept"], r[f"x_{text}"]) for r in rows if r["config"] == config
                          and r["calibration"] == "mixed" and r[f"x_{text}"] < 1000)
@@ -86,8 +92,8 @@ def main():
     ap.add_argument("--eval-windows", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/llm")
-    ap.add_argument("--plot", nargs="+", default=None, metavar="ROWS_JSON", help="only plot these rows.json files "
-                    "to OUT (a .png path)")
+    ap.add_argument("--plot", nargs="+", default=None, metavar="JSON", help="only plot these rows.json files (and "
+                    "results.json files of lors compress, as single points) to OUT (a .png path)")
     args = ap.parse_args()
     if args.plot:
         return plot(args.plot, args.out)
