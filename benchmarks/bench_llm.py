@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def main():
                 kept = _linear_params(student, container, targets, teacher) / base
                 record({"config": config, "calibration": source, "fraction": fraction, "kept": round(kept, 4),
                         **ppl, **{f"x_{e}": round(ppl[f"ppl_{e}"] / dense[f"ppl_{e}"], 3) for e in evals},
-                        "compress_s": round(seconds, 1), **extra})
+                        "compress_s": round(seconds, 1), **extra,
+                        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)})
                 del student
 
 
