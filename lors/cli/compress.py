@@ -200,7 +200,7 @@ def run(model_name: str = "minilm", method: str = "lors", fraction: Optional[flo
                else f"epsilon {epsilon}")
     student = compress(teacher, method, fraction, rank, epsilon, init, calibration if init == "calibrated" else None,
                        scope="encoder", allocation=allocation, sequential=sequential, form=form)
-    rows.append(row(f"{method} {init} ({setting})", student))
+    rows.append(row(f"{method} {init}{' sequential' if sequential else ''} ({setting})", student))
     history = []
     if distill_steps > 0:
         train_batches = token_batches(tokenizer, train, batch_size)
