@@ -124,3 +124,20 @@ def test_calibrated_mha_in_projection_exact_at_full_rank():
     conv = lors.convert(copy.deepcopy(enc), lors.LorsConfig(rank=16, init="calibrated"), calibration=batches)
     x = torch.randn(2, 6, 16)
     assert torch.allclose(conv(x), enc(x), atol=1e-4)
+
+
+def test_layers_reading_one_tensor_share_one_moment_object():
+    from lors.apply.calibration import input_moments
+
+    class QKV(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.o = torch.nn.Linear(6, 6), torch.nn.Linear(6, 6), torch.nn.Linear(6, 6)
+
+        def forward(self, x):
+            return self.o(self.q(x) * self.k(x))
+
+    model = QKV()
+    moments = input_moments(model, ["q", "k", "o"], [torch.randn(5, 6) for _ in range(3)])
+    assert moments["q"] is moments["k"] and moments["o"] is not moments["q"]
+    assert not torch.equal(moments["o"], moments["q"])

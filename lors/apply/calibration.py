@@ -75,7 +75,21 @@ def input_moments(model: nn.Module, paths: Iterable[str], batches: Iterable,
     if unseen:  # e.g. nn.MultiheadAttention.out_proj, whose weight is used without calling the module
         warnings.warn(f"calibration saw no inputs of {len(unseen)} layer(s) ({', '.join(unseen[:4])}"
                       f"{' ...' if len(unseen) > 4 else ''}); they are fitted to their weights instead", stacklevel=3)
-    return {p: sums[p] / counts[p] for p in paths if p in sums}
+    return _shared_once({p: sums[p] / counts[p] for p in paths if p in sums})
+
+
+def _shared_once(moments: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Layers that read the same tensor (q, k, v) get one moment tensor object, not equal copies (a 30-layer
+    LLM's moments are ~1 GB in float64; this saves the copies)."""
+    kept: dict[tuple, list[torch.Tensor]] = {}
+    for p, C in moments.items():
+        same = kept.setdefault((tuple(C.shape), float(C.diagonal().sum())), [])
+        match = next((D for D in same if torch.equal(D, C)), None)
+        if match is None:
+            same.append(C)
+        else:
+            moments[p] = match
+    return moments
 
 
 def measured_moments(model: nn.Module, paths: list[str], calibration, forward=None) -> dict[str, torch.Tensor]:

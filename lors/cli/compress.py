@@ -71,7 +71,11 @@ def shrink(moments: dict, alpha: float) -> dict:
         raise ValueError(f"shrinkage must be in [0, 1], got {alpha}")
     if alpha == 0:
         return moments
-    return {p: (1 - alpha) * C + alpha * torch.diag(C.diagonal()) for p, C in moments.items()}
+    shrunk = {}  # by id: a moment shared by several layers (q, k, v) stays one tensor
+    for C in moments.values():
+        if id(C) not in shrunk:
+            shrunk[id(C)] = (1 - alpha) * C + alpha * torch.diag(C.diagonal())
+    return {p: shrunk[id(C)] for p, C in moments.items()}
 
 
 SHRINKAGE_GRID = (0.0, 0.1, 0.2, 0.4, 0.7)
