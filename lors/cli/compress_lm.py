@@ -144,8 +144,11 @@ def _distill(student, teacher, tokenizer, texts, calibration_windows, steps, los
     history = distill(student, teacher, train, steps, lr=lr, loss=loss, temperature=temperature,
                       checkpoint_every=checkpoint_every, progress=progress, seed=seed, resume=resume,
                       run_dir=Path(out) / "distill" if out else None, log=log)
-    for h in history:
-        h["tokens_per_s"] = round(h["samples_per_s"] * WINDOW, 1)
-    log(f"distillation: {history[-1]['tokens_per_s'] if history else 0:.0f} tokens/s, "
-        f"{sum(h['epoch_time'] for h in history) / 60:.1f} min")
+    previous = 0
+    for h in history:  # from the epoch's steps and time (samples_per_s is rounded to 0.1)
+        h["tokens_per_s"] = round((h["step"] - previous) * batch_size * WINDOW / max(h["epoch_time"], 1e-9), 1)
+        previous = h["step"]
+    seconds = sum(h["epoch_time"] for h in history)
+    log(f"distillation: {steps * batch_size * WINDOW / max(seconds, 1e-9):.0f} tokens/s on average, "
+        f"{seconds / 60:.1f} min")
     return history
