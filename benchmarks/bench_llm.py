@@ -58,17 +58,18 @@ def plot(row_files: list[str], out: str) -> None:
     data = [json.loads(Path(f).read_text()) for f in row_files]
     rows = [r for d in data if isinstance(d, list) for r in d if r["config"] != "dense"]
     runs = [d["rows"] for d in data if isinstance(d, dict)]  # results.json of `lors compress`: one point per row
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), sharey=True)
     for ax, text in zip(axes, ("pydoc", "bible")):
         for run in runs:
             for r in run[1:]:
+                label = r["model"] if "%" in r["model"] else f"{r['model']} ({r['fraction']:.0%})"
                 ax.plot(r["fraction"], r[f"ppl_{text}"] / run[0][f"ppl_{text}"], marker="*", ms=10, ls="",
-                        label=r["model"])
+                        label=label if ax is axes[0] else None)
         for config in sorted({r["config"] for r in rows}):
             pts = sorted((r["kept"], r[f"x_{text}"]) for r in rows if r["config"] == config
                          and r["calibration"] == "mixed" and r[f"x_{text}"] < 1000)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=config)
+                ax.plot(*zip(*pts), marker="o", label=config if ax is axes[0] else None)
         ax.axhline(1.5, color="gray", ls=":", lw=1)
         ax.axhline(3.0, color="gray", ls=":", lw=1)
         ax.set_yscale("log")
@@ -76,9 +77,10 @@ def plot(row_files: list[str], out: str) -> None:
         ax.set_title(f"held-out {text}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("perplexity / dense perplexity")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("SmolLM2-135M (from a 4-bit grid), training-free, mixed calibration", fontsize=10)
-    fig.tight_layout()
+    fig.legend(fontsize=8, loc="center right")
+    fig.suptitle("SmolLM2-135M (from a 4-bit grid), mixed calibration; dots: training-free bench_llm rows, "
+                 "stars: lors compress runs (training-free, then distilled)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(out, dpi=120)
 
 
