@@ -146,11 +146,7 @@ def pivot(model: nn.Module, paths: Optional[list[str]] = None) -> nn.Module:
         raise ValueError("the model has no LowRankLinear layers to pivot; factorise them first (lors.lct)")
     base_fingerprint = fingerprint(model)
     for path in paths:
-        old = model.get_submodule(path)
-        layer = PivotedLowRankLinear.from_lowrank(old)
-        if hasattr(old, "original_cls"):
-            layer.original_cls = old.original_cls
-        set_submodule(model, path, layer)
+        _replace_factorised(model, path, PivotedLowRankLinear.from_lowrank(model.get_submodule(path)))
     append(model, Conversion("pivot", None, ranks={p: found[p] for p in paths}), base_fingerprint)
     install_save_pretrained(model)
     return model
@@ -162,11 +158,17 @@ def pivot_plan(model: nn.Module, ranks: dict[str, int]) -> None:
         old = model.get_submodule(path)
         if not isinstance(old, LowRankLinear):
             raise ValueError(f"the pivot plan names '{path}', which is not a LowRankLinear here")
-        layer = PivotedLowRankLinear(old.in_features, old.out_features, rank, bias=old.bias is not None,
-                                     device=old.U.device, dtype=old.U.dtype)
-        if hasattr(old, "original_cls"):
-            layer.original_cls = old.original_cls
-        set_submodule(model, path, layer)
+        _replace_factorised(model, path, PivotedLowRankLinear(old.in_features, old.out_features, rank,
+                                                              bias=old.bias is not None, device=old.U.device,
+                                                              dtype=old.U.dtype))
+
+
+def _replace_factorised(model: nn.Module, path: str, layer: nn.Module) -> None:
+    """Put ``layer`` at ``path``, keeping the replaced layer's ``original_cls`` (merge() rebuilds a Conv1D)."""
+    old = model.get_submodule(path)
+    if hasattr(old, "original_cls"):
+        layer.original_cls = old.original_cls
+    set_submodule(model, path, layer)
 
 
 def sync_ranks(model: nn.Module) -> None:

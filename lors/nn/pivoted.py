@@ -55,7 +55,10 @@ class PivotedLowRankLinear(nn.Module):
         kw = dict(device=device, dtype=dtype)
         self.U = nn.Parameter(torch.zeros(out_features, rank, **kw))
         self.V = nn.Parameter(torch.zeros(rank, in_features - rank, **kw))
-        self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, **kw))
+        else:
+            self.register_parameter("bias", None)
         self.register_buffer("pivots", torch.arange(in_features, device=device))
 
     @property
