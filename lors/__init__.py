@@ -14,7 +14,8 @@ Public API::
     lors.ConversionRecord  what the conversions of a model did, one entry per call
     lors.count_parameters  unique parameter count (shared tensors once); lors.report: per-module table
     lors.param_groups      optimizer groups with shared LORS weights at a lower lr (1/sqrt(N))
-    lors.Trainer           the training loop (tasks, callbacks, checkpoints, resume, DDP)
+    lors.Trainer           the training loop (tasks, callbacks, checkpoints, resume, DDP or FSDP)
+    lors.fsdp_wrap         shard a model with FSDP2, shared LORS tensors kept in one unit with all their layers
     lors.distill           train a compressed model to reproduce its teacher (a task on the Trainer)
 
 Layers: ``lors.nn`` (maths), ``lors.apply`` (applying LORS/LCT to any model), ``lors.engine``
@@ -24,7 +25,7 @@ from .accounting import (adaptive_lors_params, count_parameters, dense_stack_par
                          generator_stack_params, parameter_table, print_trainable_parameters, report,
                          static_lors_params)
 from .apply import ConversionRecord, LctConfig, LorsConfig, convert, lct, lct_ranks, load, merge, save
-from .engine import TrainConfig, Trainer
+from .engine import TrainConfig, Trainer, fsdp_wrap
 from .nn import (AdaptiveLors, BasisSharedStack, GeneratorStack, LinearStack, LorsLinearStack, LowRankLinear, SharedStack,
                  StackLayer, rank_for_epsilon)
 from .optim import balance_shared_gradients, param_groups
@@ -35,6 +36,6 @@ __version__ = "0.2.0"
 __all__ = ["AdaptiveLors", "BasisSharedStack", "ConversionRecord", "GeneratorStack", "LctConfig", "LinearStack", "LorsConfig",
            "LorsLinearStack", "LowRankLinear", "SharedStack", "StackLayer", "TrainConfig", "Trainer",
            "adaptive_lors_params", "balance_shared_gradients", "convert", "count_parameters", "dense_stack_params",
-           "distill", "format_table", "generator_stack_params", "lct", "lct_ranks", "load", "merge", "param_groups",
+           "distill", "format_table", "fsdp_wrap", "generator_stack_params", "lct", "lct_ranks", "load", "merge", "param_groups",
            "parameter_table", "print_trainable_parameters", "rank_for_epsilon", "report", "save",
            "static_lors_params"]

@@ -5,7 +5,8 @@ It knows no model, data set or task: it receives them (see :mod:`lors.tasks`, :m
 from .callbacks import Callback, CsvLogger, FrobeniusDecay, LctSchedule, LctScheduleConfig, Reprojection
 from .checkpoint import load_trained
 from .config import TrainConfig
+from .fsdp import fsdp_wrap
 from .trainer import Trainer
 
 __all__ = ["Callback", "CsvLogger", "FrobeniusDecay", "LctSchedule", "LctScheduleConfig", "Reprojection",
-           "TrainConfig", "Trainer", "load_trained"]
+           "TrainConfig", "Trainer", "fsdp_wrap", "load_trained"]

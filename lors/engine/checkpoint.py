@@ -35,9 +35,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def optimizer_to_flat(sd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Split an optimizer state_dict into flat tensors and JSON-able param-group settings."""
-    sd = optimizer.state_dict()
     tensors = {}
     for idx, state in sd["state"].items():
         for name, value in state.items():
@@ -56,14 +55,21 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], groups: list[dict]) ->
 
 
 def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any],
-                    optimizer: Optional[torch.optim.Optimizer] = None, name: str = "last") -> Path:
-    """Write ``name.json`` + its tensors file into ``run_dir``; returns the JSON path."""
+                    optimizer: Optional[torch.optim.Optimizer] = None, name: str = "last",
+                    model_state: Optional[dict] = None, optimizer_state: Optional[dict] = None) -> Path:
+    """Write ``name.json`` + its tensors file into ``run_dir``; returns the JSON path.
+
+    ``model_state`` / ``optimizer_state`` replace ``model.state_dict()`` / ``optimizer.state_dict()`` (a sharded
+    run passes the gathered, unsharded states of :mod:`lors.engine.fsdp`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v for k, v in unique_tensors(model.state_dict()).items()}  # a tied tensor once
+    state = model.state_dict() if model_state is None else model_state
+    tensors = {f"model.{k}": v for k, v in unique_tensors(state).items()}  # a tied tensor once
     meta = dict(meta)
-    if optimizer is not None:
-        opt_tensors, meta["optimizer_groups"] = optimizer_to_flat(optimizer)
+    if optimizer_state is None and optimizer is not None:
+        optimizer_state = optimizer.state_dict()
+    if optimizer_state is not None:
+        opt_tensors, meta["optimizer_groups"] = optimizer_to_flat(optimizer_state)
         tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     tensors_name = f"{name}-{meta.get('epoch', 0):04d}.safetensors"

@@ -10,6 +10,7 @@ from typing import Optional, Union
 
 from ..errors import ConfigError, at_least, one_of, positive
 from ..optim import SHARED_LR_RULES
+from .distributed import STRATEGIES
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -31,6 +32,9 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "runs/exp"
     device: str = "auto"                # "auto" | "cpu" | "cuda"
+    # Under torchrun: "ddp" replicates the model, "fsdp" shards it (lors.fsdp_wrap: one unit per block,
+    # shared LORS tensors in the root unit). One process: both train the model as it is.
+    strategy: str = "ddp"
     progress: bool = True               # tqdm progress bar (on a terminal only)
     # Shared-aware optimisation: a LORS weight shared by N layers gets lr * shared_lr_scale, where
     # shared_lr_scale is a number or a rule of N: "1/sqrt(N)" (default; see RESULTS.md), "1/N", "1".
@@ -43,6 +47,7 @@ class TrainConfig:
 
     def __post_init__(self):
         one_of(self.device, DEVICES, "train.device")
+        one_of(self.strategy, STRATEGIES, "train.strategy")
         at_least(self.epochs, 1, "train.epochs", "a whole number of epochs")
         positive(self.lr, "train.lr")
         at_least(self.min_lr, 0, "train.min_lr")

@@ -10,6 +10,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 
+STRATEGIES = ("ddp", "fsdp")  # train.strategy: replicate the model (DDP) or shard it (FSDP2, lors.fsdp_wrap)
+
+
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join the process group when started by torchrun; returns (rank, world_size)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:

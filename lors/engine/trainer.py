@@ -1,4 +1,4 @@
-"""The one training loop: seeding, optimisation, callbacks, per-epoch evaluation, checkpoints, resume, DDP.
+"""The one training loop: seeding, optimisation, callbacks, per-epoch evaluation, checkpoints, resume, DDP or FSDP.
 
 :class:`Trainer` knows no model, data set or task. It receives a model (or a zero-argument
 factory, built after ``torch.manual_seed(seed)``), a training loader, an optional evaluation
@@ -29,6 +29,7 @@ from ..optim import balance_shared_gradients, param_groups, set_lr
 from . import distributed
 from .callbacks import Callback
 from .checkpoint import checkpoint_meta, optimizer_from_flat, read_checkpoint, restore_model, save_checkpoint
+from .fsdp import fsdp_wrap, full_optimizer_state_dict, full_state_dict, shard_optimizer_state_dict
 from .config import TrainConfig
 
 
@@ -93,6 +94,11 @@ class Trainer:
 
     # -- helpers for callbacks ------------------------------------------------------------------
     @property
+    def sharded(self) -> bool:
+        """True when this run shards the model (``train.strategy: fsdp`` with more than one process)."""
+        return self.config.strategy == "fsdp" and self.world > 1
+
+    @property
     def is_main(self) -> bool:
         return self.rank == 0
 
@@ -113,7 +119,7 @@ class Trainer:
         """Train; returns the history (one row per epoch). ``resume=True`` continues from ``run_dir/last.json``."""
         cfg = self.config
         self.rank, self.world = distributed.init_distributed(self.device)
-        self.epoch, self.step, self.history = 0, 0, []
+        self.epoch, self.step, self.history, self.optimizer = 0, 0, [], None
         for message in cfg.warnings():
             self.warn(message)
         torch.manual_seed(cfg.seed)
@@ -126,9 +132,12 @@ class Trainer:
         self.model.to(self.device)
         if cfg.shared_grad_balance and balance_shared_gradients(self.model) == 0:
             self.warn("train.shared_grad_balance is true but the model has no LORS stacks; it has no effect")
+        if self.sharded:
+            fsdp_wrap(self.model)  # in place; the optimizer is built over the sharded parameters
         self._build_optimizer()
         if meta is not None and "optimizer_groups" in meta:
-            self.optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer_groups"]))
+            state = optimizer_from_flat(tensors, meta["optimizer_groups"])
+            self.optimizer.load_state_dict(shard_optimizer_state_dict(self.optimizer, state) if self.sharded else state)
         total = cfg.max_steps or cfg.epochs * len(train_loader)
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else cfg.warmup_epochs * len(train_loader)
         lr_fn = lambda s: lr_at(s, total, warmup, cfg.lr, cfg.min_lr)
@@ -192,10 +201,15 @@ class Trainer:
         self.history.append(row)
         self.info(" ".join(f"{k}={v}" for k, v in row.items()))
         self._call("on_epoch_end", epoch, row)
-        if self.is_main and self.checkpoints:
-            save_checkpoint(self.run_dir, self.model, checkpoint_meta(
-                self.model, self.run_config, epoch, self.step, self.history, self.world,
-                {type(cb).__name__: cb.state_dict() for cb in self.callbacks}), self.optimizer)
+        if self.checkpoints:
+            gathered = {}  # a sharded model is gathered by every rank (collectives), written by the main one
+            if self.sharded:
+                gathered = {"model_state": full_state_dict(self.model),
+                            "optimizer_state": full_optimizer_state_dict(self.optimizer)}
+            if self.is_main:
+                save_checkpoint(self.run_dir, self.model, checkpoint_meta(
+                    self.model, self.run_config, epoch, self.step, self.history, self.world,
+                    {type(cb).__name__: cb.state_dict() for cb in self.callbacks}), self.optimizer, **gathered)
         distributed.barrier()
 
     # -- setup ------------------------------------------------------------------------------------
@@ -217,11 +231,14 @@ class Trainer:
     def _build_optimizer(self) -> None:
         """AdamW over :func:`lors.param_groups` (shared LORS tensors at ``shared_lr_scale``), and the DDP wrap."""
         cfg = self.config
+        if self.sharded and self.optimizer is not None:
+            raise RuntimeError("a callback replaced parameters (e.g. the LCT schedule factorising layers) during a "
+                               "sharded run; train.strategy 'fsdp' supports fixed parameters only: use 'ddp'")
         exempt = frozenset().union(*(cb.no_decay(self.model) for cb in self.callbacks))
         groups = param_groups(self.model, cfg.lr, cfg.weight_decay, cfg.shared_lr_scale, cfg.private_lr_scale,
                               exempt=exempt, factor_lr_scale=cfg.factor_lr_scale)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-        self.wrapped = distributed.wrap(self.model, self.world)
+        self.wrapped = self.model if self.sharded else distributed.wrap(self.model, self.world)
 
     def _rebuild_if_requested(self) -> None:
         if self._rebuild:
