@@ -1,5 +1,8 @@
 """Every Python block in README.md runs as written (so the examples cannot rot)."""
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,19 @@ def test_readme_has_python_blocks():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index, tmp_path, monkeypatch):
     block = BLOCKS[index]
+    if block.startswith("# torchrun"):  # a distributed example: run it as written, 2 gloo processes
+        return run_under_torchrun(block, tmp_path)
     if "transformers" in block:
         pytest.importorskip("transformers")
     monkeypatch.chdir(tmp_path)  # blocks write files such as ckpt/
     exec(compile(block, f"README.md python block {index}", "exec"), {"__name__": f"readme_block_{index}"})
+
+
+def run_under_torchrun(block: str, tmp_path: Path) -> None:
+    from test_convert_ddp import free_port
+    script = tmp_path / "example.py"
+    script.write_text(block)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -34,7 +34,8 @@ def cmd_train(args) -> int:
     cfg.train.progress = cfg.train.progress and not args.no_progress
     run_dir = args.output_dir or cfg.train.output_dir
     history = run_training(cfg, run_dir, resume=args.resume)
-    if history:
+    from ..engine.distributed import launched_rank
+    if history and launched_rank()[0] == 0:  # under torchrun, one summary line (the main process's)
         last = history[-1]
         main_metric = next(k for k in ("AP", "bpb", "top1") if k in last)
         print(f"final: {main_metric}={last[main_metric]:.2f} after {last['epoch']} epochs; checkpoint {run_dir}/last.json")
