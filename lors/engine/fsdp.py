@@ -84,16 +84,26 @@ def fsdp_wrap(model: nn.Module, blocks: Optional[Iterable[nn.Module]] = None, re
         mp_policy: a ``torch.distributed.fsdp.MixedPrecisionPolicy`` (e.g. bf16 parameters on GPU).
 
     Returns ``model`` (now an FSDP module). Shared LORS tensors are gathered once per forward pass and
-    their gradients reduced once per step.
+    their gradients reduced once per step. Every tensor is sharded along its longest dimension (LORS factors
+    have a leading groups dimension that is often 1).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     blocks = default_blocks(model) if blocks is None else list(blocks)
     _check_blocks(model, blocks)
-    kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
+    kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy(), "shard_placement_fn": _longest_dim}
     for block in blocks:
         fully_shard(block, reshard_after_forward=reshard_after_forward, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def _longest_dim(param: nn.Parameter):
+    """Shard each tensor along its longest dimension: LORS factors are stored (K, r, d_in) / (K, d_out, r) with
+    K (groups) often 1, and FSDP's default dim 0 would leave every such tensor on one rank."""
+    from torch.distributed.tensor import Shard
+    if param.ndim == 0:
+        return None
+    return Shard(max(range(param.ndim), key=lambda d: (param.shape[d], -d)))
 
 
 def is_sharded(model: nn.Module) -> bool:
