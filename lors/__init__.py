@@ -13,6 +13,7 @@ Public API::
     lors.save / lors.load  compact safetensors + JSON checkpoints of converted models
     lors.ConversionRecord  what the conversions of a model did, one entry per call
     lors.count_parameters  unique parameter count (shared tensors once); lors.report: per-module table
+    lors.cache_weights     inference: reuse each LORS layer's materialised weight until a parameter changes
     lors.param_groups      optimizer groups with shared LORS weights at a lower lr (1/sqrt(N))
     lors.Trainer           the training loop (tasks, callbacks, checkpoints, resume, DDP or FSDP)
     lors.fsdp_wrap         shard a model with FSDP2, shared LORS tensors kept in one unit with all their layers
@@ -27,7 +28,7 @@ from .accounting import (adaptive_lors_params, count_parameters, dense_stack_par
 from .apply import ConversionRecord, LctConfig, LorsConfig, convert, lct, lct_ranks, load, merge, save
 from .engine import TrainConfig, Trainer, fsdp_wrap
 from .nn import (AdaptiveLors, BasisSharedStack, GeneratorStack, LinearStack, LorsLinearStack, LowRankLinear, SharedStack,
-                 StackLayer, rank_for_epsilon)
+                 StackLayer, cache_weights, rank_for_epsilon)
 from .optim import balance_shared_gradients, param_groups
 from .tasks.distill import distill
 
@@ -35,7 +36,7 @@ __version__ = "0.2.0"
 
 __all__ = ["AdaptiveLors", "BasisSharedStack", "ConversionRecord", "GeneratorStack", "LctConfig", "LinearStack", "LorsConfig",
            "LorsLinearStack", "LowRankLinear", "SharedStack", "StackLayer", "TrainConfig", "Trainer",
-           "adaptive_lors_params", "balance_shared_gradients", "convert", "count_parameters", "dense_stack_params",
+           "adaptive_lors_params", "balance_shared_gradients", "cache_weights", "convert", "count_parameters", "dense_stack_params",
            "distill", "format_table", "fsdp_wrap", "generator_stack_params", "lct", "lct_ranks", "load", "merge", "param_groups",
            "parameter_table", "print_trainable_parameters", "rank_for_epsilon", "report", "save",
            "static_lors_params"]

@@ -50,15 +50,24 @@ class GPT(nn.Module):
         nn.init.normal_(self.tok_embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (B, T) token ids, T <= block_size -> logits (B, T, vocab_size)."""
+    def forward(self, idx: torch.Tensor, cache: Optional[list] = None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, vocab_size).
+
+        ``cache`` (from :meth:`new_cache`): the keys and values of the tokens already seen; ``idx`` continues
+        them (positions start after them) and the cache is extended in place. Past + new tokens <= block_size.
+        """
         T = idx.shape[1]
-        if T > self.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size={self.block_size}")
-        x = self.tok_embed(idx) + self.pos_embed[:, :T]  # (B, T, dim)
-        for block in self.blocks:
-            x = block(x)
+        past = 0 if cache is None or cache[0][0] is None else cache[0][0].shape[2]
+        if past + T > self.block_size:
+            raise ValueError(f"{past} cached + {T} new tokens exceed block_size={self.block_size}")
+        x = self.tok_embed(idx) + self.pos_embed[:, past:past + T]  # (B, T, dim)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i])
         return self.head(self.norm(x))
+
+    def new_cache(self) -> list:
+        """An empty key/value cache for :meth:`forward`: one ``[keys, values]`` per block."""
+        return [[None, None] for _ in self.blocks]
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that AdamW leaves undecayed: the position embeddings."""
@@ -71,9 +80,17 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Append ``tokens`` sampled tokens to ``idx`` (B, T); temperature 0 picks the most likely token."""
+        """Append ``tokens`` sampled tokens to ``idx`` (B, T); temperature 0 picks the most likely token.
+
+        Keys and values are cached, so each new token costs one position; once the context would pass
+        ``block_size`` the last ``block_size`` tokens are re-read (a sliding window without a cache)."""
+        cache, fed = self.new_cache(), 0  # fed: tokens of idx already in the cache
         for _ in range(tokens):
-            logits = self(idx[:, -self.block_size:])[:, -1].float()  # (B, vocab)
+            if idx.shape[1] <= self.block_size:
+                logits = self(idx[:, fed:], cache)[:, -1].float()  # (B, vocab)
+                fed = idx.shape[1]
+            else:
+                logits = self(idx[:, -self.block_size:])[:, -1].float()
             if temperature <= 0:
                 nxt = logits.argmax(-1, keepdim=True)
             else:

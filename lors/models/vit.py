@@ -51,10 +51,21 @@ class Attention(nn.Module):
         self.heads, self.causal = heads, causal
         self.qkv, self.proj = qkv, proj
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: Optional[list] = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). ``kv``: this layer's key/value cache, ``[keys, values]`` of the earlier
+        tokens ((B, heads, T_past, C/heads) each, or ``[None, None]`` before the first call), extended in place."""
         B, T, C = x.shape
-        qkv = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=self.causal)  # (B, heads, T, C/heads)
+        q, k, v = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        past = 0
+        if kv is not None:
+            if kv[0] is not None:
+                past = kv[0].shape[2]
+                k, v = torch.cat([kv[0], k], 2), torch.cat([kv[1], v], 2)  # (B, heads, T_past + T, C/heads)
+            kv[0], kv[1] = k, v
+        mask, causal = None, self.causal and past == 0
+        if self.causal and past and T > 1:  # new token t sees the past and the new tokens up to t
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, heads, T, C/heads)
         return self.proj(out.transpose(1, 2).reshape(B, T, C))
 
 
@@ -80,8 +91,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(make_linear("fc1", index, dim, mlp_dim), make_linear("fc2", index, mlp_dim, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, kv: Optional[list] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), kv)
         return x + self.mlp(self.norm2(x))
 
 

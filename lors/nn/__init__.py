@@ -5,8 +5,8 @@ from .lowrank import LowRankLinear
 from .pivoted import PivotedLowRankLinear
 from .spectral import rank_for_epsilon, relative_error
 from .stack import SharedStack
-from .static import LinearStack, LorsLinearStack, StackLayer
+from .static import LinearStack, LorsLinearStack, StackLayer, cache_weights
 
 __all__ = ["AdaptiveLors", "BasisSharedStack", "GeneratorStack", "LinearStack", "LorsLinearStack", "LowRankLinear", "PivotedLowRankLinear",
            "SharedStack",
-           "StackLayer", "rank_for_epsilon", "relative_error"]
+           "StackLayer", "cache_weights", "rank_for_epsilon", "relative_error"]

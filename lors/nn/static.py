@@ -43,6 +43,14 @@ class LorsLinearStack(SharedStack):
         b_init_std: standard deviation of a normal init of every ``B``; 0 (default, the
             paper's) starts every layer equal to the shared layer.
 
+    Which computation runs (all exact):
+
+    * with gradients (training): ``path``; ``"auto"`` takes the cheaper by multiply-adds, the factors for a
+      few rows (decoding), the materialised W_i for many (training batches, prefill);
+    * without gradients and ``cache_weights`` on (:func:`lors.cache_weights`): each W_i is materialised once
+      and reused until a tensor it depends on changes, the speed of the merged dense model for the memory of
+      the merged weights (N d_out d_in numbers per stack, the parameters LORS saved). Off by default.
+
     Parameters (``state_dict`` keys): ``shared_weight`` (d_out, d_in);
     ``A.{i}`` (K_i, r_i, d_in); ``B.{i}`` (K_i, d_out, r_i); ``bias`` (N, d_out).
 
@@ -81,6 +89,8 @@ class LorsLinearStack(SharedStack):
         else:
             self.register_parameter("bias", None)
         self.grad_balance = None  # see lors.balance_shared_gradients
+        self.cache_weights = False  # see lors.cache_weights
+        self._weight_cache: dict[int, tuple] = {}
         self.reset_parameters()
 
     @torch.no_grad()
@@ -123,12 +133,30 @@ class LorsLinearStack(SharedStack):
             return self.path == "lowrank"
         return tokens * (self.in_features + self.out_features) < self.in_features * self.out_features
 
+    def cached_weight(self, i: int) -> torch.Tensor:
+        """W_i from the weight cache (see ``cache_weights``), materialised again when a tensor it depends on
+        changed: the key holds each tensor's identity, storage and in-place version counter, so an optimizer
+        step, ``load_state_dict``, ``copy_`` or ``.to()`` all invalidate it."""
+        tensors = (self.shared_weight, self.A[i], self.B[i])
+        key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        hit = self._weight_cache.get(i)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = (key, self.weight(i).detach())
+            self._weight_cache[i] = hit
+        return hit[1]
+
+    def clear_weight_cache(self) -> None:
+        self._weight_cache = {}
+
     def forward(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Apply layer ``i``: x (..., d_in) -> (..., d_out)."""
         last_dim(x, self.in_features, f"{type(self).__name__} layer {i}")
         if not 0 <= i < self.num_layers:
             raise IndexError(f"layer index {i} out of range for a stack of {self.num_layers} layers")
         bias = self.layer_bias(i)
+        if self.cache_weights and not torch.is_grad_enabled():
+            return F.linear(x, self.cached_weight(i), bias)
         if self.uses_lowrank_path(i, x.numel() // self.in_features):
             B, A = self.factors(i)
             return F.linear(x, self.shared_weight_for(i), bias) + F.linear(F.linear(x, A), B)
@@ -331,3 +359,18 @@ class StackLayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"layer {self.index} of {type(self.stack).__name__}, in_features={self.in_features}, "
                 f"out_features={self.out_features}")
+
+
+def cache_weights(model: nn.Module, enabled: bool = True) -> int:
+    """Switch the inference weight cache of every :class:`LorsLinearStack` in ``model`` on (or off, which frees it).
+
+    With it on, a forward pass without gradients (``torch.no_grad()``, ``torch.inference_mode()``) applies
+    each layer's materialised W_i, built on first use and rebuilt only after one of its tensors changed,
+    so decoding runs at the merged dense model's speed; it holds N d_out d_in numbers per stack (the
+    merged weights). Training (gradients on) never reads or fills it. Returns the number of stacks switched.
+    """
+    stacks = [m for m in model.modules() if isinstance(m, LorsLinearStack)]
+    for m in stacks:
+        m.cache_weights = bool(enabled)
+        m.clear_weight_cache()
+    return len(stacks)
