@@ -4,7 +4,7 @@ Setting: a ViT-sized stack of 12 linear layers (d = 384 by default), input of
 64 images x 65 tokens. One "step" = forward through all 12 layers + backward.
 Timings are medians over --repeats steps, measurements of the variants interleaved.
 
-    python benchmarks/bench_layers.py [--dim 384] [--layers 12] [--batch 64] [--tokens 65]
+    python benchmarks/bench_layers.py [--dim 384] [--layers 12] [--batch 64] [--tokens 65] [--device cuda] [--bf16]
 """
 from __future__ import annotations
 
@@ -29,17 +29,25 @@ class LowRankStack(nn.Module):
         return self.layers[i](x)
 
 
+AMP = {"enabled": False}  # bf16 autocast of the forward pass (--bf16)
+
+
 def step(stack, x, n):
     y = x
-    for i in range(n):
-        y = stack(y, i)
-    y.square().mean().backward()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=AMP["enabled"]):
+        for i in range(n):
+            y = stack(y, i)
+    y.float().square().mean().backward()
 
 
 def median_time(stack, x, n):
     stack.zero_grad(set_to_none=True)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     step(stack, x, n)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -51,7 +59,10 @@ def main():
     ap.add_argument("--tokens", type=int, default=65)
     ap.add_argument("--rank", type=int, default=32, help="LORS residual rank")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast")
     args = ap.parse_args()
+    AMP["enabled"] = args.bf16
     torch.manual_seed(0)
     d, n, T = args.dim, args.layers, args.batch * args.tokens
     groups = [1] * (n - 3) + [2, 4, 6] if n >= 3 else 1  # the paper's attention group schedule
@@ -61,10 +72,11 @@ def main():
         "lors": LorsLinearStack(n, d, d, rank=args.rank, groups=groups),
         "lowrank": LowRankStack(n, d, d, lr_rank),
     }
+    variants = {k: v.to(args.device) for k, v in variants.items()}
     with torch.no_grad():
         for b in variants["lors"].B:
             b.normal_(std=0.01)
-    x = torch.randn(args.batch, args.tokens, d)
+    x = torch.randn(args.batch, args.tokens, d, device=args.device)
     for v in variants.values():  # warm-up
         step(v, x, n)
     times = {k: [] for k in variants}
@@ -79,7 +91,7 @@ def main():
     lors_flops = dense_flops + 3 * 2 * R * d * d  # + building W_i = W + B A and its backward
     lowrank_flops = 3 * 2 * n * T * lr_rank * 2 * d
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+    print(f"torch {torch.__version__}, {args.device}{' bf16' if args.bf16 else ''}, threads {torch.get_num_threads()}, "
           f"{n} layers of {d}->{d}, input {args.batch}x{args.tokens} tokens, LORS rank {args.rank} "
           f"groups {groups}, LowRankLinear rank {lr_rank}; median of {args.repeats} fwd+bwd steps")
     print(f"{'variant':<10}{'ms/step':>10}{'time/dense':>12}{'FLOPs/dense':>13}")
