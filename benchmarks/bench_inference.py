@@ -32,6 +32,8 @@ import lors
 from lors.models.gpt import GPT
 from lors.nn.static import LorsLinearStack
 
+from bench_scale import add_gpt_args  # noqa: E402  (benchmarks/ is the script's directory)
+
 
 def build(args, device):
     torch.manual_seed(0)
@@ -135,11 +137,7 @@ def measure_compile(models, args, device, amp) -> list[dict]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dim", type=int, default=768)
-    ap.add_argument("--depth", type=int, default=12)
-    ap.add_argument("--heads", type=int, default=12)
-    ap.add_argument("--mlp", type=int, default=3072)
-    ap.add_argument("--vocab", type=int, default=256)
+    add_gpt_args(ap)
     ap.add_argument("--rank", type=int, default=32, help="LORS residual rank")
     ap.add_argument("--lct-rank", type=int, default=192)
     ap.add_argument("--prefill-batch", type=int, default=8)

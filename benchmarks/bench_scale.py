@@ -228,13 +228,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_gpt_args(ap: argparse.ArgumentParser) -> None:
+    """The GPT's widths (GPT-2 small by default, byte vocabulary); bench_inference.py takes the same."""
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--depth", type=int, default=12)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--mlp", type=int, default=3072)
     ap.add_argument("--vocab", type=int, default=256)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_gpt_args(ap)
     ap.add_argument("--batch", type=int, default=4, help="sequences per step (per process under ddp/fsdp)")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
