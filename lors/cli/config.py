@@ -62,11 +62,11 @@ class ViTConfig:
     depth: Optional[int] = None         # without a preset: 12
     heads: Optional[int] = None         # without a preset: 4
     mlp_dim: Optional[int] = None       # without a preset: 128
-    variant: str = "dense"              # "dense" | "lors" | "lct"
+    variant: str = "dense"              # "dense" | "lors" | "lct" | "cola"
     rank: Union[int, list[int]] = 4     # LORS residual rank (per block or one for all)
     attn_groups: Union[int, list[int]] = 1
     mlp_groups: Union[int, list[int]] = 1
-    lct_rank: Optional[int] = None      # LowRankLinear rank for variant "lct"
+    lct_rank: Optional[int] = None      # factor rank for variants "lct" (U V) and "cola" (B σ(A x))
     b_init_std: float = 0.0             # LORS: std of a normal init of the residual factors B (0: zero, the paper's)
 
     def __post_init__(self):
@@ -76,9 +76,9 @@ class ViTConfig:
         _counts(self, "model", ("img_size", "patch_size", "in_chans", "num_classes", "dim", "depth", "heads",
                                 "mlp_dim", "rank", "attn_groups", "mlp_groups", "lct_rank"))
         at_least(self.b_init_std, 0, "model.b_init_std")
-        if self.variant == "lct" and self.lct_rank is None:
-            raise ConfigError("model.variant 'lct' needs model.lct_rank (an int); to factorise at a tolerance "
-                              "instead, keep variant 'dense' and set train.lct_epsilon")
+        if self.variant in ("lct", "cola") and self.lct_rank is None:
+            raise ConfigError(f"model.variant '{self.variant}' needs model.lct_rank (an int); to factorise at a tolerance "
+                              "instead, keep variant 'dense' and set lct.epsilon")
 
 
 @dataclass
@@ -189,11 +189,11 @@ class GPTConfig:
     depth: int = 12
     heads: int = 4
     mlp_dim: int = 512
-    variant: str = "dense"              # "dense" | "lors" | "lct"
+    variant: str = "dense"              # "dense" | "lors" | "lct" | "cola"
     rank: Union[int, list[int]] = 8     # LORS residual rank (per block or one for all)
     attn_groups: Union[int, list[int]] = 1
     mlp_groups: Union[int, list[int]] = 1
-    lct_rank: Optional[int] = None      # LowRankLinear rank for variant "lct"
+    lct_rank: Optional[int] = None      # factor rank for variants "lct" (U V) and "cola" (B σ(A x))
     b_init_std: float = 0.0
 
     def __post_init__(self):
@@ -203,8 +203,8 @@ class GPTConfig:
         at_least(self.b_init_std, 0, "model.b_init_std")
         if self.dim % self.heads:
             raise ConfigError(f"config key 'model.dim' ({self.dim}) must be divisible by model.heads ({self.heads})")
-        if self.variant == "lct" and self.lct_rank is None:
-            raise ConfigError("model.variant 'lct' needs model.lct_rank (an int)")
+        if self.variant in ("lct", "cola") and self.lct_rank is None:
+            raise ConfigError(f"model.variant '{self.variant}' needs model.lct_rank (an int)")
 
 
 @dataclass

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import copy
 import csv
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -26,9 +28,10 @@ from torch import nn
 
 from ..accounting import count_parameters
 from ..apply.lct import lct, lct_ranks, rebuild, sync_ranks
-from ..errors import ConfigError, at_least, positive
+from ..errors import ConfigError, at_least, one_of, positive
 from ..nn.checks import epsilon_in_range
 from ..nn.lowrank import frobenius_penalty, low_rank_layers
+from ..nn.spectral import stable_rank
 
 
 class Callback:
@@ -50,6 +53,10 @@ class Callback:
         return {}
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+MOMENTS = ("reset", "transport")
+SWITCHES = ("epoch", "stable_rank")
 
 
 def _epsilon(value: Optional[float], key: str) -> Optional[float]:
@@ -74,6 +81,14 @@ class LctScheduleConfig:
     reproject_every: int = 0        # every N steps re-balance U, V by SVD of U V (0: never)
     reproject_epsilon: Optional[float] = None  # ... and re-truncate each layer to this tolerance
     frobenius_decay: float = 0.0    # lambda of (lambda/2)||U V||_F^2 replacing weight decay on U, V
+    reproject_moments: str = "reset"  # AdamW moments of re-balanced factors: "reset" or "transport" (same ranks)
+    keep_dense: list[int] = field(default_factory=list)  # block indices (negative: from the end) whose linears stay dense (Pufferfish)
+    # "epoch": factorise at warmup_epochs. "stable_rank" (Cuttlefish): after at least warmup_epochs dense epochs,
+    # factorise once every target's stable rank ||W||_F^2/||W||_2^2 changed by less than stable_rank_tol (relative)
+    # over the last epoch, each layer at rank ceil(stable_rank_scale * its stable rank); epsilon/rank unused.
+    switch: str = "epoch"
+    stable_rank_tol: float = 0.05
+    stable_rank_scale: float = 1.0
 
     def __post_init__(self):
         if self.epsilon is not None and self.rank is not None:
@@ -87,11 +102,23 @@ class LctScheduleConfig:
         at_least(self.frobenius_decay, 0, "lct.frobenius_decay")
         if self.reproject_epsilon is not None and not self.reproject_every:
             raise ConfigError("config key 'lct.reproject_epsilon' needs lct.reproject_every > 0")
+        one_of(self.reproject_moments, MOMENTS, "lct.reproject_moments")
+        one_of(self.switch, SWITCHES, "lct.switch")
+        positive(self.stable_rank_tol, "lct.stable_rank_tol")
+        positive(self.stable_rank_scale, "lct.stable_rank_scale")
+        if not isinstance(self.keep_dense, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in self.keep_dense):
+            raise ConfigError(f"config key 'lct.keep_dense' must be a list of block indices (ints, negative from the "
+                              f"end), got {self.keep_dense!r}")
+        self.keep_dense = list(self.keep_dense)
+        if self.switch == "stable_rank" and (self.epsilon is not None or self.rank is not None):
+            raise ConfigError("lct.switch 'stable_rank' picks each layer's rank itself; leave lct.epsilon and lct.rank "
+                              "unset (scale the ranks with lct.stable_rank_scale)")
 
     @property
     def scheduled(self) -> bool:
-        """Whether the run factorises a dense model (``epsilon`` or ``rank`` is set)."""
-        return self.epsilon is not None or self.rank is not None
+        """Whether the run factorises a dense model (``epsilon`` or ``rank`` is set, or the stable-rank switch)."""
+        return self.epsilon is not None or self.rank is not None or self.switch == "stable_rank"
 
 
 def ramp_rank(full: int, final: int, step: int, steps: int) -> int:
@@ -115,6 +142,42 @@ def project(model: nn.Module, final: dict[str, int], step: int, steps: int) -> d
     return ranks
 
 
+def block_index(path: str) -> Optional[int]:
+    """The block a module path belongs to: its first integer component (``blocks.3.attn.qkv`` -> 3)."""
+    found = re.search(r"(?:^|\.)(\d+)(?:\.|$)", path)
+    return None if found is None else int(found.group(1))
+
+
+def target_paths(model: nn.Module, targets: str, keep_dense=()) -> list[str]:
+    """Paths of the linears that ``targets`` (a regex) matches, minus those in the blocks ``keep_dense`` names
+    (negative indices count from the last block the targets reach)."""
+    from ..apply.lct import _targeted
+    paths = _targeted(model, targets)
+    if not keep_dense:
+        return paths
+    blocks = {block_index(p) for p in paths} - {None}
+    count = max(blocks) + 1 if blocks else 0
+    kept = {i % count for i in keep_dense if -count <= i < count}
+    return [p for p in paths if block_index(p) not in kept]
+
+
+def as_targets(paths: list[str]) -> str:
+    """A regex matching exactly ``paths``."""
+    return "|".join(re.escape(p) for p in paths)
+
+
+def stable_rank_plan(model: nn.Module, paths: list[str], scale: float) -> dict[str, int]:
+    """Per layer ``ceil(scale * stable rank)``; layers whose factors would not be smaller are left out (dense)."""
+    plan = {}
+    for p in paths:
+        w = model.get_submodule(p).weight
+        out_f, in_f = w.shape
+        r = max(1, min(min(out_f, in_f), math.ceil(scale * stable_rank(w))))
+        if r * (out_f + in_f) < out_f * in_f:
+            plan[p] = r
+    return plan
+
+
 class LctSchedule(Callback):
     """Factorise the model's linears during training (the dense -> LCT schedule).
 
@@ -133,22 +196,50 @@ class LctSchedule(Callback):
     def __init__(self, config: LctScheduleConfig, default_targets: str = r".*"):
         self.config = config
         self.targets = config.targets or default_targets
-        self.done, self.final_ranks = False, {}
+        self.done, self.final_ranks, self.stable_ranks = False, {}, {}
 
     def on_fit_start(self, trainer) -> None:
         if self.config.warmup_epochs >= trainer.config.epochs:
             trainer.warn(f"lct.warmup_epochs={self.config.warmup_epochs} >= train.epochs={trainer.config.epochs}: "
                          "the model is never factorised, so this LCT run trains a dense model")
 
+    def paths(self, model: nn.Module) -> list[str]:
+        return target_paths(model, self.targets, self.config.keep_dense)
+
+    def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
+        """Stable-rank switch: track the targets' stable ranks, plan the cut once they stop changing."""
+        c = self.config
+        if c.switch != "stable_rank" or self.done or self.final_ranks:
+            return
+        paths = self.paths(trainer.model)
+        ranks = {p: stable_rank(trainer.model.get_submodule(p).weight) for p in paths}
+        prev, self.stable_ranks = self.stable_ranks, ranks
+        if not prev or epoch + 1 < c.warmup_epochs:
+            return
+        change = max(abs(ranks[p] - prev[p]) / max(prev[p], 1e-12) for p in paths)
+        if change < c.stable_rank_tol:
+            self.final_ranks = stable_rank_plan(trainer.model, paths, c.stable_rank_scale)
+            trainer.info(f"LCT: stable ranks changed by at most {100 * change:.1f}% in epoch {epoch + 1}; "
+                         f"factorising next epoch at ranks {sorted(set(self.final_ranks.values()))}")
+
     def on_epoch_start(self, trainer, epoch: int) -> None:
         c = self.config
+        model = trainer.model
+        if c.switch == "stable_rank":
+            if not self.done and self.final_ranks:
+                rebuild(model, self.final_ranks)
+                self.done = True
+                trainer.request_optimizer_rebuild()
+                trainer.info(f"LCT: factorised {len(self.final_ranks)} layers at epoch {epoch + 1} (stable-rank "
+                             f"switch), now {count_parameters(model):,} parameters")
+            return
         ramp = epoch - c.warmup_epochs  # epochs into the LCT phase
         if self.done or ramp < 0:
             return
-        model = trainer.model
+        targets = as_targets(self.paths(model)) if c.keep_dense else self.targets
         if ramp < c.ramp_epochs:  # gradual: project the dense weights, keep the optimizer
             if not self.final_ranks:  # chosen once, when the LCT phase starts
-                trial = lct(copy.deepcopy(model), epsilon=c.epsilon, rank=c.rank, targets=self.targets)
+                trial = lct(copy.deepcopy(model), epsilon=c.epsilon, rank=c.rank, targets=targets)
                 self.final_ranks = lct_ranks(trial)
             ranks = project(model, self.final_ranks, ramp + 1, c.ramp_epochs)
             what = f"projected (ramp epoch {ramp + 1}/{c.ramp_epochs})"
@@ -156,18 +247,23 @@ class LctSchedule(Callback):
             if self.final_ranks:
                 rebuild(model, self.final_ranks)
             else:
-                lct(model, epsilon=c.epsilon, rank=c.rank, targets=self.targets)
+                lct(model, epsilon=c.epsilon, rank=c.rank, targets=targets)
             ranks = self.final_ranks = lct_ranks(model)
             self.done, what = True, "factorised"
             trainer.request_optimizer_rebuild()  # new parameters: fresh optimizer state
         trainer.info(f"LCT: {what} {len(ranks)} layers at epoch {epoch + 1}, ranks {sorted(set(ranks.values()))}, "
                      f"now {count_parameters(model):,} parameters")
 
+    def on_fit_end(self, trainer) -> None:
+        if self.config.switch == "stable_rank" and not self.done:
+            trainer.warn("LCT: the stable ranks never settled within lct.stable_rank_tol; the model stayed dense")
+
     def state_dict(self) -> dict:
-        return {"done": self.done, "final_ranks": self.final_ranks}
+        return {"done": self.done, "final_ranks": self.final_ranks, "stable_ranks": self.stable_ranks}
 
     def load_state_dict(self, state: dict) -> None:
         self.done, self.final_ranks = state.get("done", False), dict(state.get("final_ranks", {}))
+        self.stable_ranks = dict(state.get("stable_ranks", {}))
 
 
 class Reprojection(Callback):
@@ -176,22 +272,52 @@ class Reprojection(Callback):
     Same ranks: the factors' Adam moments are dropped (they refer to the old basis). Changed ranks: the
     factors are new tensors, so the optimizer is rebuilt."""
 
-    def __init__(self, every: int, epsilon: Optional[float] = None):
-        self.every, self.epsilon = every, epsilon
+    def __init__(self, every: int, epsilon: Optional[float] = None, moments: str = "reset"):
+        if moments not in MOMENTS:
+            raise ValueError(f"moments must be one of {MOMENTS}, got {moments!r}")
+        self.every, self.epsilon, self.moments = every, epsilon, moments
 
     def on_step_end(self, trainer, step: int) -> None:
         layers = low_rank_layers(trainer.model)
         if not layers or step % self.every:
             return
-        before = [m.rank for m in layers]
+        before = [(m.rank, m.U.detach().double().clone(), m.V.detach().double().clone()) for m in layers]
         after = [m.reproject(self.epsilon) for m in layers]
-        if before != after:
+        if [b[0] for b in before] != after:
             sync_ranks(trainer.model)  # the checkpoint's record rebuilds the new shapes
             trainer.request_optimizer_rebuild()
             return
-        for m in layers:
-            trainer.optimizer.state.pop(m.U, None)
-            trainer.optimizer.state.pop(m.V, None)
+        for m, (_, U0, _) in zip(layers, before):
+            if self.moments == "transport":
+                transport_moments(trainer.optimizer, m, U0)
+            else:
+                trainer.optimizer.state.pop(m.U, None)
+                trainer.optimizer.state.pop(m.V, None)
+
+
+@torch.no_grad()
+def transport_moments(optimizer: torch.optim.Optimizer, layer, U_old: torch.Tensor) -> None:
+    """Carry Adam's moments of ``layer.U``, ``layer.V`` over a re-balancing ``U' = U M``, ``V' = M^-1 V``.
+
+    A gradient transforms as ``g_U' = g_U M^-T`` and ``g_V' = M^T g_V``, so the first moments (averages of
+    gradients) are carried exactly; the second moments (averages of squared entries) are carried by the
+    squared maps ``v_U (M^-T)^2``, ``(M^T)^2 v_V`` (exact for a diagonal M, an approximation otherwise).
+    """
+    U_new = layer.U.detach().double()
+    M = torch.linalg.lstsq(U_old, U_new).solution  # (r, r): U' = U M
+    M_inv = torch.linalg.inv(M)
+    for p, left, right in ((layer.U, None, M_inv.T), (layer.V, M.T, None)):
+        state = optimizer.state.get(p)
+        if not state:
+            continue
+        for key, square in (("exp_avg", False), ("exp_avg_sq", True)):
+            if key not in state:
+                continue
+            t = state[key].double()
+            L = None if left is None else (left.square() if square else left)
+            R = None if right is None else (right.square() if square else right)
+            t = L @ t if L is not None else t @ R
+            state[key].copy_(t.clamp_min(0) if square else t)
 
 
 class FrobeniusDecay(Callback):
@@ -211,7 +337,7 @@ def lct_callbacks(config: LctScheduleConfig, default_targets: str) -> list[Callb
     """The callbacks that an ``lct:`` section asks for (none when it is empty)."""
     out: list[Callback] = [LctSchedule(config, default_targets)] if config.scheduled else []
     if config.reproject_every:
-        out.append(Reprojection(config.reproject_every, config.reproject_epsilon))
+        out.append(Reprojection(config.reproject_every, config.reproject_epsilon, config.reproject_moments))
     if config.frobenius_decay > 0:
         out.append(FrobeniusDecay(config.frobenius_decay))
     return out

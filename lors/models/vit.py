@@ -9,7 +9,8 @@ are held:
 * ``lors``: one :class:`~lors.LorsLinearStack` per kind (qkv, proj, fc1, fc2) across
   all blocks, owned by ``model.stacks``; each block uses a parameter-free view of
   its layer, so the shared weights appear once in ``state_dict``;
-* ``lct``: every block linear is a :class:`~lors.LowRankLinear` of rank ``lct_rank``.
+* ``lct``: every block linear is a :class:`~lors.LowRankLinear` of rank ``lct_rank``;
+* ``cola``: every block linear is a :class:`~lors.nn.cola.CoLALinear` ``B σ(A x)`` of rank ``lct_rank``.
   (Factorising a trained dense model at a tolerance epsilon is done with
   :func:`lors.lct`, which the training engine calls after a dense warm-up.)
 
@@ -24,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.checks import per_layer, positive_int
+from ..nn.cola import CoLALinear
 from ..nn.lowrank import LowRankLinear
 from ..nn.static import LorsLinearStack
 
-VARIANTS = ("dense", "lors", "lct")
+VARIANTS = ("dense", "lors", "lct", "cola")
 PRESETS = {
     "deit-tiny": dict(dim=192, depth=12, heads=3, mlp_dim=768),
     "deit-small": dict(dim=384, depth=12, heads=6, mlp_dim=1536),
@@ -111,11 +113,12 @@ def linear_factory(variant: str, stacks: nn.ModuleDict, depth: int, dim: int, ml
     each block gets a parameter-free view of its layer)."""
     if variant == "dense":
         return lambda kind, i, d_in, d_out: nn.Linear(d_in, d_out)
-    if variant == "lct":
+    if variant in ("lct", "cola"):
         if lct_rank is None:
-            raise ValueError("variant='lct' needs lct_rank (an int); to factorise at a tolerance, "
+            raise ValueError(f"variant={variant!r} needs lct_rank (an int); to factorise at a tolerance, "
                              "train dense and call lors.lct(model, epsilon=...)")
-        return lambda kind, i, d_in, d_out: LowRankLinear(d_in, d_out, lct_rank)
+        layer = LowRankLinear if variant == "lct" else CoLALinear
+        return lambda kind, i, d_in, d_out: layer(d_in, d_out, lct_rank)
     groups = {"qkv": per_layer(attn_groups, depth, "attn_groups"), "proj": per_layer(attn_groups, depth, "attn_groups"),
               "fc1": per_layer(mlp_groups, depth, "mlp_groups"), "fc2": per_layer(mlp_groups, depth, "mlp_groups")}
     shapes = {"qkv": (dim, 3 * dim), "proj": (dim, dim), "fc1": (dim, mlp_dim), "fc2": (mlp_dim, dim)}

@@ -118,3 +118,9 @@ def output_error(W: torch.Tensor, approx: torch.Tensor, C: torch.Tensor) -> floa
     W, approx, C = W.detach().double(), approx.detach().double(), C.detach().double()
     d = W - approx
     return float(((d @ C) * d).sum().clamp_min(0).sqrt() / ((W @ C) * W).sum().sqrt())
+
+
+def stable_rank(weight: torch.Tensor) -> float:
+    """``||W||_F^2 / ||W||_2^2``: a smooth lower bound on the rank (Cuttlefish tracks it to pick LCT ranks)."""
+    s = torch.linalg.svdvals(weight.detach().double())
+    return float((s.square().sum() / s[0].square()).item()) if s[0] > 0 else 0.0

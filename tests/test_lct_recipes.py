@@ -1,0 +1,162 @@
+"""The LCT recipe options: blocks kept dense, the stable-rank switch, moment transport, CoLA layers."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lors
+from lors import LowRankLinear
+from lors.cli.config import ConfigError, load_config
+from lors.engine.callbacks import LctSchedule, LctScheduleConfig, target_paths, transport_moments
+from lors.engine.checkpoint import load_trained, read_checkpoint
+from lors.models.gpt import GPT
+from lors.models.vit import VisionTransformer, build_vit
+from lors.nn.cola import CoLALinear
+from lors.nn.spectral import stable_rank
+
+from test_engine import TINY, lct_ranks_of, run
+
+BLOCKS = r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
+
+
+def fake_trainer(model):
+    log = []
+    return SimpleNamespace(model=model, info=log.append, warn=log.append, log=log, rebuilt=[],
+                           request_optimizer_rebuild=lambda: None)
+
+
+def test_kept_dense_blocks_stay_nn_linear(tmp_path):
+    cfg = load_config(None, TINY + ["model.depth=4", "train.epochs=2", "lct.rank=2", "lct.warmup_epochs=1",
+                                    "lct.keep_dense=[0, -1]"])
+    run(cfg, tmp_path / "run")
+    meta, _ = read_checkpoint(tmp_path / "run")
+    ranks = lct_ranks_of(meta)
+    assert sorted({p.split(".")[1] for p in ranks}) == ["1", "2"]  # blocks 0 and 3 (= -1) are not factorised
+    model = load_trained(tmp_path / "run", lambda: build_vit(cfg.model))[0]
+    for i, block in enumerate(model.blocks):
+        kinds = {type(m) for m in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2)}
+        assert kinds == ({nn.Linear} if i in (0, 3) else {LowRankLinear}), i
+
+
+def test_target_paths_read_negative_block_indices():
+    model = VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, dim=8, depth=5, heads=2, mlp_dim=8)
+    kept = target_paths(model, BLOCKS, [0, -2])
+    assert {p.split(".")[1] for p in kept} == {"1", "2", "4"} and len(kept) == 12
+
+
+def test_stable_rank_is_frobenius_over_spectral_norm_squared():
+    Q1, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(6, 6)))
+    Q2, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(4, 4)))
+    W = Q1[:, :4] @ np.diag([3.0, 2.0, 1.0, 0.0]) @ Q2.T
+    assert stable_rank(torch.tensor(W)) == pytest.approx((9 + 4 + 1) / 9)
+
+
+def test_stable_rank_switch_waits_for_settled_ranks_then_cuts_at_them():
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, dim=16, depth=2, heads=2,
+                              mlp_dim=32)
+    cb = LctSchedule(LctScheduleConfig(switch="stable_rank", warmup_epochs=2, stable_rank_tol=0.05,
+                                       stable_rank_scale=1.5), BLOCKS)
+    trainer = fake_trainer(model)
+    qkv = model.blocks[0].attn.qkv.weight
+    cb.on_epoch_end(trainer, 0, {})  # first measurement: nothing to compare with
+    with torch.no_grad():
+        qkv[:, :8].mul_(3.0)  # the stable rank of one layer moves a lot
+    cb.on_epoch_end(trainer, 1, {})
+    assert not cb.final_ranks
+    with torch.no_grad():
+        qkv.mul_(1.001)  # a uniform scale leaves every stable rank unchanged
+    cb.on_epoch_end(trainer, 2, {})
+    paths = target_paths(model, BLOCKS)
+    expected = {}
+    for p in paths:
+        s = np.linalg.svd(model.get_submodule(p).weight.detach().double().numpy(), compute_uv=False)
+        r = math.ceil(1.5 * (s ** 2).sum() / s[0] ** 2)
+        out_f, in_f = model.get_submodule(p).weight.shape
+        if r * (out_f + in_f) < out_f * in_f:
+            expected[p] = r
+    assert cb.final_ranks == expected and expected
+    cb.on_epoch_start(trainer, 3)
+    assert cb.done and lors.lct_ranks(model) == expected
+    assert all(isinstance(model.get_submodule(p), LowRankLinear) for p in expected)
+
+
+def test_stable_rank_switch_respects_the_minimum_dense_epochs():
+    model = VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, dim=16, depth=2, heads=2,
+                              mlp_dim=32)
+    cb = LctSchedule(LctScheduleConfig(switch="stable_rank", warmup_epochs=5), BLOCKS)
+    for epoch in range(4):  # nothing changes, but epoch 5 has not ended yet
+        cb.on_epoch_end(fake_trainer(model), epoch, {})
+    assert not cb.final_ranks
+    cb.on_epoch_end(fake_trainer(model), 4, {})
+    assert cb.final_ranks
+
+
+def test_transported_first_moments_are_the_gradients_of_the_rebalanced_factors():
+    torch.manual_seed(0)
+    layer = LowRankLinear(7, 5, 3).double()
+    with torch.no_grad():
+        layer.U.mul_(torch.linspace(0.2, 3.0, 3, dtype=torch.float64))  # unbalanced factors
+    x, y = torch.randn(16, 7, dtype=torch.float64), torch.randn(16, 5, dtype=torch.float64)
+    loss = lambda: F.mse_loss(layer(x), y)
+    opt = torch.optim.Adam(layer.parameters())
+    loss().backward()
+    opt.step()  # creates the state
+    opt.zero_grad()
+    loss().backward()
+    for p in (layer.U, layer.V):
+        opt.state[p]["exp_avg"].copy_(p.grad)
+        opt.state[p]["exp_avg_sq"].copy_(p.grad.square())
+    product = (layer.U @ layer.V).detach().clone()
+    U_old = layer.U.detach().clone()
+    layer.reproject()
+    transport_moments(opt, layer, U_old)
+    torch.testing.assert_close(layer.U @ layer.V, product)  # same function
+    layer.zero_grad()
+    loss().backward()
+    for p in (layer.U, layer.V):
+        torch.testing.assert_close(opt.state[p]["exp_avg"], p.grad, atol=1e-10, rtol=1e-8)
+        assert opt.state[p]["exp_avg_sq"].shape == p.shape and (opt.state[p]["exp_avg_sq"] >= 0).all()
+
+
+def test_cola_layer_computes_b_sigma_a_x_with_its_count_and_gradients():
+    torch.manual_seed(0)
+    layer = CoLALinear(12, 9, 4)
+    x = torch.randn(3, 5, 12)
+    torch.testing.assert_close(layer(x), F.silu(x @ layer.A.T) @ layer.B.T + layer.bias)
+    assert lors.count_parameters(layer) == layer.num_stored() == 4 * (12 + 9) + 9
+    layer(x).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+    with pytest.raises(ValueError, match="activation"):
+        CoLALinear(4, 4, 2, activation="tanh")
+
+
+def test_cola_gpt_counts_in_closed_form_and_needs_a_rank():
+    model = GPT(vocab_size=32, block_size=8, dim=16, depth=3, heads=2, mlp_dim=32, variant="cola", lct_rank=4)
+    per_block = 4 * (16 + 48) + 48 + 4 * (16 + 16) + 16 + 4 * (16 + 32) + 32 + 4 * (32 + 16) + 16 + 4 * 16  # + 2 norms
+    assert model.block_parameter_count() == 3 * per_block
+    assert model(torch.randint(0, 32, (2, 8))).shape == (2, 8, 32)
+    with pytest.raises(ValueError, match="lct_rank"):
+        GPT(vocab_size=32, block_size=8, dim=16, depth=1, heads=2, mlp_dim=32, variant="cola")
+    with pytest.raises(ConfigError, match="model.lct_rank"):
+        load_config(None, TINY + ["model.variant=cola"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("lct.switch=sometimes", "lct.switch"),
+    ("lct.reproject_moments=keep", "lct.reproject_moments"),
+    ("lct.keep_dense=first", "lct.keep_dense"),
+    ("lct.stable_rank_scale=0", "lct.stable_rank_scale"),
+])
+def test_recipe_options_are_validated(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, TINY + [override])
+
+
+def test_stable_rank_switch_does_not_take_an_epsilon():
+    with pytest.raises(ConfigError, match="stable_rank"):
+        load_config(None, TINY + ["lct.switch=stable_rank", "lct.epsilon=0.5"])
