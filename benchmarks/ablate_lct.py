@@ -44,6 +44,18 @@ GRIDS = {
     "projected": {
         "ramp 35 (factorised for the last epoch)": ["lct.ramp_epochs=35"],
     },
+    # issue 21: the ingredients of published low-rank-from-scratch recipes, each alone
+    "recipes": {
+        "dense": ["lct.epsilon=null"],
+        "one-shot": [],
+        "first+last blocks dense, rank 6": ["lct.epsilon=null", "lct.rank=6", "lct.keep_dense=[0,-1]"],
+        "stable-rank switch": ["lct.epsilon=null", "lct.switch=stable_rank"],
+        "re-balance every 100 steps, moments reset": ["lct.reproject_every=100"],
+        "re-balance every 100 steps, moments transported": ["lct.reproject_every=100",
+                                                            "lct.reproject_moments=transport"],
+        "LCT rank 12 from scratch": ["lct.epsilon=null", "model.variant=lct", "model.lct_rank=12"],
+        "CoLA rank 12 from scratch": ["lct.epsilon=null", "model.variant=cola", "model.lct_rank=12"],
+    },
 }
 FIELDS = ["setting", "seed", "top1", "params", "overrides"]
 

@@ -217,10 +217,11 @@ class LctSchedule(Callback):
         if not prev or epoch + 1 < c.warmup_epochs:
             return
         change = max(abs(ranks[p] - prev[p]) / max(prev[p], 1e-12) for p in paths)
+        trainer.info(f"LCT: stable ranks {min(ranks.values()):.1f}-{max(ranks.values()):.1f}, changed by at most "
+                     f"{100 * change:.1f}% in epoch {epoch + 1} (switch below {100 * c.stable_rank_tol:g}%)")
         if change < c.stable_rank_tol:
             self.final_ranks = stable_rank_plan(trainer.model, paths, c.stable_rank_scale)
-            trainer.info(f"LCT: stable ranks changed by at most {100 * change:.1f}% in epoch {epoch + 1}; "
-                         f"factorising next epoch at ranks {sorted(set(self.final_ranks.values()))}")
+            trainer.info(f"LCT: factorising next epoch at ranks {sorted(set(self.final_ranks.values()))}")
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
         c = self.config
