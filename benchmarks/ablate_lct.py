@@ -60,10 +60,10 @@ GRIDS = {
 FIELDS = ["setting", "seed", "top1", "params", "overrides"]
 
 
-def run(setting: str, overrides: list[str], seed: int, out: Path) -> dict:
+def run(setting: str, overrides: list[str], seed: int, out: Path, config: str = CONFIG) -> dict:
     slug = re.sub(r"[^a-z0-9]+", "_", setting.lower()).strip("_")
     run_dir = out / "runs" / f"{slug}_s{seed}"
-    cmd = [sys.executable, "-m", "lors.cli", "train", CONFIG, "--no-progress", "--output-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "lors.cli", "train", config, "--no-progress", "--output-dir", str(run_dir),
            "--set", f"train.seed={seed}"] + [a for o in overrides for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -75,18 +75,18 @@ def run(setting: str, overrides: list[str], seed: int, out: Path) -> dict:
             "overrides": " ".join(overrides)}
 
 
-def block_parameters() -> tuple[int, int]:
-    """(all, block) parameters of the dense model of CONFIG; the LCT schedule only changes block linears."""
+def block_parameters(config: str = CONFIG) -> tuple[int, int]:
+    """(all, block) parameters of the dense model of ``config``; the LCT schedule only changes block linears."""
     from lors.cli.config import load_config
     from lors.models.vit import build_vit
 
-    model = build_vit(load_config(CONFIG).model)
+    model = build_vit(load_config(config).model)
     every = sum(p.numel() for p in model.parameters())
     return every, sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks."))
 
 
-def summary(rows: list[dict]) -> str:
-    every, block = block_parameters()
+def summary(rows: list[dict], config: str = CONFIG) -> str:
+    every, block = block_parameters(config)
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["setting"], []).append(r)
@@ -107,6 +107,7 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="runs/ablate_lct")
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--config", default=CONFIG, help="the LCT config every row starts from (e.g. configs/mnist_vit_lct.yaml)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,7 @@ def main(argv=None) -> None:
     jobs = [(name, ov, int(s)) for g in ([] if args.summary_only else args.grid) for name, ov in GRIDS[g].items()
             for s in args.seeds.split(",") if (name, int(s)) not in done]
     with ThreadPoolExecutor(args.workers) as pool:
-        for row in pool.map(lambda j: run(*j, out), jobs):
+        for row in pool.map(lambda j: run(*j, out, args.config), jobs):
             new = not path.exists()
             with path.open("a", newline="") as f:
                 w = csv.DictWriter(f, FIELDS)
@@ -126,7 +127,7 @@ def main(argv=None) -> None:
             rows.append(row)
             print(f"{row['setting']} seed {row['seed']}: top-1 {row['top1']:.2f}, {row['params']:,} parameters",
                   flush=True)
-    print(summary(rows))
+    print(summary(rows, args.config))
 
 
 if __name__ == "__main__":

@@ -150,10 +150,11 @@ def test_generate_prints_a_continuation_of_the_prompt(tmp_path, text_file, capsy
     assert main(args + ["--tokens", "0"]) == 2 and "--tokens" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("variant,most", [("lors", 1 / 3), ("lct", 1 / 2)])
-def test_shipped_text_configs_count_and_meet_the_parameter_budgets(capsys, variant, most):
+@pytest.mark.parametrize("name,most", [("text_gpt_lors", 1 / 3), ("text_gpt_lct", 1 / 2), ("kjv_gpt_lct50", 1 / 2),
+                                       ("kjv_gpt_cola50", 1 / 2)])
+def test_shipped_text_configs_count_and_meet_the_parameter_budgets(capsys, name, most):
     configs = Path(__file__).resolve().parent.parent / "configs"
-    assert main(["count", str(configs / f"text_gpt_{variant}.yaml")]) == 0
+    assert main(["count", str(configs / f"{name}.yaml")]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     blocks, dense = (int(v.replace(",", "")) for v in line.split("blocks ")[1].split(" (")[0].split(" vs dense "))
     assert blocks <= most * dense
