@@ -3,6 +3,8 @@
     python benchmarks/ablate_lct.py --grid lr --seeds 0,1,2 --out runs/ablate_lct
     python benchmarks/ablate_lct.py --grid ramp --seeds 0,1,2 --out runs/ablate_lct
     python benchmarks/ablate_lct.py --summary-only --out runs/ablate_lct
+    python benchmarks/ablate_lct.py --grid recipes --grid combined --seeds 0,1,2 --workers 2 --out runs/ablate_lct21
+    python benchmarks/ablate_lct.py --config configs/mnist_vit_lct.yaml --grid mnist --workers 2 --out runs/ablate_mnist
 
 Every run is ``lors train configs/digits_vit_lct.yaml`` (40 epochs, the demo's recipe) with the
 settings of one row changed, on one torch thread; ``--workers 2`` runs two at a time. Rows are
@@ -55,6 +57,17 @@ GRIDS = {
                                                             "lct.reproject_moments=transport"],
         "LCT rank 12 from scratch": ["lct.epsilon=null", "model.variant=lct", "model.lct_rank=12"],
         "CoLA rank 12 from scratch": ["lct.epsilon=null", "model.variant=cola", "model.lct_rank=12"],
+    },
+    "mnist": {  # with --config configs/mnist_vit_lct.yaml
+        "dense": ["lct.epsilon=null"],
+        "one-shot": [],
+        "stable-rank switch": ["lct.epsilon=null", "lct.switch=stable_rank"],
+        "CoLA rank 12 from scratch": ["lct.epsilon=null", "model.variant=cola", "model.lct_rank=12"],
+    },
+    "combined": {
+        "stable-rank switch, ranks x0.9": ["lct.epsilon=null", "lct.switch=stable_rank", "lct.stable_rank_scale=0.9"],
+        "stable-rank switch x0.5, first+last blocks dense": ["lct.epsilon=null", "lct.switch=stable_rank",
+                                                             "lct.stable_rank_scale=0.5", "lct.keep_dense=[0,-1]"],
     },
 }
 FIELDS = ["setting", "seed", "top1", "params", "overrides"]
