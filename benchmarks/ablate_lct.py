@@ -61,6 +61,7 @@ GRIDS = {
     "mnist": {  # with --config configs/mnist_vit_lct.yaml
         "dense": ["lct.epsilon=null"],
         "one-shot": [],
+        "first+last blocks dense, rank 6": ["lct.epsilon=null", "lct.rank=6", "lct.keep_dense=[0,-1]"],
         "stable-rank switch": ["lct.epsilon=null", "lct.switch=stable_rank"],
         "CoLA rank 12 from scratch": ["lct.epsilon=null", "model.variant=cola", "model.lct_rank=12"],
     },
