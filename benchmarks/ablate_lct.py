@@ -3,7 +3,7 @@
     python benchmarks/ablate_lct.py --grid lr --seeds 0,1,2 --out runs/ablate_lct
     python benchmarks/ablate_lct.py --grid ramp --seeds 0,1,2 --out runs/ablate_lct
     python benchmarks/ablate_lct.py --summary-only --out runs/ablate_lct
-    python benchmarks/ablate_lct.py --grid recipes --grid combined --seeds 0,1,2 --workers 2 --out runs/ablate_lct21
+    python benchmarks/ablate_lct.py --grid recipes --grid combined --grid spectral --seeds 0,1,2 --workers 2 --out runs/ablate_lct21
     python benchmarks/ablate_lct.py --config configs/mnist_vit_lct.yaml --grid mnist --workers 2 --out runs/ablate_mnist
 
 Every run is ``lors train configs/digits_vit_lct.yaml`` (40 epochs, the demo's recipe) from the one-shot
@@ -67,6 +67,13 @@ GRIDS = {
         "first+last blocks dense, rank 6": ["lct.epsilon=null", "lct.rank=6", "lct.keep_dense=[0,-1]"],
         "stable-rank switch": ["lct.epsilon=null", "lct.switch=stable_rank"],
         "CoLA rank 12 from scratch": ["lct.epsilon=null", "model.variant=cola", "model.lct_rank=12"],
+    },
+    "spectral": {  # Khodak et al.: spectral init, alone and with Frobenius decay
+        "U V rank 12 from scratch, spectral init": ["lct.epsilon=null", "model.variant=lct", "model.lct_rank=12",
+                                                    "lct.spectral_init=true"],
+        "U V rank 12 from scratch, spectral init + Frobenius decay 1e-6": [
+            "lct.epsilon=null", "model.variant=lct", "model.lct_rank=12", "lct.spectral_init=true",
+            "lct.frobenius_decay=1e-6"],
     },
     "combined": {
         "stable-rank switch, ranks x0.9": ["lct.epsilon=null", "lct.switch=stable_rank", "lct.stable_rank_scale=0.9"],

@@ -160,3 +160,33 @@ def test_recipe_options_are_validated(override, match):
 def test_stable_rank_switch_does_not_take_an_epsilon():
     with pytest.raises(ConfigError, match="stable_rank"):
         load_config(None, TINY + ["lct.switch=stable_rank", "lct.epsilon=0.5"])
+
+
+def test_spectral_init_is_the_balanced_truncation_of_a_dense_init():
+    layer = LowRankLinear(10, 7, 3)
+    torch.manual_seed(5)
+    layer.reset_spectral_()
+    torch.manual_seed(5)
+    dense = torch.empty(7, 10, dtype=torch.float64)
+    nn.init.kaiming_uniform_(dense, a=math.sqrt(5))
+    U, S, Vh = torch.linalg.svd(dense, full_matrices=False)
+    torch.testing.assert_close((layer.U @ layer.V).double(), (U[:, :3] * S[:3]) @ Vh[:3], atol=1e-6, rtol=1e-5)
+    gram_u, gram_v = layer.U.T @ layer.U, layer.V @ layer.V.T  # balanced: both diag(S_r)
+    torch.testing.assert_close(gram_u, torch.diag(S[:3]).float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gram_v, torch.diag(S[:3]).float(), atol=1e-5, rtol=1e-4)
+
+
+def test_spectral_init_callback_runs_once_on_a_fresh_lct_model(tmp_path):
+    from lors.engine.callbacks import SpectralInit
+    model = VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, dim=16, depth=2, heads=2,
+                              mlp_dim=32, variant="lct", lct_rank=3)
+    before = model.blocks[0].mlp.fc1.U.detach().clone()
+    trainer = fake_trainer(model)
+    trainer.step = 7  # a resumed run: the trained factors stay
+    SpectralInit().on_fit_start(trainer)
+    assert torch.equal(model.blocks[0].mlp.fc1.U, before)
+    trainer.step = 0
+    SpectralInit().on_fit_start(trainer)
+    fc1 = model.blocks[0].mlp.fc1
+    assert not torch.equal(fc1.U, before)
+    torch.testing.assert_close(fc1.U.T @ fc1.U, fc1.V @ fc1.V.T, atol=1e-5, rtol=1e-4)  # balanced factors

@@ -30,7 +30,7 @@ from ..accounting import count_parameters
 from ..apply.lct import lct, lct_ranks, rebuild, sync_ranks
 from ..errors import ConfigError, at_least, one_of, positive
 from ..nn.checks import epsilon_in_range
-from ..nn.lowrank import frobenius_penalty, low_rank_layers
+from ..nn.lowrank import frobenius_penalty, low_rank_layers, spectral_init
 from ..nn.spectral import stable_rank
 
 
@@ -89,6 +89,7 @@ class LctScheduleConfig:
     switch: str = "epoch"
     stable_rank_tol: float = 0.05
     stable_rank_scale: float = 1.0
+    spectral_init: bool = False     # start the LCT layers of a factorised model (variant lct) from a truncated dense init
 
     def __post_init__(self):
         if self.epsilon is not None and self.rank is not None:
@@ -334,6 +335,20 @@ class FrobeniusDecay(Callback):
         return {id(p) for m in low_rank_layers(model) for p in (m.U, m.V)}
 
 
+class SpectralInit(Callback):
+    """Before the first step, re-draw every LCT layer's factors as the balanced rank-r truncation of a dense
+    Kaiming init (:func:`lors.nn.lowrank.spectral_init`); a resumed run keeps its trained factors."""
+
+    def on_fit_start(self, trainer) -> None:
+        if trainer.step == 0:
+            n = spectral_init(trainer.model)
+            if n == 0:
+                trainer.warn("lct.spectral_init is true but the model has no LowRankLinear layers at the start "
+                             "(it applies to model.variant 'lct'); it has no effect")
+            else:
+                trainer.info(f"LCT: spectral init of {n} factorised layers")
+
+
 def lct_callbacks(config: LctScheduleConfig, default_targets: str) -> list[Callback]:
     """The callbacks that an ``lct:`` section asks for (none when it is empty)."""
     out: list[Callback] = [LctSchedule(config, default_targets)] if config.scheduled else []
@@ -341,6 +356,8 @@ def lct_callbacks(config: LctScheduleConfig, default_targets: str) -> list[Callb
         out.append(Reprojection(config.reproject_every, config.reproject_epsilon, config.reproject_moments))
     if config.frobenius_decay > 0:
         out.append(FrobeniusDecay(config.frobenius_decay))
+    if config.spectral_init:
+        out.append(SpectralInit())
     return out
 
 

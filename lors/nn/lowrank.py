@@ -54,6 +54,17 @@ class LowRankLinear(nn.Module):
             bound = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    @torch.no_grad()
+    def reset_spectral_(self) -> "LowRankLinear":
+        """Spectral init (Khodak et al., 2021): draw the dense weight ``nn.Linear`` would start from and keep its
+        balanced rank-r truncation, ``U = P_r sqrt(S_r)``, ``V = sqrt(S_r) Q_r^T`` (float64 SVD). Returns self."""
+        dense = torch.empty(self.out_features, self.in_features, dtype=torch.float64, device=self.U.device)
+        nn.init.kaiming_uniform_(dense, a=math.sqrt(5))
+        U, V = balanced_svd(dense, self.rank, None)
+        self.U.copy_(U)
+        self.V.copy_(V)
+        return self
+
     @property
     def rank(self) -> int:
         return self.U.shape[1]
@@ -172,6 +183,14 @@ def frobenius_penalty(model: nn.Module) -> torch.Tensor:
     if not terms:
         return torch.zeros(())
     return torch.stack(terms).sum()
+
+
+def spectral_init(model: nn.Module) -> int:
+    """:meth:`LowRankLinear.reset_spectral_` on every LCT layer of ``model``; returns how many."""
+    layers = low_rank_layers(model)
+    for layer in layers:
+        layer.reset_spectral_()
+    return len(layers)
 
 
 def low_rank_layers(model: nn.Module) -> list[LowRankLinear]:
