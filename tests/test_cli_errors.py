@@ -122,13 +122,22 @@ def test_count_on_lct_schedule_estimates_the_reduction(capsys):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    assert main(["count", str(root / "configs/digits_vit_lct.yaml")]) == 0
+    config = str(root / "configs/digits_vit_lct.yaml")
+    one_shot = ["--set", "lct.rank=null", "--set", "lct.keep_dense=[]", "--set", "lct.epsilon=0.8"]
+    assert main(["count", config] + one_shot) == 0
     out = capsys.readouterr().out
     # 48 block linears of 64 x {192, 64, 128, 64}; epsilon 0.8 keeps at most ceil(64 * 0.36) = 24 singular values
     dense = 12 * (64 * 192 + 192 + 64 * 64 + 64 + 64 * 128 + 128 + 128 * 64 + 64)
     low = 12 * (24 * (64 + 192) + 192 + 24 * 128 + 64 + 24 * 192 + 128 + 24 * 192 + 64)
     assert f"at most {low:,} of their {dense:,} parameters remain" in out
-    assert "LCT is scheduled" in out
+    assert "LCT is scheduled" in out and "the 48 block linears are" in out
+    assert main(["count", config]) == 0  # shipped: blocks 0 and 11 dense, the other 10 at rank 6
+    out = capsys.readouterr().out
+    rank6 = 10 * (6 * (64 + 192) + 192 + 6 * 128 + 64 + 6 * 192 + 128 + 6 * 192 + 64)
+    assert f"the 40 block linears (blocks [0, -1] stay dense) are factorised at rank 6: {rank6:,} of their " \
+           f"{dense * 10 // 12:,} parameters remain" in out
+    assert main(["count", config, "--set", "lct.rank=null", "--set", "lct.switch=stable_rank"]) == 0
+    assert "stable ranks" in capsys.readouterr().out
 
 
 def test_demo_plot_axis_floor_and_file(tmp_path):

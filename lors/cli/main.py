@@ -142,24 +142,31 @@ def cmd_count(args) -> int:
     print(f"\nvariant {cfg.model.variant}: blocks {blocks:,} vs dense {dense_blocks:,} "
           f"({reduction(dense_blocks, blocks):.1f}% fewer); total {total:,} vs dense {dense_total:,} "
           f"({reduction(dense_total, total):.1f}% fewer)")
-    t = cfg.lct
-    if t.scheduled:
-        import re
-
-        from ..accounting import lct_block_estimate
-        from ..models.vit import BLOCK_LINEARS
-
-        pattern = re.compile(t.targets or BLOCK_LINEARS)
-        layers = [(m.in_features, m.out_features, m.bias is not None) for name, m in model.named_modules()
-                  if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name)]
-        before, after = lct_block_estimate(layers, t.rank, t.epsilon)
-        how = (f"epsilon {t.epsilon}: at most {after:,} of their {before:,} parameters remain (at least "
-               f"{reduction(before, after):.1f}% fewer; the ranks come from the trained spectra)"
-               if t.rank is None else f"rank {t.rank}: {after:,} of their {before:,} parameters remain "
-               f"({reduction(before, after):.1f}% fewer)")
-        print(f"LCT is scheduled: the counts above are before factorisation. After {t.warmup_epochs} dense "
-              f"epoch(s) the {len(layers)} block linears are factorised at {how}")
+    if cfg.lct.scheduled:
+        print(_lct_estimate(model, cfg.lct))
     return 0
+
+
+def _lct_estimate(model, t) -> str:
+    """What an LCT schedule will leave of the block linears it targets (``lors count``)."""
+    from ..accounting import lct_block_estimate
+    from ..engine.callbacks import target_paths
+    from ..models.vit import BLOCK_LINEARS
+
+    paths = target_paths(model, t.targets or BLOCK_LINEARS, t.keep_dense)
+    layers = [(m.in_features, m.out_features, m.bias is not None) for m in map(model.get_submodule, paths)]
+    kept = f" (blocks {t.keep_dense} stay dense)" if t.keep_dense else ""
+    when = f"After {t.warmup_epochs} dense epoch(s) the {len(layers)} block linears{kept} are factorised at "
+    if t.switch == "stable_rank":
+        return (f"LCT is scheduled: the counts above are before factorisation. After at least {t.warmup_epochs} dense "
+                f"epoch(s), once their stable ranks settle, the {len(layers)} block linears{kept} are factorised at "
+                f"{t.stable_rank_scale:g} x their stable ranks (known only from the trained weights)")
+    before, after = lct_block_estimate(layers, t.rank, t.epsilon)
+    how = (f"epsilon {t.epsilon}: at most {after:,} of their {before:,} parameters remain (at least "
+           f"{reduction(before, after):.1f}% fewer; the ranks come from the trained spectra)"
+           if t.rank is None else f"rank {t.rank}: {after:,} of their {before:,} parameters remain "
+           f"({reduction(before, after):.1f}% fewer)")
+    return f"LCT is scheduled: the counts above are before factorisation. {when}{how}"
 
 
 def cmd_make_shapes(args) -> int:
