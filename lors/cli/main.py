@@ -21,7 +21,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from ..accounting import count_parameters, reduction, report
+from ..accounting import count_parameters, lct_block_estimate, reduction, report
 from ..errors import ConfigError
 from . import paper
 from .config import config_from_dict, load_config, upgrade_saved_config
@@ -149,24 +149,22 @@ def cmd_count(args) -> int:
 
 def _lct_estimate(model, t) -> str:
     """What an LCT schedule will leave of the block linears it targets (``lors count``)."""
-    from ..accounting import lct_block_estimate
     from ..engine.callbacks import target_paths
     from ..models.vit import BLOCK_LINEARS
 
     paths = target_paths(model, t.targets or BLOCK_LINEARS, t.keep_dense)
     layers = [(m.in_features, m.out_features, m.bias is not None) for m in map(model.get_submodule, paths)]
-    kept = f" (blocks {t.keep_dense} stay dense)" if t.keep_dense else ""
-    when = f"After {t.warmup_epochs} dense epoch(s) the {len(layers)} block linears{kept} are factorised at "
+    what = f"the {len(layers)} block linears{f' (blocks {t.keep_dense} stay dense)' if t.keep_dense else ''}"
+    head = f"LCT is scheduled: the counts above are before factorisation. After {t.warmup_epochs} dense epoch(s)"
     if t.switch == "stable_rank":
-        return (f"LCT is scheduled: the counts above are before factorisation. After at least {t.warmup_epochs} dense "
-                f"epoch(s), once their stable ranks settle, the {len(layers)} block linears{kept} are factorised at "
+        return (f"{head} at least, once their stable ranks settle, {what} are factorised at "
                 f"{t.stable_rank_scale:g} x their stable ranks (known only from the trained weights)")
     before, after = lct_block_estimate(layers, t.rank, t.epsilon)
-    how = (f"epsilon {t.epsilon}: at most {after:,} of their {before:,} parameters remain (at least "
-           f"{reduction(before, after):.1f}% fewer; the ranks come from the trained spectra)"
-           if t.rank is None else f"rank {t.rank}: {after:,} of their {before:,} parameters remain "
-           f"({reduction(before, after):.1f}% fewer)")
-    return f"LCT is scheduled: the counts above are before factorisation. {when}{how}"
+    fewer = f"{reduction(before, after):.1f}% fewer"
+    how = (f"epsilon {t.epsilon}: at most {after:,} of their {before:,} parameters remain (at least {fewer}; the "
+           f"ranks come from the trained spectra)" if t.rank is None else
+           f"rank {t.rank}: {after:,} of their {before:,} parameters remain ({fewer})")
+    return f"{head} {what} are factorised at {how}"
 
 
 def cmd_make_shapes(args) -> int:
