@@ -3,7 +3,7 @@
     python benchmarks/ablate_lct.py --grid lr --seeds 0,1,2 --out runs/ablate_lct
     python benchmarks/ablate_lct.py --grid ramp --seeds 0,1,2 --out runs/ablate_lct
     python benchmarks/ablate_lct.py --summary-only --out runs/ablate_lct
-    python benchmarks/ablate_lct.py --grid recipes --grid combined --grid spectral --seeds 0,1,2 --workers 2 --out runs/ablate_lct21
+    python benchmarks/ablate_lct.py --grid recipes --grid combined --grid spectral --grid which_blocks --seeds 0,1,2 --workers 2 --out runs/ablate_lct21
     python benchmarks/ablate_lct.py --config configs/mnist_vit_lct.yaml --grid mnist --workers 2 --out runs/ablate_mnist
 
 Every run is ``lors train configs/digits_vit_lct.yaml`` (40 epochs, the demo's recipe) from the one-shot
@@ -74,6 +74,10 @@ GRIDS = {
         "U V rank 12 from scratch, spectral init + Frobenius decay 1e-6": [
             "lct.epsilon=null", "model.variant=lct", "model.lct_rank=12", "lct.spectral_init=true",
             "lct.frobenius_decay=1e-6"],
+    },
+    "which_blocks": {  # which blocks to keep dense, at a similar budget
+        "first block dense, rank 8": ["lct.epsilon=null", "lct.rank=8", "lct.keep_dense=[0]"],
+        "last block dense, rank 8": ["lct.epsilon=null", "lct.rank=8", "lct.keep_dense=[-1]"],
     },
     "combined": {
         "stable-rank switch, ranks x0.9": ["lct.epsilon=null", "lct.switch=stable_rank", "lct.stable_rank_scale=0.9"],
