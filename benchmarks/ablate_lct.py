@@ -5,6 +5,7 @@
     python benchmarks/ablate_lct.py --summary-only --out runs/ablate_lct
     python benchmarks/ablate_lct.py --grid recipes --grid combined --grid spectral --grid which_blocks --seeds 0,1,2 --workers 2 --out runs/ablate_lct21
     python benchmarks/ablate_lct.py --config configs/mnist_vit_lct.yaml --grid mnist --workers 2 --out runs/ablate_mnist
+    python benchmarks/ablate_lct.py --config configs/mnist_vit_lct.yaml --grid mnist_pair --seeds 3,4 --workers 2 --out runs/ablate_mnist
 
 Every run is ``lors train configs/digits_vit_lct.yaml`` (40 epochs, the demo's recipe) from the one-shot
 schedule (``ONE_SHOT``: epsilon 0.8 after 4 dense epochs) with the settings of one row changed, on one torch thread; ``--workers 2`` runs two at a time. Rows are
@@ -74,6 +75,10 @@ GRIDS = {
         "U V rank 12 from scratch, spectral init + Frobenius decay 1e-6": [
             "lct.epsilon=null", "model.variant=lct", "model.lct_rank=12", "lct.spectral_init=true",
             "lct.frobenius_decay=1e-6"],
+    },
+    "mnist_pair": {  # with --config configs/mnist_vit_lct.yaml: more seeds for the two rows that decide the target
+        "dense": ["lct.epsilon=null"],
+        "first+last blocks dense, rank 6": ["lct.epsilon=null", "lct.rank=6", "lct.keep_dense=[0,-1]"],
     },
     "which_blocks": {  # which blocks to keep dense, at a similar budget
         "first block dense, rank 8": ["lct.epsilon=null", "lct.rank=8", "lct.keep_dense=[0]"],
