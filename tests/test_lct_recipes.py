@@ -25,7 +25,7 @@ BLOCKS = r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
 
 def fake_trainer(model):
     log = []
-    return SimpleNamespace(model=model, info=log.append, warn=log.append, log=log, rebuilt=[],
+    return SimpleNamespace(model=model, info=log.append, warn=log.append, log=log,
                            request_optimizer_rebuild=lambda: None)
 
 

@@ -283,14 +283,15 @@ class Reprojection(Callback):
         layers = low_rank_layers(trainer.model)
         if not layers or step % self.every:
             return
-        before = [(m.rank, m.U.detach().double().clone(), m.V.detach().double().clone()) for m in layers]
-        after = [m.reproject(self.epsilon) for m in layers]
-        if [b[0] for b in before] != after:
+        transport = self.moments == "transport"
+        ranks = [m.rank for m in layers]
+        old_U = [m.U.detach().double().clone() if transport else None for m in layers]  # only transport needs them
+        if ranks != [m.reproject(self.epsilon) for m in layers]:
             sync_ranks(trainer.model)  # the checkpoint's record rebuilds the new shapes
             trainer.request_optimizer_rebuild()
             return
-        for m, (_, U0, _) in zip(layers, before):
-            if self.moments == "transport":
+        for m, U0 in zip(layers, old_U):
+            if transport:
                 transport_moments(trainer.optimizer, m, U0)
             else:
                 trainer.optimizer.state.pop(m.U, None)
