@@ -4,6 +4,7 @@
     python benchmarks/ablate_lct.py --grid ramp --seeds 0,1,2 --out runs/ablate_lct
     python benchmarks/ablate_lct.py --summary-only --out runs/ablate_lct
     python benchmarks/ablate_lct.py --grid recipes --grid combined --grid spectral --grid which_blocks --seeds 0,1,2 --workers 2 --out runs/ablate_lct21
+    python benchmarks/ablate_lct.py --grid factor_lr --grid from_scratch_ends --seeds 0,1,2 --workers 2 --out runs/ablate_lct21
     python benchmarks/ablate_lct.py --config configs/mnist_vit_lct.yaml --grid mnist --workers 2 --out runs/ablate_mnist
     python benchmarks/ablate_lct.py --config configs/mnist_vit_lct.yaml --grid mnist_pair --seeds 3,4 --workers 2 --out runs/ablate_mnist
 
@@ -83,6 +84,20 @@ GRIDS = {
     "which_blocks": {  # which blocks to keep dense, at a similar budget
         "first block dense, rank 8": ["lct.epsilon=null", "lct.rank=8", "lct.keep_dense=[0]"],
         "last block dense, rank 8": ["lct.epsilon=null", "lct.rank=8", "lct.keep_dense=[-1]"],
+    },
+    "factor_lr": {  # per-layer learning-rate rules of the factors (train.factor_lr_rule)
+        "one-shot, factor lr rule fan_in": ["train.factor_lr_rule=fan_in"],
+        "one-shot, factor lr rule rank": ["train.factor_lr_rule=rank"],
+        "first+last blocks dense, rank 6, factor lr rule fan_in": ["lct.epsilon=null", "lct.rank=6",
+                                                                   "lct.keep_dense=[0,-1]", "train.factor_lr_rule=fan_in"],
+        "stable-rank switch, factor lr rule rank": ["lct.epsilon=null", "lct.switch=stable_rank",
+                                                    "train.factor_lr_rule=rank"],
+    },
+    "from_scratch_ends": {  # models built factorised with the first and last blocks dense (model.dense_blocks)
+        "U V rank 6 from scratch, first+last blocks dense": ["lct.epsilon=null", "model.variant=lct",
+                                                             "model.lct_rank=6", "model.dense_blocks=[0,-1]"],
+        "CoLA rank 6 from scratch, first+last blocks dense": ["lct.epsilon=null", "model.variant=cola",
+                                                              "model.lct_rank=6", "model.dense_blocks=[0,-1]"],
     },
     "combined": {
         "stable-rank switch, ranks x0.9": ["lct.epsilon=null", "lct.switch=stable_rank", "lct.stable_rank_scale=0.9"],

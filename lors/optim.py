@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .nn.balance import GradBalance
+from .nn.cola import CoLALinear
 from .nn.lowrank import LowRankLinear
 from .nn.stack import shared_stacks
 
@@ -36,6 +37,40 @@ SHARED_LR_RULES: dict[str, Callable[[int], float]] = {
     "1": lambda n: 1.0,
 }
 ScaleRule = Union[float, str, Callable[[int], float]]
+FACTOR_LR_RULES = ("1", "fan_in", "rank")
+
+
+def factor_scales(model: nn.Module, rule: str = "1") -> dict[int, float]:
+    """Per-tensor learning-rate factors of the low-rank factors in ``model`` under ``rule``.
+
+    The factors are ``U``/``V`` of every :class:`~lors.LowRankLinear` and ``B``/``A`` of every
+    :class:`~lors.nn.cola.CoLALinear` (output factor / input factor, rank r, layer fan-in n):
+
+    * ``"1"``: every factor at the base rate;
+    * ``"fan_in"``: each factor at ``sqrt(n / its fan-in)``: the input factor (fan-in n) at 1, the output
+      factor (fan-in r) at ``sqrt(n / r)`` (muP gives Adam a rate proportional to 1/fan-in; the square root
+      keeps the largest factor moderate);
+    * ``"rank"``: both factors of a layer at ``sqrt(r_min / r)``, r_min the smallest rank in the model:
+      a layer of higher rank sums more rank-one updates per step, so it gets a smaller rate (1 for all when
+      every layer has the same rank).
+
+    Returns ``{id(tensor): factor}``.
+    """
+    if rule not in FACTOR_LR_RULES:
+        raise ValueError(f"factor_lr_rule must be one of {FACTOR_LR_RULES}, got {rule!r}")
+    pairs = [(m.U, m.V, m) for m in model.modules() if isinstance(m, LowRankLinear)]
+    pairs += [(m.B, m.A, m) for m in model.modules() if isinstance(m, CoLALinear)]
+    r_min = min((m.rank for *_, m in pairs), default=1)
+    scales = {}
+    for out_factor, in_factor, m in pairs:
+        if rule == "fan_in":
+            out_scale, in_scale = math.sqrt(m.in_features / m.rank), 1.0
+        elif rule == "rank":
+            out_scale = in_scale = math.sqrt(r_min / m.rank)
+        else:
+            out_scale = in_scale = 1.0
+        scales[id(out_factor)], scales[id(in_factor)] = out_scale, in_scale
+    return scales
 
 
 def shared_lr_rule(rule: ScaleRule) -> Callable[[int], float]:
@@ -81,7 +116,7 @@ def declared_no_decay(model: nn.Module) -> set[str]:
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_lr_scale: ScaleRule = "1/sqrt(N)",
                  private_lr_scale: float = 1.0, no_decay_names: Iterable[str] = NO_DECAY_NAMES,
-                 exempt: Iterable[int] = (), factor_lr_scale: float = 1.0) -> list[dict]:
+                 exempt: Iterable[int] = (), factor_lr_scale: float = 1.0, factor_lr_rule: str = "1") -> list[dict]:
     """Parameter groups for ``torch.optim`` optimizers, with shared LORS tensors grouped apart.
 
     Args:
@@ -95,11 +130,14 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_
             N of layers that share it (``"1/sqrt(N)"`` (default), ``"1/N"``, ``"1"``) or a function
             ``N -> float``.
         private_lr_scale: factor for the private low-rank residual factors.
-        factor_lr_scale: factor for the ``U``/``V`` factors of LCT layers (:class:`~lors.LowRankLinear`).
+        factor_lr_scale: factor for the low-rank factors of LCT layers (``U``/``V`` of
+            :class:`~lors.LowRankLinear`, ``B``/``A`` of :class:`~lors.nn.cola.CoLALinear`).
+        factor_lr_rule: per-layer rule multiplied into ``factor_lr_scale``: ``"1"`` (default), ``"fan_in"``
+            or ``"rank"`` (see :func:`factor_scales`).
 
     Returns a list of dicts with ``params``, ``lr`` (= base lr x ``lr_scale``), ``lr_scale``,
-    ``weight_decay`` and ``name`` (``"shared/N=12"``, ``"private"``, ``"factor"`` or ``"other"``, plus
-    ``"/no_decay"``). Every trainable tensor appears in exactly one group; frozen ones in none.
+    ``weight_decay`` and ``name`` (``"shared/N=12"``, ``"private"``, ``"factor"`` (``"factor/x1.63"`` where
+    a rule gives a factor its own rate) or ``"other"``, plus ``"/no_decay"``). Every trainable tensor appears in exactly one group; frozen ones in none.
     """
     rule = shared_lr_rule(shared_lr_scale)
     if not (isinstance(private_lr_scale, (int, float)) and private_lr_scale > 0):
@@ -107,7 +145,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_
     if not (isinstance(factor_lr_scale, (int, float)) and factor_lr_scale > 0):
         raise ValueError(f"factor_lr_scale must be a positive number, got {factor_lr_scale!r}")
     shared, private = lors_roles(model)
-    factors = {id(p) for m in model.modules() if isinstance(m, LowRankLinear) for p in (m.U, m.V)}
+    factors = factor_scales(model, factor_lr_rule)
     no_decay_names, exempt, declared = tuple(no_decay_names), set(exempt), declared_no_decay(model)
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
@@ -118,7 +156,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, shared_
         elif id(p) in private:
             role, scale = "private", float(private_lr_scale)
         elif id(p) in factors:
-            role, scale = "factor", float(factor_lr_scale)
+            scale = float(factor_lr_scale) * factors[id(p)]
+            role = "factor" if factors[id(p)] == 1.0 else f"factor/x{factors[id(p)]:.4g}"
         else:
             role, scale = "other", 1.0
         decays = not (p.ndim <= 1 or name.rsplit(".", 1)[-1] in no_decay_names or name in declared

@@ -190,3 +190,76 @@ def test_spectral_init_callback_runs_once_on_a_fresh_lct_model(tmp_path):
     fc1 = model.blocks[0].mlp.fc1
     assert not torch.equal(fc1.U, before)
     torch.testing.assert_close(fc1.U.T @ fc1.U, fc1.V @ fc1.V.T, atol=1e-5, rtol=1e-4)  # balanced factors
+
+
+@pytest.mark.parametrize("variant,layer", [("lct", LowRankLinear), ("cola", CoLALinear)])
+def test_dense_blocks_of_a_factorised_model_are_nn_linear_and_counted(variant, layer):
+    dim, mlp, r, depth = 16, 32, 3, 4
+    model = GPT(vocab_size=32, block_size=8, dim=dim, depth=depth, heads=2, mlp_dim=mlp, variant=variant, lct_rank=r,
+                dense_blocks=[0, -1])
+    for i, block in enumerate(model.blocks):
+        kinds = {type(m) for m in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2)}
+        assert kinds == ({nn.Linear} if i in (0, depth - 1) else {layer}), i
+    shapes = [(dim, 3 * dim), (dim, dim), (dim, mlp), (mlp, dim)]
+    dense = sum(i * o + o for i, o in shapes) + 4 * dim   # + two LayerNorms
+    low = sum(r * (i + o) + o for i, o in shapes) + 4 * dim
+    assert model.block_parameter_count() == 2 * dense + (depth - 2) * low
+
+
+@pytest.mark.parametrize("override,match", [
+    ("model.dense_blocks=[0,12]", "model.dense_blocks"),     # the tiny ViT has 2 blocks
+    ("model.dense_blocks=first", "model.dense_blocks"),
+    ("model.dense_blocks=[0]", "model.dense_blocks"),        # the dense variant has nothing to keep dense
+    ("train.factor_lr_rule=fan-in", "train.factor_lr_rule"),
+])
+def test_dense_blocks_and_factor_lr_rule_are_validated(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, TINY + [override])
+    with pytest.raises(ValueError, match="dense_blocks"):
+        VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, dim=8, depth=2, heads=2, mlp_dim=8,
+                          variant="lors", dense_blocks=[0])
+
+
+def test_factor_lr_rules_give_each_factor_its_rate():
+    from lors.optim import factor_scales, param_groups
+    model = nn.Sequential(LowRankLinear(16, 8, 2), LowRankLinear(16, 8, 8), CoLALinear(9, 4, 2), nn.Linear(3, 3))
+    lr_of = lambda groups: {id(p): g["lr"] for g in groups for p in g["params"]}
+    base = lr_of(param_groups(model, 1e-3, factor_lr_rule="1"))
+    fan_in = lr_of(param_groups(model, 1e-3, factor_lr_rule="fan_in", factor_lr_scale=0.5))
+    rank = lr_of(param_groups(model, 1e-3, factor_lr_rule="rank"))
+    a, b, c, d = model
+    assert set(base.values()) == {1e-3}
+    # fan_in: the output factor (fan-in r) at sqrt(n / r), the input factor (fan-in n) at 1; times factor_lr_scale
+    assert fan_in[id(a.U)] == pytest.approx(0.5e-3 * math.sqrt(16 / 2)) and fan_in[id(a.V)] == pytest.approx(0.5e-3)
+    assert fan_in[id(b.U)] == pytest.approx(0.5e-3 * math.sqrt(16 / 8))
+    assert fan_in[id(c.B)] == pytest.approx(0.5e-3 * math.sqrt(9 / 2)) and fan_in[id(c.A)] == pytest.approx(0.5e-3)
+    assert fan_in[id(d.weight)] == 1e-3  # not a factor
+    # rank: both factors at sqrt(r_min / r); r_min = 2
+    assert rank[id(a.U)] == rank[id(a.V)] == rank[id(c.A)] == pytest.approx(1e-3)
+    assert rank[id(b.U)] == rank[id(b.V)] == pytest.approx(1e-3 * math.sqrt(2 / 8))
+    assert len(factor_scales(model, "rank")) == 6
+    with pytest.raises(ValueError, match="factor_lr_rule"):
+        factor_scales(model, "fan-in")
+
+
+class SumTask:
+    collate_fn = None
+
+    def loss(self, model, batch, device):
+        return model(batch[0]).square().mean(), 4
+
+    def evaluate(self, model, loader, device):
+        return {}
+
+
+def test_trainer_gives_the_factors_the_rates_of_train_factor_lr_rule(tmp_path):
+    from lors.engine import TrainConfig, Trainer
+    model = nn.Sequential(LowRankLinear(16, 8, 4), nn.Linear(8, 2))
+    trainer = Trainer(TrainConfig(epochs=1, warmup_epochs=0, lr=1e-2, min_lr=1e-2, progress=False,
+                                  factor_lr_rule="fan_in"), SumTask(), tmp_path, log=lambda s: None)
+    trainer.fit(model, [(torch.randn(4, 16), torch.zeros(4))])
+    lrs = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert lrs[id(model[0].U)] == pytest.approx(1e-2 * math.sqrt(16 / 4))
+    assert lrs[id(model[0].V)] == lrs[id(model[1].weight)] == pytest.approx(1e-2)
+    with pytest.raises(ConfigError, match="train.factor_lr_rule"):
+        TrainConfig(factor_lr_rule="by_rank")

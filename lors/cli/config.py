@@ -51,6 +51,18 @@ def _counts(obj, section: str, names: tuple[str, ...], low: int = 1) -> None:
             at_least(v, low, f"{section}.{name}", "a whole number")
 
 
+def _dense_blocks(obj, depth: int) -> None:
+    """``model.dense_blocks``: block indices in [-depth, depth) and only with the variants lct and cola."""
+    value = obj.dense_blocks
+    if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) and -depth <= i < depth
+                                              for i in value):
+        raise ConfigError(f"config key 'model.dense_blocks' must be a list of block indices in [-{depth}, {depth - 1}] "
+                          f"(negative: from the end), got {value!r}")
+    if value and obj.variant not in ("lct", "cola"):
+        raise ConfigError(f"config key 'model.dense_blocks' applies to model.variant 'lct' or 'cola', "
+                          f"not {obj.variant!r}")
+
+
 @dataclass
 class ViTConfig:
     preset: Optional[str] = None        # "deit-tiny" | "deit-small": sets dim/depth/heads/mlp_dim
@@ -67,6 +79,7 @@ class ViTConfig:
     attn_groups: Union[int, list[int]] = 1
     mlp_groups: Union[int, list[int]] = 1
     lct_rank: Optional[int] = None      # factor rank for variants "lct" (U V) and "cola" (B σ(A x))
+    dense_blocks: list[int] = field(default_factory=list)  # lct/cola: blocks (negative: from the end) kept nn.Linear
     b_init_std: float = 0.0             # LORS: std of a normal init of the residual factors B (0: zero, the paper's)
 
     def __post_init__(self):
@@ -76,6 +89,7 @@ class ViTConfig:
         _counts(self, "model", ("img_size", "patch_size", "in_chans", "num_classes", "dim", "depth", "heads",
                                 "mlp_dim", "rank", "attn_groups", "mlp_groups", "lct_rank"))
         at_least(self.b_init_std, 0, "model.b_init_std")
+        _dense_blocks(self, self.depth or (PRESETS[self.preset]["depth"] if self.preset else 12))
         if self.variant in ("lct", "cola") and self.lct_rank is None:
             raise ConfigError(f"model.variant '{self.variant}' needs model.lct_rank (an int); to factorise at a tolerance "
                               "instead, keep variant 'dense' and set lct.epsilon")
@@ -194,6 +208,7 @@ class GPTConfig:
     attn_groups: Union[int, list[int]] = 1
     mlp_groups: Union[int, list[int]] = 1
     lct_rank: Optional[int] = None      # factor rank for variants "lct" (U V) and "cola" (B σ(A x))
+    dense_blocks: list[int] = field(default_factory=list)  # lct/cola: blocks (negative: from the end) kept nn.Linear
     b_init_std: float = 0.0
 
     def __post_init__(self):
@@ -201,6 +216,7 @@ class GPTConfig:
         _counts(self, "model", ("block_size", "dim", "depth", "heads", "mlp_dim", "rank", "attn_groups",
                                 "mlp_groups", "lct_rank"))
         at_least(self.b_init_std, 0, "model.b_init_std")
+        _dense_blocks(self, self.depth)
         if self.dim % self.heads:
             raise ConfigError(f"config key 'model.dim' ({self.dim}) must be divisible by model.heads ({self.heads})")
         if self.variant in ("lct", "cola") and self.lct_rank is None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from ..errors import ConfigError, at_least, one_of, positive
-from ..optim import SHARED_LR_RULES
+from ..optim import FACTOR_LR_RULES, SHARED_LR_RULES
 from .distributed import STRATEGIES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -40,7 +40,10 @@ class TrainConfig:
     # shared_lr_scale is a number or a rule of N: "1/sqrt(N)" (default; see RESULTS.md), "1/N", "1".
     shared_lr_scale: Union[float, str] = "1/sqrt(N)"
     private_lr_scale: float = 1.0       # lr factor of the private low-rank residual factors
-    factor_lr_scale: float = 1.0        # lr factor of the LCT factors U, V (LowRankLinear)
+    factor_lr_scale: float = 1.0        # lr factor of the LCT factors (U, V of LowRankLinear; B, A of CoLALinear)
+    # ... times a per-layer rule: "1", "fan_in" (output factor x sqrt(fan-in / rank)), "rank" (x sqrt(r_min / r));
+    # see lors.optim.factor_scales.
+    factor_lr_rule: str = "1"
     # Rescale each layer's contribution to a shared tensor's gradient to the layers' mean size
     # (lors.balance_shared_gradients), so no single layer steers the shared weight.
     shared_grad_balance: bool = False
@@ -58,6 +61,9 @@ class TrainConfig:
         positive(self.clip_grad, "train.clip_grad")
         positive(self.private_lr_scale, "train.private_lr_scale")
         positive(self.factor_lr_scale, "train.factor_lr_scale")
+        if self.factor_lr_rule == 1 and not isinstance(self.factor_lr_rule, bool):  # YAML reads `1` as a number
+            self.factor_lr_rule = "1"
+        one_of(self.factor_lr_rule, FACTOR_LR_RULES, "train.factor_lr_rule")
         scale = self.shared_lr_scale
         if isinstance(scale, str) and scale not in SHARED_LR_RULES or not isinstance(scale, str) and scale <= 0:
             raise ConfigError(f"config key 'train.shared_lr_scale' must be a positive number or one of "

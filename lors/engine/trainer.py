@@ -236,7 +236,8 @@ class Trainer:
                                "sharded run; train.strategy 'fsdp' supports fixed parameters only: use 'ddp'")
         exempt = frozenset().union(*(cb.no_decay(self.model) for cb in self.callbacks))
         groups = param_groups(self.model, cfg.lr, cfg.weight_decay, cfg.shared_lr_scale, cfg.private_lr_scale,
-                              exempt=exempt, factor_lr_scale=cfg.factor_lr_scale)
+                              exempt=exempt, factor_lr_scale=cfg.factor_lr_scale,
+                              factor_lr_rule=cfg.factor_lr_rule)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.wrapped = self.model if self.sharded else distributed.wrap(self.model, self.world)
 

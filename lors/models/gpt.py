@@ -4,7 +4,7 @@ Token + learned position embeddings, ``depth`` pre-norm blocks (the ViT's :class
 with causal ``F.scaled_dot_product_attention``), a final LayerNorm and an output head tied to the token
 embedding. ``variant`` holds the blocks' qkv, proj, fc1 and fc2 exactly as the ViT does (see
 :func:`~lors.models.vit.linear_factory`): ``dense``, ``lors`` (one shared weight per kind across the blocks,
-per-block rank/group lists) or ``lct`` (LowRankLinear of ``lct_rank``).
+per-block rank/group lists), ``lct`` (LowRankLinear of ``lct_rank``) or ``cola`` (CoLALinear).
 """
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ class GPT(nn.Module):
         vocab_size: number of token ids (256 for bytes).
         block_size: longest context (positions learned).
         dim, depth, heads, mlp_dim: transformer size.
-        variant, rank, attn_groups, mlp_groups, lct_rank, b_init_std: how the block linears are held (as the ViT).
+        variant, rank, attn_groups, mlp_groups, lct_rank, b_init_std, dense_blocks: how the block linears are
+            held (as the ViT).
     """
 
     def __init__(self, vocab_size: int = 256, block_size: int = 256, dim: int = 128, depth: int = 12, heads: int = 4,
                  mlp_dim: int = 512, variant: str = "dense", rank: int | Sequence[int] = 8,
                  attn_groups: int | Sequence[int] = 1, mlp_groups: int | Sequence[int] = 1,
-                 lct_rank: Optional[int] = None, b_init_std: float = 0.0):
+                 lct_rank: Optional[int] = None, b_init_std: float = 0.0, dense_blocks: Sequence[int] = ()):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -42,7 +43,7 @@ class GPT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, block_size, dim))
         self.stacks = nn.ModuleDict()  # LORS stacks shared by the blocks (empty unless variant="lors")
         make_linear = linear_factory(variant, self.stacks, depth, dim, mlp_dim, rank, attn_groups, mlp_groups,
-                                     lct_rank, b_init_std)
+                                     lct_rank, b_init_std, dense_blocks)
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_dim, i, make_linear, causal=True) for i in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
@@ -107,4 +108,5 @@ def build_gpt(cfg, vocab_size: int) -> GPT:
     """Build from a :class:`lors.cli.config.GPTConfig` and the tokenizer's vocabulary size."""
     return GPT(vocab_size=vocab_size, block_size=cfg.block_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
                mlp_dim=cfg.mlp_dim, variant=cfg.variant, rank=cfg.rank, attn_groups=cfg.attn_groups,
-               mlp_groups=cfg.mlp_groups, lct_rank=cfg.lct_rank, b_init_std=cfg.b_init_std)
+               mlp_groups=cfg.mlp_groups, lct_rank=cfg.lct_rank, b_init_std=cfg.b_init_std,
+               dense_blocks=cfg.dense_blocks)

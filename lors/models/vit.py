@@ -105,20 +105,37 @@ def block_parameters(blocks: nn.Module, stacks: nn.Module) -> int:
     return sum(p.numel() for p in params.values())
 
 
+def dense_block_set(dense_blocks: Sequence[int], depth: int) -> set[int]:
+    """Block indices ``dense_blocks`` names (negative: from the end), checked against ``depth``."""
+    kept = set()
+    for i in dense_blocks:
+        if isinstance(i, bool) or not isinstance(i, int) or not -depth <= i < depth:
+            raise ValueError(f"dense_blocks must hold block indices in [-{depth}, {depth - 1}] (depth {depth}), "
+                             f"got {list(dense_blocks)!r}")
+        kept.add(i % depth)
+    return kept
+
+
 def linear_factory(variant: str, stacks: nn.ModuleDict, depth: int, dim: int, mlp_dim: int,
                    rank: int | Sequence[int], attn_groups: int | Sequence[int], mlp_groups: int | Sequence[int],
-                   lct_rank: Optional[int], b_init_std: float = 0.0) -> LinearFactory:
+                   lct_rank: Optional[int], b_init_std: float = 0.0,
+                   dense_blocks: Sequence[int] = ()) -> LinearFactory:
     """How the blocks' qkv, proj, fc1 and fc2 are held: ``dense`` (nn.Linear), ``lct`` (LowRankLinear of
-    ``lct_rank``) or ``lors`` (one LorsLinearStack per kind across the ``depth`` blocks, added to ``stacks``;
-    each block gets a parameter-free view of its layer)."""
+    ``lct_rank``), ``cola`` (CoLALinear of ``lct_rank``) or ``lors`` (one LorsLinearStack per kind across the
+    ``depth`` blocks, added to ``stacks``; each block gets a parameter-free view of its layer).
+    ``dense_blocks`` (``lct`` and ``cola`` only): block indices, negative from the end, that keep ``nn.Linear``
+    layers (Pufferfish keeps the first and last blocks full-rank)."""
     if variant == "dense":
         return lambda kind, i, d_in, d_out: nn.Linear(d_in, d_out)
+    kept = dense_block_set(dense_blocks, depth)
     if variant in ("lct", "cola"):
         if lct_rank is None:
             raise ValueError(f"variant={variant!r} needs lct_rank (an int); to factorise at a tolerance, "
                              "train dense and call lors.lct(model, epsilon=...)")
         layer = LowRankLinear if variant == "lct" else CoLALinear
-        return lambda kind, i, d_in, d_out: layer(d_in, d_out, lct_rank)
+        return lambda kind, i, d_in, d_out: nn.Linear(d_in, d_out) if i in kept else layer(d_in, d_out, lct_rank)
+    if kept:
+        raise ValueError(f"dense_blocks applies to the variants 'lct' and 'cola', not {variant!r}")
     groups = {"qkv": per_layer(attn_groups, depth, "attn_groups"), "proj": per_layer(attn_groups, depth, "attn_groups"),
               "fc1": per_layer(mlp_groups, depth, "mlp_groups"), "fc2": per_layer(mlp_groups, depth, "mlp_groups")}
     shapes = {"qkv": (dim, 3 * dim), "proj": (dim, dim), "fc1": (dim, mlp_dim), "fc2": (mlp_dim, dim)}
@@ -136,14 +153,16 @@ class VisionTransformer(nn.Module):
         variant: ``"dense"``, ``"lors"`` or ``"lct"``.
         rank: LORS residual rank (int or one per block).
         attn_groups, mlp_groups: LORS residual groups per block for qkv/proj and fc1/fc2.
-        lct_rank: rank of every block linear for ``variant="lct"``.
+        lct_rank: rank of every block linear for ``variant="lct"`` or ``"cola"``.
+        dense_blocks: with ``lct``/``cola``, blocks (negative: from the end) whose linears stay ``nn.Linear``.
         b_init_std: LORS ``B`` init (normal std; 0 = zero, the paper's).
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  dim: int = 192, depth: int = 12, heads: int = 3, mlp_dim: int = 768, variant: str = "dense",
                  rank: int | Sequence[int] = 32, attn_groups: int | Sequence[int] = 1,
-                 mlp_groups: int | Sequence[int] = 1, lct_rank: Optional[int] = None, b_init_std: float = 0.0):
+                 mlp_groups: int | Sequence[int] = 1, lct_rank: Optional[int] = None, b_init_std: float = 0.0,
+                 dense_blocks: Sequence[int] = ()):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -159,7 +178,7 @@ class VisionTransformer(nn.Module):
         self.stacks = nn.ModuleDict()  # LORS stacks shared by the blocks (empty unless variant="lors")
 
         make_linear = linear_factory(variant, self.stacks, depth, dim, mlp_dim, rank, attn_groups, mlp_groups,
-                                     lct_rank, b_init_std)
+                                     lct_rank, b_init_std, dense_blocks)
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_dim, i, make_linear) for i in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
@@ -207,4 +226,4 @@ def build_vit(cfg) -> VisionTransformer:
     return VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
                              num_classes=cfg.num_classes, variant=cfg.variant, rank=cfg.rank,
                              attn_groups=cfg.attn_groups, mlp_groups=cfg.mlp_groups, lct_rank=cfg.lct_rank,
-                             b_init_std=cfg.b_init_std, **sizes)
+                             b_init_std=cfg.b_init_std, dense_blocks=cfg.dense_blocks, **sizes)
