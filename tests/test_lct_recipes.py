@@ -11,7 +11,7 @@ from torch import nn
 import lors
 from lors import LowRankLinear
 from lors.cli.config import ConfigError, load_config
-from lors.engine.callbacks import LctSchedule, LctScheduleConfig, target_paths, transport_moments
+from lors.engine.lct_schedule import LctSchedule, LctScheduleConfig, target_paths, transport_moments
 from lors.engine.checkpoint import load_trained, read_checkpoint
 from lors.models.gpt import GPT
 from lors.models.vit import VisionTransformer, build_vit
@@ -177,7 +177,7 @@ def test_spectral_init_is_the_balanced_truncation_of_a_dense_init():
 
 
 def test_spectral_init_callback_runs_once_on_a_fresh_lct_model(tmp_path):
-    from lors.engine.callbacks import SpectralInit
+    from lors.engine.lct_schedule import SpectralInit
     model = VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, dim=16, depth=2, heads=2,
                               mlp_dim=32, variant="lct", lct_rank=3)
     before = model.blocks[0].mlp.fc1.U.detach().clone()

@@ -5,7 +5,7 @@ from torch import nn
 
 from lors import LowRankLinear
 from lors.cli.config import ConfigError, load_config
-from lors.engine.callbacks import project, ramp_rank
+from lors.engine.lct_schedule import project, ramp_rank
 from lors.engine.checkpoint import read_checkpoint
 from lors.cli.experiment import run_training
 from lors.optim import param_groups

@@ -39,7 +39,9 @@ def _factorise(model: nn.Module, path: str, rank: Optional[int], epsilon: Option
     return layer
 
 
-def _targeted(model: nn.Module, targets: str) -> list[str]:
+def targeted_paths(model: nn.Module, targets: str) -> list[str]:
+    """Paths of the ``nn.Linear``/``Conv1D`` modules whose full path the regex ``targets`` matches (an error
+    listing the model's linear paths when none does)."""
     pattern = re.compile(targets)
     paths = [name for name, m in model.named_modules() if is_linear(m, exact=True) and pattern.fullmatch(name)]
     if not paths:
@@ -80,7 +82,7 @@ def lct(model: nn.Module, config: Optional[LctConfig] = None, calibration=None, 
         raise ValueError("lct(rank=...) takes one int; to replay a saved {path: rank} plan use lors.apply.lct.rebuild")
     cfg = config if config is not None else LctConfig(**kwargs)
     base_fingerprint = fingerprint(model)
-    paths = _targeted(model, cfg.targets)
+    paths = targeted_paths(model, cfg.targets)
     tied = tied_parameter_ids(model)
     moments = measured_moments(model, paths, calibration, forward)
     skipped, ranks, before, after = {}, {}, 0, 0

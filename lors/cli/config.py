@@ -29,7 +29,7 @@ import yaml
 
 from ..data.classification import DATASETS
 from ..data.corpus import CORPORA, TOKENIZERS
-from ..engine.callbacks import LctScheduleConfig
+from ..engine.lct_schedule import LctScheduleConfig
 from ..engine.config import TrainConfig
 from ..errors import ConfigError, at_least, fraction, one_of
 from ..models.adamixer.backbone import LAYOUTS

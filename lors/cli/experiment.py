@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 from torch.utils.data import DataLoader
 
 from ..engine import CsvLogger, Trainer
-from ..engine.callbacks import lct_callbacks
+from ..engine.lct_schedule import lct_callbacks
 from ..engine.distributed import train_loader
 from ..errors import ConfigError
 from .config import DetectionConfig, LMConfig

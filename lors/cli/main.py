@@ -149,7 +149,7 @@ def cmd_count(args) -> int:
 
 def _lct_estimate(model, t) -> str:
     """What an LCT schedule will leave of the block linears it targets (``lors count``)."""
-    from ..engine.callbacks import target_paths
+    from ..engine.lct_schedule import target_paths
     from ..models.vit import BLOCK_LINEARS
 
     paths = target_paths(model, t.targets or BLOCK_LINEARS, t.keep_dense)
