@@ -138,6 +138,12 @@ def test_count_on_lct_schedule_estimates_the_reduction(capsys):
            f"{dense * 10 // 12:,} parameters remain" in out
     assert main(["count", config, "--set", "lct.rank=null", "--set", "lct.switch=stable_rank"]) == 0
     assert "stable ranks" in capsys.readouterr().out
+    # a model built factorised with its first and last blocks dense, against the all-dense model
+    assert main(["count", config, "--set", "lct.rank=null", "--set", "model.variant=cola", "--set", "model.lct_rank=6",
+                 "--set", "model.dense_blocks=[0,-1]"]) == 0
+    norms = 12 * 4 * 64
+    blocks = dense * 2 // 12 + rank6 + norms
+    assert f"variant cola: blocks {blocks:,} vs dense {dense + norms:,}" in capsys.readouterr().out
 
 
 def test_demo_plot_axis_floor_and_file(tmp_path):

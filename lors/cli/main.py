@@ -135,7 +135,7 @@ def cmd_count(args) -> int:
     build = (lambda m: build_gpt(m, 256)) if isinstance(cfg, LMConfig) else build_vit
     with torch.device("meta"):  # count without allocating
         model = build(cfg.model)
-        dense = build(dataclasses.replace(cfg.model, variant="dense"))
+        dense = build(dataclasses.replace(cfg.model, variant="dense", dense_blocks=[]))
     print(report(model))
     blocks, dense_blocks = model.block_parameter_count(), dense.block_parameter_count()
     total, dense_total = count_parameters(model), count_parameters(dense)
