@@ -99,6 +99,17 @@ GRIDS = {
         "CoLA rank 6 from scratch, first+last blocks dense": ["lct.epsilon=null", "model.variant=cola",
                                                               "model.lct_rank=6", "model.dense_blocks=[0,-1]"],
     },
+    "mnist_scratch_ends": {  # with --config configs/mnist_vit_lct.yaml
+        "U V rank 6 from scratch, first+last blocks dense": ["lct.epsilon=null", "model.variant=lct",
+                                                             "model.lct_rank=6", "model.dense_blocks=[0,-1]"],
+        "CoLA rank 6 from scratch, first+last blocks dense": ["lct.epsilon=null", "model.variant=cola",
+                                                              "model.lct_rank=6", "model.dense_blocks=[0,-1]"],
+    },
+    "ends_pair": {  # more seeds for the rows that decide the digits target
+        "dense": ["lct.epsilon=null"],
+        "CoLA rank 6 from scratch, first+last blocks dense": ["lct.epsilon=null", "model.variant=cola",
+                                                              "model.lct_rank=6", "model.dense_blocks=[0,-1]"],
+    },
     "combined": {
         "stable-rank switch, ranks x0.9": ["lct.epsilon=null", "lct.switch=stable_rank", "lct.stable_rank_scale=0.9"],
         "stable-rank switch x0.5, first+last blocks dense": ["lct.epsilon=null", "lct.switch=stable_rank",

@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,16 @@ def test_detection_ffn_rank_and_stage_bias_keys():
         load_config(ROOT / "configs/adamixer_shapes_lors.yaml", ["model.stage_bias=true", "model.stage_bias_init=normal"])
     with pytest.raises(ConfigError, match=r"model\.stage_bias_init: random' needs .*model\.stage_bias: true"):
         load_config(ROOT / "configs/adamixer_shapes_lors.yaml", ["model.stage_bias_init=random"])
+
+
+def test_digits_cola_config_is_the_demo_run_with_cola_blocks_and_counts_in_closed_form():
+    cfg = load_config(ROOT / "configs/digits_vit_cola.yaml")
+    dense = demo_config("dense")
+    assert cfg.train == dataclasses.replace(dense.train, output_dir="runs/digits_vit_cola") and cfg.data == dense.data
+    assert (cfg.model.variant, cfg.model.lct_rank, cfg.model.dense_blocks) == ("cola", 6, [0, -1])
+    model = build_vit(cfg.model)
+    shapes = [(64, 192), (64, 64), (64, 128), (128, 64)]
+    per_dense = sum(i * o + o for i, o in shapes) + 4 * 64
+    per_cola = sum(6 * (i + o) + o for i, o in shapes) + 4 * 64
+    assert model.block_parameter_count() == 2 * per_dense + 10 * per_cola
+    assert 1 - model.block_parameter_count() / (12 * per_dense) > 0.70
