@@ -263,3 +263,10 @@ def test_trainer_gives_the_factors_the_rates_of_train_factor_lr_rule(tmp_path):
     assert lrs[id(model[0].V)] == lrs[id(model[1].weight)] == pytest.approx(1e-2)
     with pytest.raises(ConfigError, match="train.factor_lr_rule"):
         TrainConfig(factor_lr_rule="by_rank")
+
+
+def test_keep_dense_out_of_range_fails_at_fit_start_not_at_the_switch(tmp_path):
+    cfg = load_config(None, TINY + ["train.epochs=3", "lct.rank=2", "lct.warmup_epochs=2", "lct.keep_dense=[5]"])
+    with pytest.raises(ValueError, match=r"lct.keep_dense must be a list of block indices in \[-2, 1\]"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "last.json").exists()  # no epoch was trained

@@ -36,6 +36,7 @@ from ..models.adamixer.backbone import LAYOUTS
 from ..models.adamixer.mixing import VARIANTS as DECODERS
 from ..models.vit import PRESETS, VARIANTS
 from ..nn.adaptive import FACTOR_INITS, LAYER_BIAS_INITS
+from ..nn.checks import block_indices
 from ..tasks.classification import ClassificationLoss
 
 __all__ = ["AdaMixerConfig", "ClassificationLoss", "Config", "ConfigError", "DataConfig", "DetectionConfig",
@@ -53,12 +54,11 @@ def _counts(obj, section: str, names: tuple[str, ...], low: int = 1) -> None:
 
 def _dense_blocks(obj, depth: int) -> None:
     """``model.dense_blocks``: block indices in [-depth, depth) and only with the variants lct and cola."""
-    value = obj.dense_blocks
-    if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) and -depth <= i < depth
-                                              for i in value):
-        raise ConfigError(f"config key 'model.dense_blocks' must be a list of block indices in [-{depth}, {depth - 1}] "
-                          f"(negative: from the end), got {value!r}")
-    if value and obj.variant not in ("lct", "cola"):
+    try:
+        block_indices(obj.dense_blocks, depth, "config key 'model.dense_blocks'")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if obj.dense_blocks and obj.variant not in ("lct", "cola"):
         raise ConfigError(f"config key 'model.dense_blocks' applies to model.variant 'lct' or 'cola', "
                           f"not {obj.variant!r}")
 

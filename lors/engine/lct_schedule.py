@@ -20,7 +20,7 @@ from torch import nn
 from ..accounting import count_parameters
 from ..apply.lct import lct, lct_ranks, rebuild, sync_ranks, targeted_paths
 from ..errors import ConfigError, at_least, one_of, positive
-from ..nn.checks import epsilon_in_range
+from ..nn.checks import block_indices, epsilon_in_range
 from ..nn.lowrank import frobenius_penalty, low_rank_layers, spectral_init
 from ..nn.spectral import stable_rank
 from .callbacks import Callback
@@ -127,8 +127,7 @@ def target_paths(model: nn.Module, targets: str, keep_dense=()) -> list[str]:
     if not keep_dense:
         return paths
     blocks = {block_index(p) for p in paths} - {None}
-    count = max(blocks) + 1 if blocks else 0
-    kept = {i % count for i in keep_dense if -count <= i < count}
+    kept = block_indices(keep_dense, max(blocks) + 1 if blocks else 0, "lct.keep_dense")
     return [p for p in paths if block_index(p) not in kept]
 
 
@@ -170,6 +169,8 @@ class LctSchedule(Callback):
         self.done, self.final_ranks, self.stable_ranks = False, {}, {}
 
     def on_fit_start(self, trainer) -> None:
+        if not self.done:  # a wrong lct.targets or lct.keep_dense fails now, not at the switch
+            self.paths(trainer.model)
         if self.config.warmup_epochs >= trainer.config.epochs:
             trainer.warn(f"lct.warmup_epochs={self.config.warmup_epochs} >= train.epochs={trainer.config.epochs}: "
                          "the model is never factorised, so this LCT run trains a dense model")

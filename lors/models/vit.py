@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.checks import per_layer, positive_int
+from ..nn.checks import block_indices, per_layer, positive_int
 from ..nn.cola import CoLALinear
 from ..nn.lowrank import LowRankLinear
 from ..nn.static import LorsLinearStack
@@ -105,17 +105,6 @@ def block_parameters(blocks: nn.Module, stacks: nn.Module) -> int:
     return sum(p.numel() for p in params.values())
 
 
-def dense_block_set(dense_blocks: Sequence[int], depth: int) -> set[int]:
-    """Block indices ``dense_blocks`` names (negative: from the end), checked against ``depth``."""
-    kept = set()
-    for i in dense_blocks:
-        if isinstance(i, bool) or not isinstance(i, int) or not -depth <= i < depth:
-            raise ValueError(f"dense_blocks must hold block indices in [-{depth}, {depth - 1}] (depth {depth}), "
-                             f"got {list(dense_blocks)!r}")
-        kept.add(i % depth)
-    return kept
-
-
 def linear_factory(variant: str, stacks: nn.ModuleDict, depth: int, dim: int, mlp_dim: int,
                    rank: int | Sequence[int], attn_groups: int | Sequence[int], mlp_groups: int | Sequence[int],
                    lct_rank: Optional[int], b_init_std: float = 0.0,
@@ -127,7 +116,7 @@ def linear_factory(variant: str, stacks: nn.ModuleDict, depth: int, dim: int, ml
     layers (Pufferfish keeps the first and last blocks full-rank)."""
     if variant == "dense":
         return lambda kind, i, d_in, d_out: nn.Linear(d_in, d_out)
-    kept = dense_block_set(dense_blocks, depth)
+    kept = block_indices(dense_blocks, depth, "dense_blocks")
     if variant in ("lct", "cola"):
         if lct_rank is None:
             raise ValueError(f"variant={variant!r} needs lct_rank (an int); to factorise at a tolerance, "

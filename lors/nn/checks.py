@@ -35,6 +35,15 @@ def per_layer(value: IntOrList, num_layers: int, name: str) -> list[int]:
     return values
 
 
+def block_indices(indices, depth: int, name: str) -> set[int]:
+    """The blocks a list of indices names (negative: from the end), each checked against ``depth`` blocks."""
+    if not isinstance(indices, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and -depth <= i < depth for i in indices):
+        raise ValueError(f"{name} must be a list of block indices in [-{depth}, {depth - 1}] (negative: from the end; "
+                         f"{depth} blocks), got {indices!r}")
+    return {i % depth for i in indices}
+
+
 def rank_fits(ranks: Sequence[int], rows: int, cols: int, name: str = "rank") -> None:
     limit = min(rows, cols)
     for r in ranks:
