@@ -151,7 +151,7 @@ def test_generate_prints_a_continuation_of_the_prompt(tmp_path, text_file, capsy
 
 
 @pytest.mark.parametrize("name,most", [("text_gpt_lors", 1 / 3), ("text_gpt_lct", 1 / 2), ("kjv_gpt_lct50", 1 / 2),
-                                       ("kjv_gpt_cola50", 1 / 2)])
+                                       ("kjv_gpt_cola50", 1 / 2), ("kjv_gpt_cola50ends", 1 / 2)])
 def test_shipped_text_configs_count_and_meet_the_parameter_budgets(capsys, name, most):
     configs = Path(__file__).resolve().parent.parent / "configs"
     assert main(["count", str(configs / f"{name}.yaml")]) == 0
