@@ -139,7 +139,7 @@ class VisionTransformer(nn.Module):
     Args:
         img_size, patch_size, in_chans, num_classes: image and label geometry.
         dim, depth, heads, mlp_dim: transformer size (see ``PRESETS``).
-        variant: ``"dense"``, ``"lors"`` or ``"lct"``.
+        variant: ``"dense"``, ``"lors"``, ``"lct"`` or ``"cola"``.
         rank: LORS residual rank (int or one per block).
         attn_groups, mlp_groups: LORS residual groups per block for qkv/proj and fc1/fc2.
         lct_rank: rank of every block linear for ``variant="lct"`` or ``"cola"``.
