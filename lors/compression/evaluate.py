@@ -1,0 +1,83 @@
+"""Scoring a compressed model against its original: perplexity (causal LMs), embedding agreement (encoders),
+greedy samples, and text generation with a Hugging Face causal LM (``lors generate --model``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..tasks.lm import perplexity
+
+__all__ = ["embed", "embedding_agreement", "generate", "greedy_sample", "perplexity", "token_batches"]
+
+PROMPT = "The Python standard library"
+
+
+def token_batches(tokenizer, sentences: list[str], batch_size: int = 32, max_length: int = 64) -> list[dict]:
+    """Tokenised, padded batches (dicts of tensors, ``attention_mask`` included) of ``sentences`` in order."""
+    return [dict(tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt")) for i in range(0, len(sentences), batch_size)]
+
+
+@torch.no_grad()
+def embed(model: nn.Module, batches: list[dict]) -> torch.Tensor:
+    """L2-normalised mean-pooled sentence embeddings (all-MiniLM-L6-v2's pooling), (N, D)."""
+    model.eval()
+    out = []
+    for b in batches:
+        hidden = model(**b).last_hidden_state
+        mask = b["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        out.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+    return torch.cat(out)
+
+
+def embedding_agreement(reference: torch.Tensor, embeddings: torch.Tensor, k: int = 10) -> dict:
+    """Mean and min cosine to the reference embeddings; top-1 agreement (%): for each sentence, is its nearest
+    neighbour among the others the same as under the reference model; recall@k (%): the share of the
+    reference model's ``k`` nearest neighbours that are among the new model's ``k`` nearest (robust to near-ties)."""
+    cos = (reference * embeddings).sum(-1)
+    sim_ref = (reference @ reference.T).fill_diagonal_(-2)
+    sim_new = (embeddings @ embeddings.T).fill_diagonal_(-2)
+    top_ref, top_new = sim_ref.topk(k, 1).indices, sim_new.topk(k, 1).indices
+    hits = (top_ref[:, :, None] == top_new[:, None, :]).any(-1).float().mean()
+    return {"cos_mean": cos.mean().item(), "cos_min": cos.min().item(),
+            "top1_agree": 100.0 * (sim_ref.argmax(1) == sim_new.argmax(1)).float().mean().item(),
+            f"recall@{k}": 100.0 * hits.item()}
+
+
+def greedy_sample(model: nn.Module, tokenizer, prompt: str = PROMPT, tokens: int = 30) -> str:
+    """The model's greedy continuation of ``prompt`` (``tokens`` new tokens, KV cache on), prompt included."""
+    return generate(model, tokenizer, prompt, tokens, temperature=0.0, chat=False, include_prompt=True)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer, prompt: str, tokens: int = 64, temperature: float = 0.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0, chat: Optional[bool] = None,
+             include_prompt: bool = False) -> str:
+    """Text from a Hugging Face causal LM: greedy at ``temperature`` 0, else sampled (``top_k`` / ``top_p``,
+    seeded). ``chat``: wrap the prompt in the tokenizer's chat template as a user turn (default: when the tokenizer
+    has one). Returns the new text (with ``include_prompt``, the prompt's text too)."""
+    if tokens < 1:
+        raise ValueError(f"tokens must be >= 1, got {tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if chat is None:
+        chat = bool(getattr(tokenizer, "chat_template", None))
+    if chat:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    options = dict(do_sample=temperature > 0, max_new_tokens=tokens, min_new_tokens=tokens if not chat else None,
+                   pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    if temperature > 0:
+        torch.manual_seed(seed)
+        options.update(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
+    else:
+        options.update(temperature=None, top_k=None, top_p=None)
+    model.eval()
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
+    return tokenizer.decode(out[0] if include_prompt else out[0, ids.shape[1]:], skip_special_tokens=True)

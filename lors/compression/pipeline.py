@@ -1,0 +1,221 @@
+"""``lors.compress(model, calibration, config)``: compress a pretrained model and say what was done.
+
+One call measures the calibration moments once (padding dropped), picks the shrinkage when asked
+(``"auto"``: the one-shot fit that scores best on held-out ``validation`` batches), fits the factors
+(LCT / LORS / basis sharing at the budget's ranks, :func:`lors.apply.budget.budget_ranks`), refits them block by
+block (:mod:`lors.apply.sequential`) and moves LCT factors to pivoted storage, as the
+:class:`~lors.compression.config.CompressConfig` says. It returns the compressed copy and a
+:class:`CompressReport`; the model passed in is not changed.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..accounting import count_parameters
+from ..apply.budget import budget_ranks, stack_linears
+from ..apply.calibration import input_moments
+from ..apply.config import LorsConfig
+from ..apply.lct import lct, pivot, rebuild
+from ..apply.lors import convert
+from ..apply.sequential import sequential_refit
+from .config import CompressConfig
+
+SHRINKAGE_GRID = (0.0, 0.1, 0.2, 0.4, 0.7)
+
+
+@dataclass
+class CompressReport:
+    """What :func:`compress` did: the recipe, where, how much was kept, and the choices it made."""
+
+    config: dict                   # the resolved CompressConfig
+    kind: str                      # "lm" or "encoder"
+    container: str                 # the stack of blocks, e.g. "model.layers"
+    targets: list[str]             # the linears compressed in every block
+    dense_params: int              # parameters of those linears before
+    params: int                    # ... and after (what the budget counts, unless the scope is the encoder)
+    model_params: tuple[int, int]  # (before, after) of the whole model, each tensor once
+    ranks: dict[str, int] = field(default_factory=dict)
+    shrinkage: float = 0.0
+    shrinkage_scores: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return self.params / self.dense_params
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "fraction": self.fraction}
+
+
+def model_kind(model: nn.Module) -> str:
+    """``"lm"`` for a Hugging Face ``*ForCausalLM`` (or anything with ``generate`` and an LM head), else
+    ``"encoder"``."""
+    names = [type(model).__name__] + list(getattr(getattr(model, "config", None), "architectures", None) or [])
+    if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
+        return "lm"
+    return "lm" if callable(getattr(model, "get_output_embeddings", None)) and model.get_output_embeddings() \
+        is not None and hasattr(model, "generate") else "encoder"
+
+
+def as_batches(calibration, batch_size: int) -> list:
+    """Calibration as a list of model-call batches: a (N, T) tensor of token ids is cut into dicts of
+    ``batch_size`` windows (``use_cache=False``); a sequence of batches is returned as a list."""
+    if isinstance(calibration, torch.Tensor):
+        if calibration.ndim != 2 or calibration.dtype != torch.long:
+            raise ValueError(f"calibration tokens must be a (N, T) tensor of token ids, got {tuple(calibration.shape)}"
+                             f" {calibration.dtype}")
+        return [{"input_ids": calibration[i:i + batch_size], "use_cache": False}
+                for i in range(0, len(calibration), batch_size)]
+    batches = list(calibration or [])
+    if not batches:
+        raise ValueError("calibration holds no batches: give a (N, T) tensor of token ids or a list of input dicts")
+    return batches
+
+
+def compress(model: nn.Module, calibration=None, config: Optional[CompressConfig] = None,
+             validation=None, log: Optional[Callable[[str], None]] = None,
+             **fields) -> tuple[nn.Module, CompressReport]:
+    """A compressed copy of ``model`` and its :class:`CompressReport`.
+
+    Args:
+        model: a pretrained Hugging Face causal LM or encoder (any model with a stack of identical blocks).
+        calibration: a (N, T) tensor of token ids, or a list of input dicts (``attention_mask`` honoured: padded
+            positions are left out of every statistic). Not needed for ``init="svd"``.
+        config: a :class:`CompressConfig` (default: the best recipe); or give its fields as keywords.
+        validation: held-out batches (same forms as ``calibration``) for ``shrinkage="auto"``: each candidate's
+            one-shot fit is scored there (causal LMs: perplexity; encoders: 1 - cosine of mean-pooled outputs
+            to the original's). Never the evaluation text.
+        log: called with progress lines (e.g. ``print``).
+    """
+    if config is not None and fields:
+        raise ValueError("give config= or its fields as keywords, not both")
+    kind = model_kind(model)
+    cfg = (config or CompressConfig(**fields)).resolve(kind)
+    start = time.time()
+    batches = as_batches(calibration, cfg.batch_size) if cfg.init == "calibrated" else None
+    container, targets, paths = stack_linears(model)
+    moments = input_moments(model, paths, batches) if batches else None
+    shrinkage, scores = cfg.shrinkage, {}
+    if shrinkage == "auto":
+        if validation is None:
+            raise ValueError("shrinkage='auto' needs validation= batches (held-out calibration text) to choose on; "
+                             "or give a number")
+        held = as_batches(validation, cfg.batch_size)
+        score = (lambda m: _held_out_score(m, model, held, kind))
+        shrinkage, scores = choose_shrinkage(model, moments, score, cfg, log)
+        if log:
+            log(f"shrinkage {shrinkage:g} chosen on {len(held)} held-out batches")
+    scope = "encoder" if kind == "encoder" and hasattr(model, "encoder") else None
+    student = fit(model, cfg, moments, shrinkage, batches, scope, log)
+    before = _linear_params(model, container, targets)
+    report = CompressReport(cfg.to_dict(), kind, container, targets, before,
+                            _linear_params(student, container, targets, model),
+                            (count_parameters(model), count_parameters(student)),
+                            ranks=_ranks(student), shrinkage=float(shrinkage),
+                            shrinkage_scores={str(a): round(v, 4) for a, v in scores.items()},
+                            seconds=round(time.time() - start, 1))
+    return student, report
+
+
+def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkage: float,
+        batches: Optional[Sequence], scope: Optional[str] = None, log=None, sequential: Optional[bool] = None):
+    """The compressed copy for a resolved ``cfg`` with ``moments`` measured before (``sequential`` overrides
+    ``cfg.sequential``; the shrinkage search fits one-shot)."""
+    sequential = cfg.sequential if sequential is None else sequential
+    teacher, model = model, copy.deepcopy(model)
+    container, targets, paths = stack_linears(model)
+    moments = shrink(moments, shrinkage) if moments is not None else None
+    ranks = budget_ranks(model, cfg.method, cfg.budget, moments, model.get_submodule(scope) if scope else None,
+                         cfg.allocation, cfg.floor, cfg.group_size, form=cfg.form) if cfg.budget is not None else None
+    if cfg.method == "lct":
+        if ranks is not None:
+            rebuild(model, ranks, calibration=moments)  # the budget's plan, checked by budget_ranks
+        else:
+            lct(model, rank=cfg.rank, epsilon=cfg.epsilon, targets="|".join(re.escape(p) for p in paths),
+                calibration=moments)
+    else:
+        convert(model, LorsConfig(targets=targets, rank=cfg.rank or 1, rank_pattern=ranks or {}, epsilon=cfg.epsilon,
+                                  init="calibrated" if moments else "pretrained", group_size=cfg.group_size,
+                                  fit_iterations=cfg.fit_iterations or 2,
+                                  sharing="basis" if cfg.method == "basis" else "residual"), calibration=moments)
+    if sequential:
+        sequential_refit(model, teacher, container, targets, batches, None, cfg.correct, shrinkage, cfg.ridge, log)
+    if cfg.form == "pivoted":
+        pivot(model)
+    return model
+
+
+def shrink(moments: dict, alpha: float) -> dict:
+    """Moments shrunk toward their diagonals, ``(1 - alpha) C + alpha diag(C)``: directions the calibration
+    text never excites keep some weight, so a fit on one kind of text cuts less of what other text needs."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"shrinkage must be in [0, 1], got {alpha}")
+    if alpha == 0:
+        return moments
+    shrunk = {}  # by id: a moment shared by several layers (q, k, v) stays one tensor
+    for C in moments.values():
+        if id(C) not in shrunk:
+            shrunk[id(C)] = (1 - alpha) * C + alpha * torch.diag(C.diagonal())
+    return {p: shrunk[id(C)] for p, C in moments.items()}
+
+
+def choose_shrinkage(model: nn.Module, moments: dict, score: Callable[[nn.Module], float], cfg: CompressConfig,
+                     log=None, grid: Sequence[float] = SHRINKAGE_GRID) -> tuple[float, dict]:
+    """The shrinkage of ``grid`` whose one-shot fit (``cfg``, no sequential refit) scores lowest, and every score.
+    ``score(model)`` must use held-out calibration text, never the evaluation text."""
+    if not grid or any(not 0 <= a <= 1 for a in grid):
+        raise ValueError(f"shrinkage grid values must be in [0, 1], got {grid}")
+    if moments is None:
+        raise ValueError("choosing the shrinkage needs calibration moments (init='calibrated')")
+    scope = "encoder" if model_kind(model) == "encoder" and hasattr(model, "encoder") else None
+    scores = {}
+    for alpha in grid:
+        scores[alpha] = float(score(fit(model, cfg, moments, alpha, None, scope, sequential=False)))
+        if log:
+            log(f"  shrinkage {alpha:g}: held-out calibration score {scores[alpha]:.4f}")
+    return min(scores, key=scores.get), scores
+
+
+@torch.no_grad()
+def _held_out_score(student: nn.Module, teacher: nn.Module, batches: list, kind: str) -> float:
+    """Causal LMs: perplexity of the batches' tokens; encoders: mean 1 - cosine of mean-pooled outputs."""
+    student.eval()
+    total, count = 0.0, 0
+    for b in batches:
+        mask = b.get("attention_mask")
+        out = student(**b)
+        if kind == "lm":
+            logits, ids = out.logits[:, :-1], b["input_ids"][:, 1:]
+            keep = mask[:, 1:].bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)
+            total += F.cross_entropy(logits[keep].float(), ids[keep], reduction="sum").item()
+            count += int(keep.sum())
+        else:
+            ref = teacher(**b).last_hidden_state
+            m = (mask if mask is not None else torch.ones(ref.shape[:2])).unsqueeze(-1).to(ref.dtype)
+            pooled = [(h * m).sum(1) / m.sum(1) for h in (out.last_hidden_state, ref)]
+            total += (1 - F.cosine_similarity(*pooled, dim=-1)).sum().item()
+            count += len(ref)
+    return math.exp(min(total / count, 50.0)) if kind == "lm" else total / count
+
+
+def _linear_params(model: nn.Module, container: str, targets, reference: Optional[nn.Module] = None) -> int:
+    """Parameters of the stacked linears: every parameter of ``model`` not in ``reference``'s other modules."""
+    reference = reference if reference is not None else model
+    modules = dict(reference.named_modules())
+    blocks = len(reference.get_submodule(container))
+    dense = {id(p) for i in range(blocks) for t in targets for p in modules[f"{container}.{i}.{t}"].parameters()}
+    other = sum(p.numel() for p in reference.parameters() if id(p) not in dense)
+    return count_parameters(model) - other
+
+
+def _ranks(model: nn.Module) -> dict[str, int]:
+    return {n: int(m.rank) for n, m in model.named_modules() if hasattr(m, "rank") and isinstance(m.rank, int)}

@@ -1,0 +1,183 @@
+"""The whole ``lors compress`` job as one library call: load a base model, compress it, score it, save it.
+
+:func:`run` takes a model name (``"smollm2"``, ``"minilm"`` or a Hugging Face folder) and a
+:class:`~lors.compression.CompressConfig`, and
+
+* causal LMs: calibrates on windows of the :mod:`lors.data.lm_text` calibration sources, chooses the shrinkage on
+  other windows of the same sources, and reports held-out perplexity (``pydoc``, the Bible's held-out books, or text
+  files) and a greedy sample of every stage;
+* sentence encoders: calibrates on training sentences and reports the agreement of held-out sentence embeddings
+  (mean / min cosine, top-1 agreement, recall@10);
+
+optionally distils the compressed model toward the original, and with ``out`` writes a self-contained folder
+(:func:`lors.compression.save_pretrained`) plus ``results.json``. Evaluation text is never calibration text.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..accounting import count_parameters
+from ..data.lm_text import calibration_text, eval_text, token_windows
+from .config import CompressConfig
+from .evaluate import embed, embedding_agreement, greedy_sample, perplexity, token_batches
+from .export import save_pretrained
+from .pipeline import _linear_params, as_batches, compress
+from .pretrained import base_source, is_causal_lm, load_causal_lm, load_encoder
+
+EVAL_TEXTS = ("pydoc", "bible")
+
+
+def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_file: Optional[str] = None,
+        eval_texts: Optional[Sequence[str]] = None, eval_windows: Optional[int] = None,
+        eval_sentences: Optional[int] = None, out: Optional[str | Path] = None, dtype: Optional[str] = None,
+        progress: bool = True, resume: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Compress ``model`` as ``config`` says; returns ``{"rows", "history", "samples", "report", "model"}``.
+
+    LMs: ``eval_texts`` (default pydoc and bible) scored on ``eval_windows`` windows each (default 40);
+    encoders: ``eval_sentences`` held-out sentences (default 1000). ``dtype``: storage of the saved folder.
+    """
+    config = config or CompressConfig(budget=0.8)
+    lm = is_causal_lm(model, gguf_file)
+    if lm and eval_sentences is not None:
+        raise ValueError("eval_sentences is for sentence encoders; causal LMs take eval_texts / eval_windows")
+    if not lm and (eval_texts is not None or eval_windows is not None or gguf_file is not None):
+        raise ValueError("eval_texts, eval_windows and gguf_file are for causal LMs; "
+                         f"{model} is an encoder (eval_sentences)")
+    cfg = config.resolve("lm" if lm else "encoder")
+    torch.manual_seed(cfg.seed)
+    if lm:
+        result = _run_lm(model, gguf_file, cfg, tuple(eval_texts or EVAL_TEXTS), eval_windows or 40, out,
+                         progress, resume, log)
+    else:
+        result = _run_encoder(model, cfg, eval_sentences or 1000, out, progress, resume, log)
+    if out:
+        save_pretrained(result["model"], out, result.pop("tokenizer"), cfg, base_source(model, gguf_file), dtype)
+        (Path(out) / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "model"},
+                                                           indent=2))
+        log(f"saved to {out}: a self-contained model (lors.from_pretrained('{out}'); "
+            f"lors generate --model {out}) and results.json")
+    result.pop("tokenizer", None)
+    return result
+
+
+def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out, progress, resume, log) -> dict:
+    teacher, tokenizer = load_causal_lm(name, gguf_file, log=log, progress=progress)
+    texts = calibration_text(cfg.calibration, cfg.seed)
+    calib = token_windows(tokenizer, texts, cfg.calibration_windows, cfg.window)
+    held = token_windows(tokenizer, texts, min(16, cfg.calibration_windows), cfg.window, skip=1)
+    evals = {Path(t).stem if os.sep in t else t: token_windows(tokenizer, eval_text(t, cfg.seed), eval_windows,
+                                                               cfg.window) for t in eval_texts}
+    from ..apply.budget import stack_linears
+
+    container, targets, _ = stack_linears(teacher)
+    base = _linear_params(teacher, container, targets)
+    log(f"{name}: {len(teacher.get_submodule(container))} blocks, {base:,} parameters in their linears; "
+        f"calibration: {cfg.calibration} ({cfg.calibration_windows} x {cfg.window} tokens); evaluation: "
+        f"{', '.join(f'{k} ({len(v)} x {cfg.window})' for k, v in evals.items())}; recipe: {cfg.setting()}")
+
+    def row(label, model, seconds=None):
+        r = {"model": label, "linear_params": _linear_params(model, container, targets, teacher)}
+        r["fraction"] = r["linear_params"] / base
+        r.update({f"ppl_{k}": round(perplexity(model, w, cfg.batch_size)["ppl"], 3) for k, w in evals.items()})
+        if seconds is not None:
+            r["seconds"] = round(seconds, 1)
+        log("  " + ", ".join(f"{k}={v}" for k, v in r.items()))
+        return r
+
+    rows, samples = [row("original", teacher)], {"original": greedy_sample(teacher, tokenizer)}
+    student, report = compress(teacher, calib, cfg, validation=held, log=log if progress else None)
+    rows.append(row(cfg.setting(), student, report.seconds))
+    rows[-1]["shrinkage"] = report.shrinkage
+    samples[cfg.setting()] = greedy_sample(student, tokenizer)
+    history = []
+    if cfg.distill_steps > 0:
+        history = _distill_lm(student, teacher, tokenizer, texts, cfg, out, progress, resume, log)
+        rows.append(row(f"+ distillation ({cfg.distill_steps} steps)", student,
+                        sum(h["epoch_time"] for h in history)))
+        samples[rows[-1]["model"]] = greedy_sample(student, tokenizer)
+    for k, v in samples.items():
+        log(f"sample [{k}]: {v!r}")
+    return {"rows": rows, "history": history, "samples": samples, "report": report.to_dict(), "model": student,
+            "tokenizer": tokenizer}
+
+
+def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, progress, resume, log) -> list:
+    from ..tasks.distill import distill
+
+    windows = token_windows(tokenizer, texts, min(cfg.distill_steps * cfg.batch_size, 2_000), cfg.window, skip=1)
+    train = [{"input_ids": b["input_ids"]} for b in as_batches(windows, cfg.batch_size)]  # the loss calls the model
+    student.get_input_embeddings().weight.requires_grad_(False)  # tied to the head; too few tokens to move it
+    log(f"distillation: {cfg.distill_steps} steps x {cfg.batch_size} x {cfg.window} tokens ({cfg.distill_loss}, "
+        f"T={cfg.temperature}, lr {cfg.lr}) on {len(train)} batches of the calibration sources (windows disjoint "
+        "from calibration)")
+    history = distill(student, teacher, train, cfg.distill_steps, lr=cfg.lr, loss=cfg.distill_loss,
+                      temperature=cfg.temperature, checkpoint_every=50, progress=progress, seed=cfg.seed,
+                      resume=resume, run_dir=Path(out) / "distill" if out else None, log=log)
+    previous = 0
+    for h in history:  # from the epoch's steps and time (samples_per_s is rounded to 0.1)
+        h["tokens_per_s"] = round((h["step"] - previous) * cfg.batch_size * cfg.window / max(h["epoch_time"], 1e-9), 1)
+        previous = h["step"]
+    seconds = sum(h["epoch_time"] for h in history)
+    log(f"distillation: {cfg.distill_steps * cfg.batch_size * cfg.window / max(seconds, 1e-9):.0f} tokens/s on "
+        f"average, {seconds / 60:.1f} min")
+    return history
+
+
+def held_out_sentences(seed: int = 0, n_eval: int = 1000) -> tuple[list[str], list[str]]:
+    """(training sentences shuffled by ``seed``, ``n_eval`` held-out sentences) from :mod:`lors.data.text`."""
+    from ..data.text import english_sentences
+
+    train, held = english_sentences(seed)
+    g = torch.Generator().manual_seed(seed)
+    train = [train[i] for i in torch.randperm(len(train), generator=g).tolist()]
+    held = [held[i] for i in torch.randperm(len(held), generator=g)[:n_eval].tolist()]
+    return train, held
+
+
+def _run_encoder(name, cfg: CompressConfig, eval_sentences, out, progress, resume, log) -> dict:
+    from ..tasks.distill import distill
+
+    teacher, tokenizer = load_encoder(name, progress=progress)
+    train, held = held_out_sentences(cfg.seed, eval_sentences)
+    n = cfg.calibration_sentences
+    calibration = token_batches(tokenizer, train[:n], cfg.batch_size)
+    validation = token_batches(tokenizer, train[n:n + 128], cfg.batch_size)  # held-out calibration sentences
+    eval_batches = token_batches(tokenizer, held, 64)
+    reference = embed(teacher, eval_batches)
+    base = count_parameters(teacher.encoder)
+    log(f"{name}: encoder {base:,} parameters; {len(train):,} training / {len(held):,} held-out sentences "
+        f"(split by source); calibration on {n}; recipe: {cfg.setting()}")
+
+    def row(label, model):
+        count = count_parameters(model.encoder)
+        return {"model": label, "encoder_params": count, "fraction": count / base,
+                **embedding_agreement(reference, embed(model, eval_batches))}
+
+    rows = [row("original", teacher)]
+    student, report = compress(teacher, calibration, cfg, validation=validation, log=log if progress else None)
+    rows.append(row(cfg.setting(), student))
+    history = []
+    if cfg.distill_steps > 0:
+        evaluate = lambda m: {k: round(v, 5) for k, v in embedding_agreement(reference, embed(m, eval_batches)).items()}
+        history = distill(student, teacher, token_batches(tokenizer, train, cfg.batch_size), cfg.distill_steps,
+                          lr=cfg.lr, checkpoint_every=100, evaluate=evaluate, progress=progress, seed=cfg.seed,
+                          resume=resume, run_dir=Path(out) / "distill" if out else None, log=log)
+        rows.append(row(f"+ distillation ({cfg.distill_steps} steps)", student))
+    log(format_encoder_rows(rows))
+    return {"rows": rows, "history": history, "samples": {}, "report": report.to_dict(), "model": student,
+            "tokenizer": tokenizer}
+
+
+def format_encoder_rows(rows: list[dict]) -> str:
+    lines = [f"{'model':<40}{'encoder params':>15}{'of original':>13}{'cos mean':>10}{'cos min':>9}{'top-1 agree':>13}"
+             f"{'recall@10':>11}"]
+    for r in rows:
+        lines.append(f"{r['model']:<40}{r['encoder_params']:>15,}{100 * r['fraction']:>12.1f}%{r['cos_mean']:>10.4f}"
+                     f"{r['cos_min']:>9.4f}{r['top1_agree']:>12.1f}%{r['recall@10']:>10.1f}%")
+    return "\n".join(lines)
