@@ -75,8 +75,11 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from lors.accounting import count_parameters
-    from lors.cli.compress import (compress, embed, embedding_agreement, held_out_sentences, load_encoder,
-                               token_batches)
+    import lors
+    from lors.compression import CompressConfig, embed, embedding_agreement
+    from lors.compression.evaluate import token_batches
+    from lors.compression.pretrained import load_encoder
+    from lors.compression.run import held_out_sentences
     from lors.tasks.distill import distill
 
     warnings.simplefilter("ignore")
@@ -115,14 +118,14 @@ def main() -> None:
 
     for method in args.methods.split(","):
         for fraction in (float(f) for f in args.fractions.split(",")):
-            kw = dict(scope="encoder", allocation=args.allocation)
+            kw = dict(method=method, budget=fraction, allocation=args.allocation, form="factors", shrinkage=0.0)
             if not args.no_svd:
-                record(method, "svd", fraction, compress(teacher, method, fraction, init="svd", **kw))
-            student = compress(teacher, method, fraction, init="calibrated", calibration=calibration, **kw)
+                student = lors.compress(teacher, None, CompressConfig(init="svd", sequential=False, **kw))[0]
+                record(method, "svd", fraction, student)
+            student = lors.compress(teacher, calibration, CompressConfig(sequential=False, **kw))[0]
             start = record(method, f"calibrated ({args.allocation})", fraction, student)
             if args.sequential:
-                student = compress(teacher, method, fraction, init="calibrated", calibration=calibration,
-                                   sequential=True, **kw)
+                student = lors.compress(teacher, calibration, CompressConfig(**kw))[0]
                 start = record(method, f"calibrated sequential ({args.allocation})", fraction, student)
             steps = steps_for.get(fraction, 0)
             if steps:

@@ -9,7 +9,7 @@ Each config is METHOD-FIT[-option...]: METHOD lct | lors | basis; FIT svd (plain
 (one-shot whitened SVD on calibration moments), seq (whitened + sequential refit toward the original outputs),
 seqraw (sequential without the correction); options: gN (share within groups of N blocks), spec (spectrum
 allocation instead of uniform), shK (shrinkage K/100 toward the diagonal; shauto: chosen on 16 held-out
-calibration windows, see lors.cli.compress.choose_shrinkage), itN (N LORS alternations), piv (pivoted storage,
+calibration windows, see lors.compression.pipeline.choose_shrinkage), itN (N LORS alternations), piv (pivoted storage,
 r (in + out - r) numbers per rank-r matrix; lct only).
 Moments are measured once per calibration source and reused. Prints one row per run and writes rows.json.
 Machine: 2 CPU cores; the model's weights start from a 4-bit (Q4_1) grid.
@@ -29,8 +29,7 @@ def parse(config: str) -> dict:
     parts = config.split("-")
     method, fit, opts = parts[0], parts[1], parts[2:]
     kw = dict(method=method, init="svd" if fit == "svd" else "calibrated", sequential=fit.startswith("seq"),
-              correct=fit == "seq", allocation="uniform", group_size=None, shrinkage=0.0, fit_iterations=2,
-              form="factors")
+              correct=fit == "seq", shrinkage=0.0, form="factors")
     for o in opts:
         if o.startswith("g"):
             kw["group_size"] = int(o[1:])
@@ -46,7 +45,7 @@ def parse(config: str) -> dict:
             kw["fit_iterations"] = int(o[2:])
         else:
             raise SystemExit(f"unknown option {o!r} in config {config!r}")
-    return kw
+    return kw  # CompressConfig fields
 
 
 def plot(row_files: list[str], out: str) -> None:
@@ -104,18 +103,18 @@ def main():
 
     from lors.apply.budget import stack_linears
     from lors.apply.calibration import input_moments
-    from lors.cli.compress import choose_shrinkage, compress
-    from lors.cli.compress_lm import WINDOW, _linear_params, lm_batches
-    from lors.cli.pretrained import load_causal_lm
+    from lors.compression import CompressConfig, perplexity
+    from lors.compression.pipeline import as_batches, choose_shrinkage, fit, linear_params
+    from lors.compression.pretrained import load_causal_lm
     from lors.data.lm_text import calibration_text, eval_text, token_windows
-    from lors.tasks.lm import perplexity
 
+    window = CompressConfig(budget=0.5).resolve("lm").window
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher, tok = load_causal_lm(args.model)
     container, targets, paths = stack_linears(teacher)
-    base = _linear_params(teacher, container, targets)
-    evals = {e: token_windows(tok, eval_text(e), args.eval_windows, WINDOW) for e in args.eval.split(",")}
+    base = linear_params(teacher, container, targets)
+    evals = {e: token_windows(tok, eval_text(e), args.eval_windows, window) for e in args.eval.split(",")}
     rows = []
 
     def record(row):
@@ -127,27 +126,27 @@ def main():
     record({"config": "dense", "calibration": "-", "fraction": 1.0, **dense})
     for source in args.calibrations.split(","):
         texts = calibration_text(source)
-        calib = lm_batches(token_windows(tok, texts, args.calibration_windows, WINDOW), 4)
-        held = token_windows(tok, texts, 16, WINDOW, skip=1)  # held-out calibration windows (for shauto)
+        calib = as_batches(token_windows(tok, texts, args.calibration_windows, window), 4)
+        held = token_windows(tok, texts, 16, window, skip=1)  # held-out calibration windows (for shauto)
         t = time.time()
         moments = input_moments(teacher, paths, calib)
         print(f"moments of {source}: {time.time() - t:.0f} s", flush=True)
         for fraction in [float(f) for f in args.fractions.split(",")]:
             for config in args.configs.split(","):
                 kw = parse(config)
+                auto = kw["shrinkage"] == "auto"
+                cfg = CompressConfig(budget=fraction, **{**kw, "shrinkage": 0.0 if auto else kw["shrinkage"]})
+                cfg = cfg.resolve("lm")
                 t = time.time()
-                extra = {}
-                if kw["shrinkage"] == "auto":
-                    options = {k: kw[k] for k in ("method", "allocation", "group_size", "form", "fit_iterations")}
-                    kw["shrinkage"], scores = choose_shrinkage(teacher, moments, lambda m: perplexity(m, held)["ppl"],
-                                                               fraction=fraction, **options)
-                    extra = {"shrinkage": kw["shrinkage"], "shrinkage_scores": {str(a): round(v, 3)
-                                                                                for a, v in scores.items()}}
-                student = compress(teacher, fraction=fraction, calibration=calib,
-                                   moments=moments if kw["init"] == "calibrated" else None, **kw)
+                extra, shrinkage = {}, cfg.shrinkage
+                if auto:
+                    shrinkage, scores = choose_shrinkage(teacher, moments, lambda m: perplexity(m, held)["ppl"], cfg)
+                    extra = {"shrinkage": shrinkage, "shrinkage_scores": {str(a): round(v, 3)
+                                                                          for a, v in scores.items()}}
+                student = fit(teacher, cfg, moments if cfg.init == "calibrated" else None, shrinkage, calib)
                 seconds = time.time() - t
                 ppl = {f"ppl_{e}": round(perplexity(student, w)["ppl"], 3) for e, w in evals.items()}
-                kept = _linear_params(student, container, targets, teacher) / base
+                kept = linear_params(student, container, targets, teacher) / base
                 record({"config": config, "calibration": source, "fraction": fraction, "kept": round(kept, 4),
                         **ppl, **{f"x_{e}": round(ppl[f"ppl_{e}"] / dense[f"ppl_{e}"], 3) for e in evals},
                         "compress_s": round(seconds, 1), **extra,

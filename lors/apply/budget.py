@@ -9,7 +9,8 @@
   per-layer residuals ``r (in + out)``;
 * ``"basis"``: one output basis of rank ``k`` per stack/group plus per-layer coefficients, ``k (out + n in)``.
 
-The fraction is of the targeted linear weights by default (what "keep 80 % of the decoder's linears" means),
+The fraction is of the targeted linear layers (weights and biases) by default (what "keep 80 % of the decoder's
+linears" means; biases stay as they are),
 or of a module's whole parameter count with ``scope=`` (its other parameters stay as they are).
 
 Allocations: ``"uniform"`` gives every matrix the same share of its own size; ``"spectrum"`` starts every matrix
@@ -117,7 +118,9 @@ def budget_ranks(model: nn.Module, method: str, fraction: float, moments: Option
     modules = dict(model.named_modules())
     weights = {p: dense_weight(modules[p])[0].detach().double() for p in paths}
     dense_total = sum(w.numel() for w in weights.values())
-    budget = fraction * dense_total if scope is None else \
+    biases = sum(modules[p].bias.numel() for p in paths if getattr(modules[p], "bias", None) is not None)
+    # the biases stay as they are, but count: the linears (weights + biases) keep the fraction
+    budget = fraction * (dense_total + biases) - biases if scope is None else \
         fraction * count_parameters(scope) - (count_parameters(scope) - dense_total)
     n_layers = len(paths) // len(targets)
     groups = split_groups(list(range(n_layers)), group_size if method != "lct" else None)

@@ -5,16 +5,16 @@ The folder needs no base model::
     config.json                 the Hugging Face config (architecture, sizes)
     generation_config.json      when the model has one
     tokenizer files             when a tokenizer is given
-    model.safetensors           every tensor of the compressed model (factors, embeddings, norms; tied tensors once)
+    lors_model.safetensors      every tensor of the compressed model (factors, embeddings, norms; tied tensors once)
     lors.json                   the conversion record (what was factorised, at which rank, in which storage) and
                                 where the model came from: base name or path, GGUF file, sha256 of the base weights,
                                 the CompressConfig, the lors and transformers versions (as PEFT's
                                 ``base_model_name_or_path``)
 
 :func:`from_pretrained` builds the architecture from ``config.json`` with empty (meta) weights, replays the record's
-structure (no SVD, no base weights read) and assigns the saved tensors. ``model.safetensors`` holds one marker tensor
-of the wrong shape under an original weight name, so the plain ``transformers`` ``from_pretrained`` fails loudly on
-this folder instead of loading random weights.
+structure (no SVD, no base weights read) and assigns the saved tensors. The tensors are not in ``model.safetensors``
+on purpose: the plain ``transformers`` ``from_pretrained`` then stops (no weights file) instead of loading the
+dense architecture with random weights where the factors are.
 """
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..apply.hf import install_save_pretrained, marker_key
+from ..apply.hf import install_save_pretrained
 from ..apply.linears import unique_tensors
 from ..apply.record import ConversionRecord, get_record
 from ..apply.serialization import replay
 from ..errors import ConfigError
 
-WEIGHTS = "model.safetensors"
+WEIGHTS = "lors_model.safetensors"
 META = "lors.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -73,12 +73,10 @@ def save_pretrained(model: nn.Module, folder: str | Path, tokenizer=None, config
     tensors = unique_tensors(model.state_dict())
     if dtype is not None:
         tensors = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in tensors.items()}
-    marker = marker_key(record)
-    tensors[marker] = torch.zeros(1)
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt", "lors": _version()})
     os.replace(tmp, folder / WEIGHTS)
-    meta = {**record.to_dict(), "marker": marker, "architecture": type(model).__name__,
+    meta = {**record.to_dict(), "architecture": type(model).__name__,
             "lors_version": _version(), "transformers_version": transformers.__version__,
             "dtype": dtype or str(next(model.parameters()).dtype).removeprefix("torch."),
             "source": source or {}, "compress_config": config.to_dict() if hasattr(config, "to_dict") else config}
@@ -149,7 +147,6 @@ def from_pretrained(folder: str | Path, dtype: Optional[str] = None, device: str
     except ValueError as e:
         raise ValueError(f"{folder}: the record does not fit the architecture in config.json ({e})") from None
     tensors = load_file(str(folder / WEIGHTS), device=device)
-    tensors.pop(meta.get("marker"), None)
     if dtype is not None:
         tensors = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in tensors.items()}
     if callable(getattr(model, "tie_weights", None)):

@@ -116,9 +116,9 @@ def compress(model: nn.Module, calibration=None, config: Optional[CompressConfig
             log(f"shrinkage {shrinkage:g} chosen on {len(held)} held-out batches")
     scope = "encoder" if kind == "encoder" and hasattr(model, "encoder") else None
     student = fit(model, cfg, moments, shrinkage, batches, scope, log)
-    before = _linear_params(model, container, targets)
+    before = linear_params(model, container, targets)
     report = CompressReport(cfg.to_dict(), kind, container, targets, before,
-                            _linear_params(student, container, targets, model),
+                            linear_params(student, container, targets, model),
                             (count_parameters(model), count_parameters(student)),
                             ranks=_ranks(student), shrinkage=float(shrinkage),
                             shrinkage_scores={str(a): round(v, 4) for a, v in scores.items()},
@@ -207,7 +207,7 @@ def _held_out_score(student: nn.Module, teacher: nn.Module, batches: list, kind:
     return math.exp(min(total / count, 50.0)) if kind == "lm" else total / count
 
 
-def _linear_params(model: nn.Module, container: str, targets, reference: Optional[nn.Module] = None) -> int:
+def linear_params(model: nn.Module, container: str, targets, reference: Optional[nn.Module] = None) -> int:
     """Parameters of the stacked linears: every parameter of ``model`` not in ``reference``'s other modules."""
     reference = reference if reference is not None else model
     modules = dict(reference.named_modules())

@@ -27,7 +27,7 @@ from ..data.lm_text import calibration_text, eval_text, token_windows
 from .config import CompressConfig
 from .evaluate import embed, embedding_agreement, greedy_sample, perplexity, token_batches
 from .export import save_pretrained
-from .pipeline import _linear_params, as_batches, compress
+from .pipeline import linear_params, as_batches, compress
 from .pretrained import base_source, is_causal_lm, load_causal_lm, load_encoder
 
 EVAL_TEXTS = ("pydoc", "bible")
@@ -76,13 +76,13 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
     from ..apply.budget import stack_linears
 
     container, targets, _ = stack_linears(teacher)
-    base = _linear_params(teacher, container, targets)
+    base = linear_params(teacher, container, targets)
     log(f"{name}: {len(teacher.get_submodule(container))} blocks, {base:,} parameters in their linears; "
         f"calibration: {cfg.calibration} ({cfg.calibration_windows} x {cfg.window} tokens); evaluation: "
         f"{', '.join(f'{k} ({len(v)} x {cfg.window})' for k, v in evals.items())}; recipe: {cfg.setting()}")
 
     def row(label, model, seconds=None):
-        r = {"model": label, "linear_params": _linear_params(model, container, targets, teacher)}
+        r = {"model": label, "linear_params": linear_params(model, container, targets, teacher)}
         r["fraction"] = r["linear_params"] / base
         r.update({f"ppl_{k}": round(perplexity(model, w, cfg.batch_size)["ppl"], 3) for k, w in evals.items()})
         if seconds is not None:
