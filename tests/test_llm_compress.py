@@ -270,6 +270,14 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
     x = torch.randint(0, 100, (1, 8))
     assert lors.count_parameters(restored) < lors.count_parameters(load_causal_lm(str(folder))[0])
     assert torch.isfinite(restored(x).logits).all()
+    # lors generate on the folder prints the library's greedy continuation of the reloaded model
+    from lors.compression import generate
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    capsys.readouterr()
+    assert main(["generate", "--model", str(out), "--prompt", "The", "--tokens", "6", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == generate(restored, tokenizer, "The", 6).strip()
+    assert main(["generate", "--model", str(out), "--tokens", "0"]) == 2
+    assert "--tokens" in capsys.readouterr().err
     assert main(["compress", "--model", str(folder), "--budget", "0.5", "--method", "lors", "--group-size", "1"]) == 2
     assert "--group-size" in capsys.readouterr().err
     assert main(["compress", "--model", str(folder), "--budget", "0.5", "--calibration-windows", "0"]) == 2

@@ -143,8 +143,8 @@ def cmd_generate(args) -> int:
     model, tokenizer = _load_lm(args.model, args.no_progress)
     from ..compression.evaluate import generate
 
-    print(generate(model, tokenizer, args.prompt or "The Python standard library", args.tokens, args.temperature,
-                   args.top_k, args.top_p, args.seed, chat=False if args.no_chat else None))
+    print(generate(model, tokenizer, args.prompt or "The Python standard library", args.tokens or 64,
+                   args.temperature or 0.0, args.top_k, args.top_p, args.seed, chat=False if args.no_chat else None))
     return 0
 
 

@@ -91,7 +91,7 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
         return r
 
     rows, samples = [row("original", teacher)], {"original": greedy_sample(teacher, tokenizer)}
-    student, report = compress(teacher, calib, cfg, validation=held, log=log if progress else None)
+    student, report = compress(teacher, calib, cfg, validation=held, log=log)
     rows.append(row(cfg.setting(), student, report.seconds))
     rows[-1]["shrinkage"] = report.shrinkage
     samples[cfg.setting()] = greedy_sample(student, tokenizer)
@@ -160,7 +160,7 @@ def _run_encoder(name, cfg: CompressConfig, eval_sentences, out, progress, resum
                 **embedding_agreement(reference, embed(model, eval_batches))}
 
     rows = [row("original", teacher)]
-    student, report = compress(teacher, calibration, cfg, validation=validation, log=log if progress else None)
+    student, report = compress(teacher, calibration, cfg, validation=validation, log=log)
     rows.append(row(cfg.setting(), student))
     history = []
     if cfg.distill_steps > 0:

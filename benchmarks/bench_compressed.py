@@ -1,0 +1,130 @@
+"""Inference of compressed SmolLM2 folders against the dense model, measured side by side in one run.
+
+    python benchmarks/bench_compressed.py --out runs/bench_compressed [--threads 1] [--extra runs/smol80]
+
+For each model (dense fp32; 80 % and 60 % of the decoder's linears kept, as ``U V`` factors and pivoted) it starts a
+fresh process that loads the model from its folder (dense: the cached fp32 Hugging Face folder; compressed:
+``lors.from_pretrained``, no base model) and measures: the folder's size on disk, the peak RSS while loading and
+while generating, prefill tokens/s (one 512-token forward pass, best of 3) and batch-1 greedy decode tokens/s with
+the KV cache (64 new tokens after the prompt, best of 3). Speed and memory depend on the structure (the ranks), not
+on how well the factors fit, so the benchmark builds its compressed folders with the plain SVD (seconds, same ranks
+as the calibrated recipe); ``--extra FOLDER`` adds folders made by ``lors compress`` (e.g. the best recipe).
+Prints one JSON row per model and a table of ratios to dense; writes ``OUT/rows.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PREFILL, DECODE, REPEATS = 512, 64, 3
+
+
+def folder_mb(folder: Path) -> float:
+    weights = [f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin")]
+    return sum(f.stat().st_size for f in weights) / 2 ** 20
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def measure(folder: str, threads: int) -> dict:
+    """Runs in a fresh process: load, prefill, decode; returns the row."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    transformers.utils.logging.disable_progress_bar()
+    import lors
+
+    start = time.perf_counter()
+    if (Path(folder) / "lors.json").is_file():
+        model = lors.from_pretrained(folder)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    load_s, load_rss = time.perf_counter() - start, rss_gb()
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (1, PREFILL), generator=g)
+    prefill, decode = [], []
+    with torch.inference_mode():
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            model(input_ids=prompt, use_cache=False)
+            prefill.append(time.perf_counter() - t)
+        short = prompt[:, :16]
+        for _ in range(REPEATS):
+            out = model(input_ids=short, use_cache=True)  # the prompt in the cache, then one token at a time
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            t = time.perf_counter()
+            for _ in range(DECODE):
+                out = model(input_ids=token, past_key_values=cache, use_cache=True)
+                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            decode.append(time.perf_counter() - t)
+    return {"folder": folder, "params": sum(p.numel() for p in model.parameters()), "size_mb": round(folder_mb(Path(folder)), 1),
+            "load_s": round(load_s, 2), "rss_load_gb": round(load_rss, 3), "rss_peak_gb": round(rss_gb(), 3),
+            "prefill_tok_s": round(PREFILL / min(prefill), 1), "decode_tok_s": round(DECODE / min(decode), 2)}
+
+
+def build_folders(out: Path, fractions, forms) -> dict[str, Path]:
+    """Compressed folders with the plain SVD at each fraction and form (made once, reused)."""
+    import lors
+    from lors.compression.pretrained import base_source, load_causal_lm
+
+    folders = {}
+    for fraction in fractions:
+        for form in forms:
+            folder = out / f"svd{int(100 * fraction)}_{form}"
+            folders[f"{fraction:.0%} {form}"] = folder
+            if (folder / "lors.json").is_file():
+                continue
+            base, tok = load_causal_lm("smollm2", progress=False)
+            cfg = lors.CompressConfig(budget=fraction, form=form, init="svd", sequential=False, shrinkage=0.0)
+            small, _ = lors.compress(base, None, cfg)
+            lors.save_pretrained(small, folder, tok, cfg, base_source("smollm2"))
+            print(f"built {folder}", flush=True)
+    return folders
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="runs/bench_compressed")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fractions", default="0.8,0.6")
+    ap.add_argument("--forms", default="factors,pivoted")
+    ap.add_argument("--extra", action="append", default=[], help="another compressed folder to measure")
+    ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: one model, this process
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.threads)))
+        return
+    from lors.compression.pretrained import SMOLLM2_GGUF, cache_dir, load_causal_lm
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    load_causal_lm("smollm2", progress=False)  # makes the cached fp32 folder once
+    models = {"dense fp32": cache_dir() / f"{Path(SMOLLM2_GGUF).stem}-fp32"}
+    models.update(build_folders(out, [float(f) for f in args.fractions.split(",")], args.forms.split(",")))
+    models.update({Path(e).name: Path(e) for e in args.extra})
+    rows = []
+    for name, folder in models.items():
+        done = subprocess.run([sys.executable, __file__, "--measure", str(folder), "--threads", str(args.threads)],
+                              capture_output=True, text=True, check=True)
+        rows.append({"model": name, **json.loads(done.stdout.strip().splitlines()[-1])})
+        print(json.dumps(rows[-1]), flush=True)
+        (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    dense = rows[0]
+    print(f"\n{args.threads} thread(s); prefill {PREFILL} tokens, decode {DECODE} tokens at batch 1 (best of {REPEATS})")
+    print(f"{'model':<20}{'params':>8}{'folder':>9}{'peak RSS':>10}{'prefill':>9}{'decode':>8}   (ratios to dense)")
+    for r in rows:
+        print(f"{r['model']:<20}{r['params'] / dense['params']:>8.2f}{r['size_mb'] / dense['size_mb']:>9.2f}"
+              f"{r['rss_peak_gb'] / dense['rss_peak_gb']:>10.2f}{r['prefill_tok_s'] / dense['prefill_tok_s']:>9.2f}"
+              f"{r['decode_tok_s'] / dense['decode_tok_s']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
