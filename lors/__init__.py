@@ -27,6 +27,7 @@ Layers: ``lors.nn`` (maths), ``lors.apply`` (applying LORS/LCT to any model), ``
 from .accounting import (adaptive_lors_params, count_parameters, dense_stack_params, format_table,
                          generator_stack_params, parameter_table, print_trainable_parameters, report,
                          static_lors_params)
+from ._version import __version__
 from .compression import CompressConfig, CompressReport, compress, from_pretrained, save_pretrained
 from .apply import ConversionRecord, LctConfig, LorsConfig, convert, lct, lct_ranks, load, merge, save
 from .engine import TrainConfig, Trainer, fsdp_wrap
@@ -35,7 +36,6 @@ from .nn import (AdaptiveLors, BasisSharedStack, GeneratorStack, LinearStack, Lo
 from .optim import balance_shared_gradients, param_groups
 from .tasks.distill import distill
 
-__version__ = "0.2.0"
 
 __all__ = ["AdaptiveLors", "BasisSharedStack", "CompressConfig", "CompressReport", "compress", "from_pretrained",
            "save_pretrained", "ConversionRecord", "GeneratorStack", "LctConfig", "LinearStack", "LorsConfig",

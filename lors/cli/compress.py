@@ -135,7 +135,6 @@ def cmd_generate(args) -> int:
     if args.checkpoint is not None:
         if args.top_p is not None or args.no_chat:
             raise ConfigError("--top-p and --no-chat apply to --model (Hugging Face causal LMs), not --checkpoint")
-        from .main import generate_from_checkpoint
         print(generate_from_checkpoint(args))
         return 0
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -146,6 +145,35 @@ def cmd_generate(args) -> int:
     print(generate(model, tokenizer, args.prompt or "The Python standard library", args.tokens or 64,
                    args.temperature or 0.0, args.top_k, args.top_p, args.seed, chat=False if args.no_chat else None))
     return 0
+
+
+def generate_from_checkpoint(args) -> str:
+    """Text sampled from a lors GPT run (``lors generate --checkpoint``)."""
+    import torch
+
+    from ..data.corpus import make_tokenizer
+    from ..engine.checkpoint import load_trained, read_meta
+    from ..models.gpt import build_gpt
+    from .config import LMConfig, config_from_dict, upgrade_saved_config
+    from .experiment import TOKENIZER
+
+    meta = read_meta(args.checkpoint)[1]
+    cfg = config_from_dict(upgrade_saved_config(meta.get("config") or {}), [])
+    if not isinstance(cfg, LMConfig):
+        raise ConfigError(f"lors generate needs a language-model checkpoint (task: lm); {args.checkpoint} has "
+                          f"task {cfg.task!r}")
+    tokenizer = make_tokenizer(cfg.data, cfg.train.seed, saved=_run_folder(args.checkpoint) / TOKENIZER)
+    model, _ = load_trained(args.checkpoint, lambda: build_gpt(cfg.model, tokenizer.vocab_size))
+    prompt = torch.tensor([tokenizer.encode(args.prompt or "\n")])  # no prompt: start a new line
+    temperature = 0.8 if args.temperature is None else args.temperature
+    out = model.eval().generate(prompt, args.tokens or 200, temperature, args.top_k,
+                                torch.Generator().manual_seed(args.seed))
+    return tokenizer.decode(out[0].tolist())
+
+
+def _run_folder(checkpoint) -> Path:
+    path = Path(checkpoint)
+    return path if path.is_dir() else path.parent
 
 
 def _load_lm(name: str, no_progress: bool):

@@ -179,30 +179,6 @@ def cmd_make_shapes(args) -> int:
     return 0
 
 
-def generate_from_checkpoint(args) -> str:
-    """Text sampled from a lors GPT run (``lors generate --checkpoint``)."""
-    import torch
-
-    from ..data.corpus import make_tokenizer
-    from ..engine.checkpoint import load_trained, read_meta
-    from ..models.gpt import build_gpt
-    from .config import LMConfig
-    from .experiment import TOKENIZER
-
-    meta = read_meta(args.checkpoint)[1]
-    cfg = config_from_dict(upgrade_saved_config(meta.get("config") or {}), [])
-    if not isinstance(cfg, LMConfig):
-        raise ConfigError(f"lors generate needs a language-model checkpoint (task: lm); {args.checkpoint} has "
-                          f"task {cfg.task!r}")
-    tokenizer = make_tokenizer(cfg.data, cfg.train.seed, saved=run_dir(args.checkpoint) / TOKENIZER)
-    model, _ = load_trained(args.checkpoint, lambda: build_gpt(cfg.model, tokenizer.vocab_size))
-    prompt = torch.tensor([tokenizer.encode(args.prompt or "\n")])  # no prompt: start a new line
-    temperature = 0.8 if args.temperature is None else args.temperature
-    out = model.eval().generate(prompt, args.tokens or 200, temperature, args.top_k,
-                                torch.Generator().manual_seed(args.seed))
-    return tokenizer.decode(out[0].tolist())
-
-
 def cmd_demo(args) -> int:
     from .demo import run_demo
     try:
