@@ -104,7 +104,8 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
     for k, v in samples.items():
         log(f"sample [{k}]: {v!r}")
     return {"rows": rows, "history": history, "samples": samples, "report": report.to_dict(), "model": student,
-            "tokenizer": tokenizer}
+            "tokenizer": tokenizer, "evaluation": {"texts": list(eval_texts), "windows": eval_windows,
+                                                   "window": cfg.window, "seed": cfg.seed}}
 
 
 def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, progress, resume, log) -> list:

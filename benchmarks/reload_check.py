@@ -1,0 +1,47 @@
+"""A compressed folder reloaded in a fresh process scores what ``lors compress`` reported when it made it.
+
+    python benchmarks/reload_check.py runs/smol80
+
+Loads FOLDER with ``lors.from_pretrained`` (no base model), rebuilds the evaluation windows that the run scored
+(its ``results.json`` and ``lors.json`` name the texts, window counts and seed), and prints the perplexities and the
+greedy sample next to the recorded ones (exit 1 when a perplexity differs by more than 0.01 or the sample differs).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lors
+from lors.compression import greedy_sample, perplexity
+from lors.data.lm_text import eval_text, token_windows
+
+
+def main(folder: str) -> int:
+    import transformers
+
+    folder = Path(folder)
+    results = json.loads((folder / "results.json").read_text())
+    cfg = json.loads((folder / "lors.json").read_text())["compress_config"]
+    row = results["rows"][-1]
+    windows = results.get("evaluation", {}).get("windows", 40)  # 40: the default, for runs that did not record it
+    model = lors.from_pretrained(folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    ok = True
+    for key, recorded in row.items():
+        if not key.startswith("ppl_"):
+            continue
+        text = key[len("ppl_"):]
+        ids = token_windows(tokenizer, eval_text(text, cfg["seed"]), windows, cfg["window"])
+        got = perplexity(model, ids, cfg["batch_size"])["ppl"]
+        ok &= abs(got - recorded) <= 0.01
+        print(f"{text}: reloaded {got:.3f}, recorded {recorded:.3f}")
+    sample, recorded = greedy_sample(model, tokenizer), results["samples"][row["model"]]
+    ok &= sample == recorded
+    print(f"greedy sample, reloaded: {sample!r}\n               recorded: {recorded!r}")
+    print("same" if ok else "DIFFERENT")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:2]))
