@@ -104,6 +104,8 @@ def test_folder_is_self_contained_and_refuses_other_versions(tmp_path):
     assert lors.count_parameters(restored) == lors.count_parameters(small)
     with pytest.raises(OSError):  # the plain loader stops instead of loading the dense model with random weights
         transformers.LlamaForCausalLM.from_pretrained(folder)
+    with pytest.raises(ValueError, match="from_pretrained"):
+        lors.load(family("llama"), folder)
     meta["lors_version"] = "0.0.1"
     (folder / "lors.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="written by lors 0.0.1"):

@@ -70,6 +70,9 @@ def load(base_model: nn.Module, directory: str | Path) -> nn.Module:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_path} is not valid JSON ({e}); the file is damaged") from None
+    if "lors_version" in meta and not (directory / WEIGHTS).is_file():
+        raise ValueError(f"{directory} is a self-contained compressed model (lors.save_pretrained); load it with "
+                         "lors.from_pretrained(folder), no base model needed")
     record = ConversionRecord.from_dict(meta, source=str(meta_path))
     replay(base_model, record, source=str(directory))
     tensors = _read_tensors(directory / WEIGHTS)
