@@ -60,8 +60,8 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
         save_pretrained(result["model"], out, result.pop("tokenizer"), cfg, base_source(model, gguf_file), dtype)
         (Path(out) / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "model"},
                                                            indent=2))
-        log(f"saved to {out}: a self-contained model (lors.from_pretrained('{out}'); "
-            f"lors generate --model {out}) and results.json")
+        hint = f"; lors generate --model {out}" if lm else ""
+        log(f"saved to {out}: a self-contained model (lors.from_pretrained('{out}'){hint}) and results.json")
     result.pop("tokenizer", None)
     return result
 
