@@ -2,7 +2,8 @@
 
     python benchmarks/bench_compressed.py --out runs/bench_compressed [--threads 1] [--extra runs/smol80]
 
-For each model (dense fp32; 80 % and 60 % of the decoder's linears kept, as ``U V`` factors and pivoted) it starts a
+For each model (dense fp32; 80 % and 60 % of the decoder's linears kept, as ``U V`` factors and pivoted, stored and
+run in float32 and in bfloat16) it starts a
 fresh process that loads the model from its folder (dense: the cached fp32 Hugging Face folder; compressed:
 ``lors.from_pretrained``, no base model) and measures: the folder's size on disk, the resident memory before loading (imports only), after loading and
 at its peak (the peak above the pre-load level is the model's own share), prefill tokens/s (one 512-token forward pass, best of 3) and batch-1 greedy decode tokens/s with
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -30,8 +30,10 @@ def folder_mb(folder: Path) -> float:
 
 
 def rss_gb() -> float:
-    """Peak resident set size of this process so far (GB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    """Peak resident set size of this process so far (GB): VmHWM, which starts anew at exec (ru_maxrss would
+    carry over the parent's peak)."""
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 2 ** 20
 
 
 def current_rss_gb() -> float:
@@ -79,23 +81,25 @@ def measure(folder: str, threads: int) -> dict:
             "prefill_tok_s": round(PREFILL / min(prefill), 1), "decode_tok_s": round(DECODE / min(decode), 2)}
 
 
-def build_folders(out: Path, fractions, forms) -> dict[str, Path]:
-    """Compressed folders with the plain SVD at each fraction and form (made once, reused)."""
+def build_folders(out: Path, fractions, forms, dtypes=("float32",)) -> dict[str, Path]:
+    """Compressed folders with the plain SVD at each fraction, form and storage dtype (made once, reused)."""
     import lors
     from lors.compression.pretrained import base_source, load_causal_lm
 
     folders = {}
     for fraction in fractions:
         for form in forms:
-            folder = out / f"svd{int(100 * fraction)}_{form}"
-            folders[f"{fraction:.0%} {form}"] = folder
-            if (folder / "lors.json").is_file():
-                continue
-            base, tok = load_causal_lm("smollm2", progress=False)
-            cfg = lors.CompressConfig(budget=fraction, form=form, init="svd", sequential=False, shrinkage=0.0)
-            small, _ = lors.compress(base, None, cfg)
-            lors.save_pretrained(small, folder, tok, cfg, base_source("smollm2"))
-            print(f"built {folder}", flush=True)
+            for dtype in dtypes:
+                suffix = "" if dtype == "float32" else f"_{dtype}"
+                folder = out / f"svd{int(100 * fraction)}_{form}{suffix}"
+                folders[f"{fraction:.0%} {form}{' ' + dtype if suffix else ''}"] = folder
+                if (folder / "lors.json").is_file():
+                    continue
+                base, tok = load_causal_lm("smollm2", progress=False)
+                cfg = lors.CompressConfig(budget=fraction, form=form, init="svd", sequential=False, shrinkage=0.0)
+                small, _ = lors.compress(base, None, cfg)
+                lors.save_pretrained(small, folder, tok, cfg, base_source("smollm2"), dtype=dtype)
+                print(f"built {folder}", flush=True)
     return folders
 
 
@@ -106,6 +110,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="measure every model this many times, interleaved")
     ap.add_argument("--fractions", default="0.8,0.6")
     ap.add_argument("--forms", default="factors,pivoted")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="storage (and compute) dtypes of the folders")
     ap.add_argument("--extra", action="append", default=[], help="another compressed folder to measure")
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: one model, this process
     args = ap.parse_args()
@@ -118,7 +123,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     load_causal_lm("smollm2", progress=False)  # makes the cached fp32 folder once
     models = {"dense fp32": cache_dir() / f"{Path(SMOLLM2_GGUF).stem}-fp32"}
-    models.update(build_folders(out, [float(f) for f in args.fractions.split(",")], args.forms.split(",")))
+    models.update(build_folders(out, [float(f) for f in args.fractions.split(",")], args.forms.split(","),
+                                args.dtypes.split(",")))
     models.update({Path(e).name: Path(e) for e in args.extra})
     best: dict[str, dict] = {}
     for round_ in range(args.rounds):  # models interleaved, so that a slow spell of the machine hits them all
