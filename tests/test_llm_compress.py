@@ -266,6 +266,9 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
     names = [r["model"] for r in results["rows"]]
     assert names == ["original", "lct sequential (50%)", "+ distillation (4 steps)"]
     assert 0.45 < results["rows"][1]["fraction"] <= 0.5 and all(r["ppl_pydoc"] > 1 for r in results["rows"])
+    first, compressed = results["rows"][0], results["rows"][1]
+    assert first["distinct2_vs_original"] == 1.0 and "top1_pydoc" not in first
+    assert 0 <= compressed["top1_pydoc"] <= 100 and compressed["kl_pydoc"] > 0 and compressed["distinct2_vs_original"] > 0
     restored = lors.from_pretrained(out)
     x = torch.randint(0, 100, (1, 8))
     assert lors.count_parameters(restored) < lors.count_parameters(load_causal_lm(str(folder))[0])
@@ -321,3 +324,21 @@ def test_stages_group_the_linears_that_read_one_tensor():
     assert stages(model.model.layers[0], stack_linears(model)[1], [(hidden[0], *calls[0][0])]) == [
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
         ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+def test_next_token_agreement_and_distinct_n():
+    import torch.nn.functional as F
+
+    from lors.compression import distinct_n, next_token_agreement
+
+    a, b = tiny_llama(seed=0), tiny_llama(seed=1)
+    x = torch.cat([batch["input_ids"] for batch in batches(2)])
+    same = next_token_agreement(a, a, x)
+    assert same["top1"] == 100.0 and abs(same["kl"]) < 1e-6
+    other = next_token_agreement(b, a, x, batch_size=3)
+    p, q = (m(input_ids=x).logits.log_softmax(-1) for m in (a, b))
+    by_hand = F.kl_div(q.flatten(0, 1), p.flatten(0, 1), log_target=True, reduction="batchmean").item()
+    assert other["kl"] == pytest.approx(by_hand, rel=1e-4) and other["kl"] > 0
+    assert other["top1"] == pytest.approx(100 * (p.argmax(-1) == q.argmax(-1)).float().mean().item())
+    assert distinct_n([7, 7, 7, 7]) == pytest.approx(1 / 3) and distinct_n([1, 2, 3, 4]) == 1.0
+    assert distinct_n("the cat the cat".split(), 2) == pytest.approx(2 / 3)

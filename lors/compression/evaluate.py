@@ -11,7 +11,8 @@ from torch import nn
 
 from ..tasks.lm import perplexity
 
-__all__ = ["embed", "embedding_agreement", "generate", "greedy_sample", "perplexity", "token_batches"]
+__all__ = ["distinct_n", "embed", "embedding_agreement", "generate", "greedy_sample", "next_token_agreement",
+           "perplexity", "token_batches"]
 
 PROMPT = "The Python standard library"
 
@@ -46,6 +47,31 @@ def embedding_agreement(reference: torch.Tensor, embeddings: torch.Tensor, k: in
     return {"cos_mean": cos.mean().item(), "cos_min": cos.min().item(),
             "top1_agree": 100.0 * (sim_ref.argmax(1) == sim_new.argmax(1)).float().mean().item(),
             f"recall@{k}": 100.0 * hits.item()}
+
+
+@torch.no_grad()
+def next_token_agreement(model: nn.Module, reference: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> dict:
+    """How closely ``model`` predicts like ``reference`` on token windows (N, T): ``top1`` (%), the share of
+    positions where both put the same token first, and ``kl``, the mean KL(reference || model) in nats per
+    predicted token. Perplexity can stay close while these drift (samples then degrade first)."""
+    agree, kl, count = 0, 0.0, 0
+    for m in (model, reference):
+        m.eval()
+    for i in range(0, len(windows), batch_size):
+        x = windows[i:i + batch_size]
+        p = reference(input_ids=x).logits.float().log_softmax(-1)   # (B, T, V)
+        q = model(input_ids=x).logits.float().log_softmax(-1)
+        agree += int((p.argmax(-1) == q.argmax(-1)).sum())
+        kl += float((p.exp() * (p - q)).sum())
+        count += x.numel()
+    return {"top1": 100.0 * agree / count, "kl": kl / count}
+
+
+def distinct_n(tokens: list, n: int = 2) -> float:
+    """Distinct ``n``-grams over all ``n``-grams of a token (or word) sequence: 1 when nothing repeats, near 0 for a
+    sample that loops ("library library library ..."); compare a compressed model's samples with the original's."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
 
 
 def greedy_sample(model: nn.Module, tokenizer, prompt: str = PROMPT, tokens: int = 30) -> str:

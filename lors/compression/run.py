@@ -25,7 +25,8 @@ import torch
 from ..accounting import count_parameters
 from ..data.lm_text import calibration_text, eval_text, token_windows
 from .config import CompressConfig
-from .evaluate import embed, embedding_agreement, greedy_sample, perplexity, token_batches
+from .evaluate import (distinct_n, embed, embedding_agreement, greedy_sample, next_token_agreement, perplexity,
+                       token_batches)
 from .export import save_pretrained
 from .pipeline import linear_params, as_batches, compress
 from .pretrained import base_source, is_causal_lm, load_causal_lm, load_encoder
@@ -85,6 +86,10 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
         r = {"model": label, "linear_params": linear_params(model, container, targets, teacher)}
         r["fraction"] = r["linear_params"] / base
         r.update({f"ppl_{k}": round(perplexity(model, w, cfg.batch_size)["ppl"], 3) for k, w in evals.items()})
+        if model is not teacher:  # next-token agreement with the original: what samples feel first
+            for k, w in evals.items():
+                agreement = next_token_agreement(model, teacher, w, cfg.batch_size)
+                r[f"top1_{k}"], r[f"kl_{k}"] = round(agreement["top1"], 2), round(agreement["kl"], 4)
         if seconds is not None:
             r["seconds"] = round(seconds, 1)
         log("  " + ", ".join(f"{k}={v}" for k, v in r.items()))
@@ -101,6 +106,9 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
         rows.append(row(f"+ distillation ({cfg.distill_steps} steps)", student,
                         sum(h["epoch_time"] for h in history)))
         samples[rows[-1]["model"]] = greedy_sample(student, tokenizer)
+    reference = distinct_n(tokenizer(samples["original"])["input_ids"])
+    for r in rows:  # distinct bigrams of the greedy sample, against the original's (well below 1: it loops)
+        r["distinct2_vs_original"] = round(distinct_n(tokenizer(samples[r["model"]])["input_ids"]) / reference, 3)
     for k, v in samples.items():
         log(f"sample [{k}]: {v!r}")
     return {"rows": rows, "history": history, "samples": samples, "report": report.to_dict(), "model": student,
