@@ -139,8 +139,10 @@ def cmd_generate(args) -> int:
         return 0
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
-    model, tokenizer = _load_lm(args.model, args.no_progress)
     from ..compression.evaluate import generate
+    from ..compression.pretrained import load_lm
+
+    model, tokenizer = load_lm(args.model, progress=not args.no_progress)
 
     print(generate(model, tokenizer, args.prompt or "The Python standard library", args.tokens or 64,
                    args.temperature or 0.0, args.top_k, args.top_p, args.seed, chat=False if args.no_chat else None))
@@ -174,16 +176,6 @@ def generate_from_checkpoint(args) -> str:
 def _run_folder(checkpoint) -> Path:
     path = Path(checkpoint)
     return path if path.is_dir() else path.parent
-
-
-def _load_lm(name: str, no_progress: bool):
-    from ..compression.export import META, from_pretrained
-    from ..compression.pretrained import _transformers, load_causal_lm
-
-    if (Path(name) / META).is_file():
-        transformers = _transformers(not no_progress)
-        return from_pretrained(name), transformers.AutoTokenizer.from_pretrained(name)
-    return load_causal_lm(name, log=lambda s: None, progress=not no_progress)
 
 
 def add_generate(p: argparse.ArgumentParser) -> None:

@@ -162,5 +162,4 @@ def from_pretrained(folder: str | Path, dtype: Optional[str] = None, device: str
     if (folder / "generation_config.json").is_file():
         model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
     install_save_pretrained(model)
-    model.lors_source = meta.get("source", {})
     return model.eval()

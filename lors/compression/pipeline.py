@@ -110,12 +110,11 @@ def compress(model: nn.Module, calibration=None, config: Optional[CompressConfig
             raise ValueError("shrinkage='auto' needs validation= batches (held-out calibration text) to choose on; "
                              "or give a number")
         held = as_batches(validation, cfg.batch_size)
-        score = (lambda m: _held_out_score(m, model, held, kind))
+        score = held_out_score(model, held, kind)
         shrinkage, scores = choose_shrinkage(model, moments, score, cfg, log)
         if log:
             log(f"shrinkage {shrinkage:g} chosen on {len(held)} held-out batches")
-    scope = "encoder" if kind == "encoder" and hasattr(model, "encoder") else None
-    student = fit(model, cfg, moments, shrinkage, batches, scope, log)
+    student = fit(model, cfg, moments, shrinkage, batches, log=log)
     before = linear_params(model, container, targets)
     report = CompressReport(cfg.to_dict(), kind, container, targets, before,
                             linear_params(student, container, targets, model),
@@ -126,11 +125,18 @@ def compress(model: nn.Module, calibration=None, config: Optional[CompressConfig
     return student, report
 
 
+def budget_scope(model: nn.Module) -> Optional[str]:
+    """What a budget is a fraction of: an encoder's ``encoder`` module (all its parameters), else ``None`` (the
+    stacked linears)."""
+    return "encoder" if model_kind(model) == "encoder" and hasattr(model, "encoder") else None
+
+
 def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkage: float,
-        batches: Optional[Sequence], scope: Optional[str] = None, log=None, sequential: Optional[bool] = None):
+        batches: Optional[Sequence], log=None, sequential: Optional[bool] = None):
     """The compressed copy for a resolved ``cfg`` with ``moments`` measured before (``sequential`` overrides
     ``cfg.sequential``; the shrinkage search fits one-shot)."""
     sequential = cfg.sequential if sequential is None else sequential
+    scope = budget_scope(model)
     teacher, model = model, copy.deepcopy(model)
     container, targets, paths = stack_linears(model)
     moments = shrink(moments, shrinkage) if moments is not None else None
@@ -176,35 +182,42 @@ def choose_shrinkage(model: nn.Module, moments: dict, score: Callable[[nn.Module
         raise ValueError(f"shrinkage grid values must be in [0, 1], got {grid}")
     if moments is None:
         raise ValueError("choosing the shrinkage needs calibration moments (init='calibrated')")
-    scope = "encoder" if model_kind(model) == "encoder" and hasattr(model, "encoder") else None
     scores = {}
     for alpha in grid:
-        scores[alpha] = float(score(fit(model, cfg, moments, alpha, None, scope, sequential=False)))
+        scores[alpha] = float(score(fit(model, cfg, moments, alpha, None, sequential=False)))
         if log:
             log(f"  shrinkage {alpha:g}: held-out calibration score {scores[alpha]:.4f}")
     return min(scores, key=scores.get), scores
 
 
-@torch.no_grad()
-def _held_out_score(student: nn.Module, teacher: nn.Module, batches: list, kind: str) -> float:
-    """Causal LMs: perplexity of the batches' tokens; encoders: mean 1 - cosine of mean-pooled outputs."""
-    student.eval()
-    total, count = 0.0, 0
-    for b in batches:
-        mask = b.get("attention_mask")
-        out = student(**b)
-        if kind == "lm":
-            logits, ids = out.logits[:, :-1], b["input_ids"][:, 1:]
+def held_out_score(teacher: nn.Module, batches: list, kind: str) -> Callable[[nn.Module], float]:
+    """``score(student)`` on held-out batches, lower is better: causal LMs, perplexity of the batches' tokens;
+    encoders, mean 1 - cosine of mean-pooled outputs to the teacher's (computed here once)."""
+    masks = [b.get("attention_mask") for b in batches]
+
+    def pooled(model, b, mask):
+        hidden = model(**b).last_hidden_state
+        m = (mask if mask is not None else torch.ones(hidden.shape[:2])).unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1)
+
+    with torch.no_grad():
+        references = [pooled(teacher.eval(), b, m) for b, m in zip(batches, masks)] if kind == "encoder" else None
+
+    @torch.no_grad()
+    def score(student: nn.Module) -> float:
+        student.eval()
+        total, count = 0.0, 0
+        for i, (b, mask) in enumerate(zip(batches, masks)):
+            if kind == "encoder":
+                total += (1 - F.cosine_similarity(pooled(student, b, mask), references[i], dim=-1)).sum().item()
+                count += len(references[i])
+                continue
+            logits, ids = student(**b).logits[:, :-1], b["input_ids"][:, 1:]
             keep = mask[:, 1:].bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)
             total += F.cross_entropy(logits[keep].float(), ids[keep], reduction="sum").item()
             count += int(keep.sum())
-        else:
-            ref = teacher(**b).last_hidden_state
-            m = (mask if mask is not None else torch.ones(ref.shape[:2])).unsqueeze(-1).to(ref.dtype)
-            pooled = [(h * m).sum(1) / m.sum(1) for h in (out.last_hidden_state, ref)]
-            total += (1 - F.cosine_similarity(*pooled, dim=-1)).sum().item()
-            count += len(ref)
-    return math.exp(min(total / count, 50.0)) if kind == "lm" else total / count
+        return math.exp(min(total / count, 50.0)) if kind == "lm" else total / count
+    return score
 
 
 def linear_params(model: nn.Module, container: str, targets, reference: Optional[nn.Module] = None) -> int:

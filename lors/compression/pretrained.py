@@ -128,6 +128,16 @@ def _cache_gguf(transformers, folder: Path, gguf_file: str, cached: Path) -> Non
         tmp.replace(cached)
 
 
+def load_lm(name: str, progress: bool = True):
+    """(model, tokenizer) of a causal LM to generate with: a compressed folder (:func:`lors.from_pretrained`),
+    ``"smollm2"`` or a Hugging Face causal-LM folder."""
+    from .export import META, from_pretrained
+
+    if (Path(name) / META).is_file():
+        return from_pretrained(name), _transformers(progress).AutoTokenizer.from_pretrained(name)
+    return load_causal_lm(name, log=lambda s: None, progress=progress)
+
+
 def is_causal_lm(name: str, gguf_file: Optional[str] = None) -> bool:
     """Whether ``name`` (``"smollm2"``, ``"minilm"`` or a folder) names a causal LM (a ``*ForCausalLM`` config)."""
     if name == "smollm2" or gguf_file is not None:

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..accounting import count_parameters
+from ..apply.budget import stack_linears
 from ..data.lm_text import calibration_text, eval_text, token_windows
 from .config import CompressConfig
 from .evaluate import (distinct_n, embed, embedding_agreement, greedy_sample, next_token_agreement, perplexity,
@@ -74,8 +75,6 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
     held = token_windows(tokenizer, texts, min(16, cfg.calibration_windows), cfg.window, skip=1)
     evals = {Path(t).stem if os.sep in t else t: token_windows(tokenizer, eval_text(t, cfg.seed), eval_windows,
                                                                cfg.window) for t in eval_texts}
-    from ..apply.budget import stack_linears
-
     container, targets, _ = stack_linears(teacher)
     base = linear_params(teacher, container, targets)
     log(f"{name}: {len(teacher.get_submodule(container))} blocks, {base:,} parameters in their linears; "
