@@ -22,7 +22,7 @@ from torch import nn
 
 FORMAT = "lors-2"
 LEGACY_FORMATS = ("lors-1",)
-KINDS = ("lors", "lct", "pivot")
+KINDS = ("lors", "lct", "pivot", "neurons")
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -47,10 +47,12 @@ class StackEntry:
 
 @dataclass
 class Conversion:
-    """One call of :func:`lors.convert` (``kind="lors"``), :func:`lors.lct` (``kind="lct"``) or
-    :func:`lors.apply.lct.pivot` (``kind="pivot"``: factorised layers moved to pivoted storage, same ranks)."""
+    """One call of :func:`lors.convert` (``kind="lors"``), :func:`lors.lct` (``kind="lct"``),
+    :func:`lors.apply.lct.pivot` (``kind="pivot"``: factorised layers moved to pivoted storage, same ranks) or
+    :func:`lors.apply.modular.decompose_mlps` (``kind="neurons"``: MLP linears cut to their kept neurons,
+    ``ranks`` the kept sizes, ``config["readers"]`` the projections whose inputs shrank)."""
 
-    kind: Literal["lors", "lct", "pivot"]
+    kind: Literal["lors", "lct", "pivot", "neurons"]
     config: Optional[dict] = None                        # LorsConfig / LctConfig as a dict (None: a replayed plan)
     stacks: list[StackEntry] = field(default_factory=list)   # lors: the stacks made
     ranks: dict[str, int] = field(default_factory=dict)      # lct/pivot: {module path: rank} made by this call

@@ -32,7 +32,8 @@ from ..nn.lowrank import LowRankLinear
 from ..nn.spectral import damped
 from ..nn.static import StackLayer
 from .calibration import batch_mask, default_forward, real_rows
-from .linears import dense_weight, set_submodule
+from .linears import dense_weight, is_linear, set_submodule
+from .reconstruct import RECON_LR, BlockFit, reconstruct_block
 
 RIDGE = 1e-2  # lambda of the correction, relative to mean(diag C)
 
@@ -159,6 +160,22 @@ def corrected_target(W: torch.Tensor, X: torch.Tensor, C: torch.Tensor, ridge: f
 
 
 @torch.no_grad()
+def _refit_dense(module: nn.Module, original: torch.Tensor, X: torch.Tensor, C: torch.Tensor, ridge: float,
+                 correct: bool) -> None:
+    """Refit a dense linear of a modular MLP on the compressed network's inputs: a projection reading fewer neurons
+    than the original (``X`` (d_orig, k)) becomes the least-squares map ``W X (C + lambda I)^{-1}``; a layer whose
+    inputs are the original's width (its rows a subset of the original's) gets :func:`corrected_target`."""
+    W, _ = dense_weight(module)
+    if X.shape != C.shape:
+        new = torch.linalg.solve(damped(C, ridge), (original.double() @ X).T).T
+    elif correct:
+        new = corrected_target(W, X, C, ridge)
+    else:
+        return
+    W.copy_(new.to(W.dtype))
+
+
+@torch.no_grad()
 def refit(block: nn.Module, target: str, T: torch.Tensor, C: torch.Tensor) -> None:
     """Refit the private part of ``block.<target>`` to the dense target ``T`` on inputs of moment ``C``."""
     module = block.get_submodule(target)
@@ -179,12 +196,16 @@ def refit(block: nn.Module, target: str, T: torch.Tensor, C: torch.Tensor) -> No
 def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targets: Sequence[str],
                      batches: Sequence, forward: Optional[Callable] = None, correct: bool = True,
                      shrinkage: float = 0.0, ridge: float = RIDGE,
-                     log: Optional[Callable[[str], None]] = None) -> nn.Module:
+                     log: Optional[Callable[[str], None]] = None, recon_steps: int = 0, recon_lr: float = RECON_LR,
+                     fits: Optional[list[BlockFit]] = None) -> nn.Module:
     """Refit the compressed ``model``'s ``targets`` in every block of ``container``, in order, on the inputs the
     compressed blocks below produce (see the module docstring); ``teacher`` is the original model (unchanged).
     ``model`` and ``teacher`` must have the same blocks at ``container``. ``shrinkage`` moves each measured
     ``C`` toward its diagonal before the fit (``(1 - s) C + s diag(C)``); ``ridge`` is the correction's lambda
-    relative to ``mean(diag C)`` (larger: closer to ``T = W``). Returns ``model``."""
+    relative to ``mean(diag C)`` (larger: closer to ``T = W``). With ``recon_steps > 0`` each block, once refitted,
+    is trained toward the original block's outputs (:func:`lors.apply.reconstruct.reconstruct_block`) before the
+    next block's inputs are made; each block's :class:`~lors.apply.reconstruct.BlockFit` is appended to ``fits``.
+    Returns ``model``."""
     was_training = model.training
     model.eval()
     teacher.eval()
@@ -202,17 +223,28 @@ def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targe
             seen_c = _record_inputs(block, [group[0]], inputs_c, True, masks)[group[0]]
             xo, xc = torch.cat(seen_o[group[0]]).double(), torch.cat(seen_c).double()
             C, X = xc.T @ xc / len(xc), xo.T @ xc / len(xc)
-            X = X - shrinkage * (C - torch.diag(C.diagonal()))  # keeps X - C unchanged by the shrinkage
+            if X.shape == C.shape:
+                X = X - shrinkage * (C - torch.diag(C.diagonal()))  # keeps X - C unchanged by the shrinkage
             C = (1 - shrinkage) * C + shrinkage * torch.diag(C.diagonal())
             for t in group:
+                module = block.get_submodule(t)
+                if is_linear(module, exact=True):  # kept dense, with fewer neurons (modular MLP)
+                    _refit_dense(module, dense_weight(original.get_submodule(t))[0], X, C, ridge, correct)
+                    continue
                 W = dense_weight(original.get_submodule(t))[0]
                 refit(block, t, corrected_target(W, X, C, ridge) if correct else W.double(), C)
         hidden_o = [_run(original, *x) for x in inputs_o]
+        fitted = ""
+        if recon_steps > 0:
+            result = reconstruct_block(block, inputs_c, hidden_o, masks, recon_steps, recon_lr)
+            fitted = f"; block error {result.before:.4f} -> {result.after:.4f}"
+            if fits is not None:
+                fits.append(result)
         hidden_c = [_run(block, *x) for x in inputs_c]
         if log:
             drift = sum((c - o).pow(2).sum() for c, o in zip(hidden_c, hidden_o)) / \
                 sum(o.pow(2).sum() for o in hidden_o)
-            log(f"  block {i + 1}/{len(blocks)} refitted; hidden-state drift {drift.sqrt():.4f} "
+            log(f"  block {i + 1}/{len(blocks)} refitted{fitted}; hidden-state drift {drift.sqrt():.4f} "
                 f"({time.time() - start:.0f} s)")
     model.train(was_training)
     return model

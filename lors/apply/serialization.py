@@ -24,6 +24,7 @@ from .config import LorsConfig
 from .hf import install_save_pretrained, write_record
 from .lct import factorise_plan, pivot_plan
 from .linears import tied_parameter_ids
+from .modular import neurons_plan
 from .lors import apply_freezing, rebuild_stack
 from .record import ConversionRecord, fingerprint, get_record
 
@@ -105,6 +106,8 @@ def replay(base_model: nn.Module, record: ConversionRecord, source: str = "the c
                 apply_freezing(base_model, LorsConfig.from_dict(conversion.config))
         elif conversion.kind == "pivot":
             pivot_plan(base_model, conversion.ranks)
+        elif conversion.kind == "neurons":
+            neurons_plan(base_model, conversion.ranks, conversion.config["readers"])
         elif conversion.ranks:
             factorise_plan(base_model, conversion.ranks)
     base_model.lors_conversion = record

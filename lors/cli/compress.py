@@ -13,7 +13,7 @@ from ..errors import ConfigError
 
 RECIPE_FLAGS = ("method", "budget", "rank", "epsilon", "form", "init", "shrinkage", "allocation", "group_size",
                 "calibration", "calibration_windows", "calibration_sentences", "distill_steps", "distill_loss",
-                "temperature", "lr", "seed")
+                "temperature", "lr", "distill_topk", "recon_steps", "recon_lr", "seed")
 
 
 def flag(field: str) -> str:
@@ -116,6 +116,11 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")
     p.add_argument("--temperature", type=float, default=None, help="LM distillation temperature (1)")
     p.add_argument("--lr", type=float, default=None, help="distillation learning rate (1e-4 LMs, 5e-4 encoders)")
+    p.add_argument("--distill-topk", type=int, default=None, help="LM distillation: cache the teacher's top-k "
+                   "log-probs once instead of running it every step (default: full logits)")
+    p.add_argument("--recon-steps", type=int, default=None, help="block reconstruction: Adam steps per block toward "
+                   "the original block's outputs after its sequential refit (0: none)")
+    p.add_argument("--recon-lr", type=float, default=None, help="block reconstruction learning rate (1e-4)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="write a self-contained model folder here (config, tokenizer, "
                    "tensors, record, provenance; load with lors.from_pretrained)")

@@ -15,16 +15,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ..apply.budget import ALLOCATIONS, FORMS, METHODS
+from ..apply.budget import ALLOCATIONS, FORMS
+from ..apply.budget import METHODS as BUDGET_METHODS
+from ..apply.reconstruct import RECON_LR
 from ..apply.sequential import RIDGE
 from ..data.lm_text import CALIBRATION_SOURCES
 from ..errors import ConfigError
 
 KINDS = ("lm", "encoder")
+METHODS = (*BUDGET_METHODS, "modular")  # modular: MLP neurons kept + refitted (MoDeGPT), attention as lct
 INITS = ("calibrated", "svd")
 DISTILL_LOSSES = ("kl", "kl+hidden")
 FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMARKS.md)
-LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature")
+LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature", "distill_topk")
 ENCODER_ONLY = ("calibration_sentences",)
 
 
@@ -45,7 +48,8 @@ class CompressConfig:
     error per layer).
     """
 
-    method: str = "lct"                     # lct (per-layer factors), lors (shared + residuals), basis (LMs)
+    method: str = "lct"                     # lct (per-layer factors), lors (shared + residuals), basis (LMs),
+                                            # modular (MLP neurons kept + refitted, attention as lct; budget)
     budget: Optional[float] = None
     rank: Optional[int] = None
     epsilon: Optional[float] = None
@@ -54,6 +58,8 @@ class CompressConfig:
     sequential: bool = True                 # refit block by block on the compressed network's inputs
     correct: bool = True                    # sequential: fit toward the original layers' outputs
     ridge: float = RIDGE                    # sequential: the correction's ridge, relative to mean(diag C)
+    recon_steps: int = 0                    # sequential lct: Adam steps per block toward the original's outputs
+    recon_lr: Optional[float] = None        # block reconstruction lr (default 1e-4)
     shrinkage: Union[float, str] = "auto"   # moments toward their diagonal: a number in [0, 1] or "auto"
     allocation: str = "uniform"             # uniform | spectrum (how the budget spreads over layers)
     floor: float = 0.5                      # spectrum: every matrix keeps this share of its uniform rank
@@ -68,6 +74,7 @@ class CompressConfig:
     distill_loss: Optional[str] = None      # LMs: kl | kl+hidden (default kl)
     temperature: Optional[float] = None     # LMs: distillation temperature (default 1)
     lr: Optional[float] = None              # distillation lr (default 1e-4 LMs, 5e-4 encoders)
+    distill_topk: Optional[int] = None      # LMs, kl: cache the teacher's top-k log-probs once (None: full logits)
     seed: int = 0
 
     def __post_init__(self):
@@ -93,11 +100,12 @@ class CompressConfig:
         if self.epsilon is not None and not 0 < self.epsilon < 1:
             raise FieldError("epsilon", f"must be in (0, 1), got {self.epsilon}")
         for name, low in (("rank", 1), ("group_size", 2), ("fit_iterations", 1), ("calibration_windows", 1),
-                          ("window", 2), ("calibration_sentences", 1), ("batch_size", 1), ("distill_steps", 0)):
+                          ("window", 2), ("calibration_sentences", 1), ("batch_size", 1), ("distill_steps", 0),
+                           ("recon_steps", 0), ("distill_topk", 1)):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise FieldError(name, f"must be an integer >= {low}, got {value!r}")
-        for name in ("ridge", "lr", "temperature"):
+        for name in ("ridge", "lr", "temperature", "recon_lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise FieldError(name, f"must be positive, got {value!r}")
@@ -113,11 +121,14 @@ class CompressConfig:
         return self
 
     def _check_combinations(self) -> None:
-        if self.form == "pivoted" and (self.method != "lct" or self.budget is None):
-            raise FieldError("form", "'pivoted' needs method 'lct' and a budget "
+        if self.method == "modular" and self.budget is None:
+            raise FieldError("method", "'modular' keeps a fraction of every MLP's neurons: give budget")
+        if self.form == "pivoted" and (self.method not in ("lct", "modular") or self.budget is None):
+            raise FieldError("form", "'pivoted' needs method 'lct' or 'modular' and a budget "
                              f"(got method {self.method!r}{'' if self.budget is not None else ', no budget'})")
-        if self.group_size is not None and self.method == "lct":
-            raise FieldError("group_size", "applies to methods 'lors' and 'basis' (shared weights), not 'lct'")
+        if self.group_size is not None and self.method in ("lct", "modular"):
+            raise FieldError("group_size", "applies to methods 'lors' and 'basis' (shared weights), "
+                             f"not {self.method!r}")
         if self.fit_iterations is not None and self.method != "lors":
             raise FieldError("fit_iterations", f"applies to method 'lors' only, not {self.method!r}")
         if self.method == "basis" and (self.budget is None or self.allocation != "uniform"):
@@ -129,9 +140,18 @@ class CompressConfig:
             raise FieldError(bad, "needs init 'calibrated' (init 'svd' fits the weights, not calibration inputs); "
                              "set sequential=False, shrinkage=0")
         if self.distill_steps == 0:
-            for name in ("lr", "distill_loss", "temperature"):
+            for name in ("lr", "distill_loss", "temperature", "distill_topk"):
                 if getattr(self, name) is not None:
                     raise FieldError(name, "applies to distillation only; set distill_steps > 0")
+        if self.distill_topk is not None and self.distill_loss not in (None, "kl"):
+            raise FieldError("distill_topk", f"caches logits for distill_loss 'kl', not {self.distill_loss!r}")
+        if self.recon_steps > 0 and (self.method not in ("lct", "modular") or not self.sequential):
+            bad = "sequential" if self.method in ("lct", "modular") else "method"
+            raise FieldError("recon_steps", "trains each block after its sequential refit: needs method 'lct' or "
+                             f"'modular' and "
+                             f"sequential=True (got method {self.method!r}, sequential={self.sequential}; {bad})")
+        if self.recon_lr is not None and self.recon_steps == 0:
+            raise FieldError("recon_lr", "applies to block reconstruction only; set recon_steps > 0")
 
     def resolve(self, kind: str) -> "CompressConfig":
         """A copy with every kind-specific default filled for ``kind`` (``"lm"`` or ``"encoder"``); a field set
@@ -149,7 +169,8 @@ class CompressConfig:
         if kind == "encoder" and self.method == "basis":
             raise FieldError("method", "'basis' is for causal LMs; encoders take 'lct' or 'lors'")
         lm = kind == "lm"
-        defaults = dict(form="pivoted" if self.method == "lct" and self.budget is not None else "factors",
+        defaults = dict(form="pivoted" if self.method in ("lct", "modular") and self.budget is not None else "factors",
+                        **(dict(recon_lr=RECON_LR) if self.recon_steps > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
                                 temperature=1.0, lr=1e-4) if lm else dict(calibration_sentences=256, lr=5e-4)))
@@ -163,7 +184,8 @@ class CompressConfig:
         size = (f"{self.budget:.0%}" if self.budget is not None else f"rank {self.rank}" if self.rank is not None
                 else f"epsilon {self.epsilon}")
         parts = [self.method, self.form if self.form == "pivoted" else None,
-                 "svd" if self.init == "svd" else None, "sequential" if self.sequential else "one-shot"]
+                 "svd" if self.init == "svd" else None, "sequential" if self.sequential else "one-shot",
+                 f"+ block recon {self.recon_steps}" if self.recon_steps else None]
         return f"{' '.join(p for p in parts if p)} ({size})"
 
     def to_dict(self) -> dict:

@@ -26,6 +26,8 @@ from ..apply.calibration import input_moments
 from ..apply.config import LorsConfig
 from ..apply.lct import lct, pivot, rebuild
 from ..apply.lors import convert
+from ..apply.modular import decompose_mlps, mlp_parts
+from ..apply.reconstruct import RECON_LR
 from ..apply.sequential import sequential_refit
 from .config import CompressConfig
 
@@ -46,6 +48,7 @@ class CompressReport:
     ranks: dict[str, int] = field(default_factory=dict)
     shrinkage: float = 0.0
     shrinkage_scores: dict[str, float] = field(default_factory=dict)
+    block_errors: list[tuple[float, float]] = field(default_factory=list)  # recon: per block (before, after)
     seconds: float = 0.0
 
     @property
@@ -114,13 +117,15 @@ def compress(model: nn.Module, calibration=None, config: Optional[CompressConfig
         shrinkage, scores = choose_shrinkage(model, moments, score, cfg, log)
         if log:
             log(f"shrinkage {shrinkage:g} chosen on {len(held)} held-out batches")
-    student = fit(model, cfg, moments, shrinkage, batches, log=log)
+    fits: list = []
+    student = fit(model, cfg, moments, shrinkage, batches, log=log, fits=fits)
     before = linear_params(model, container, targets)
     report = CompressReport(cfg.to_dict(), kind, container, targets, before,
                             linear_params(student, container, targets, model),
                             (count_parameters(model), count_parameters(student)),
                             ranks=_ranks(student), shrinkage=float(shrinkage),
                             shrinkage_scores={str(a): round(v, 4) for a, v in scores.items()},
+                            block_errors=[(round(f.before, 6), round(f.after, 6)) for f in fits],
                             seconds=round(time.time() - start, 1))
     return student, report
 
@@ -132,29 +137,36 @@ def budget_scope(model: nn.Module) -> Optional[str]:
 
 
 def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkage: float,
-        batches: Optional[Sequence], log=None, sequential: Optional[bool] = None):
+        batches: Optional[Sequence], log=None, sequential: Optional[bool] = None, fits: Optional[list] = None):
     """The compressed copy for a resolved ``cfg`` with ``moments`` measured before (``sequential`` overrides
-    ``cfg.sequential``; the shrinkage search fits one-shot)."""
+    ``cfg.sequential``; the shrinkage search fits one-shot); block reconstruction results go to ``fits``."""
     sequential = cfg.sequential if sequential is None else sequential
     scope = budget_scope(model)
     teacher, model = model, copy.deepcopy(model)
     container, targets, paths = stack_linears(model)
     moments = shrink(moments, shrinkage) if moments is not None else None
-    ranks = budget_ranks(model, cfg.method, cfg.budget, moments, model.get_submodule(scope) if scope else None,
-                         cfg.allocation, cfg.floor, cfg.group_size, form=cfg.form) if cfg.budget is not None else None
-    if cfg.method == "lct":
-        if ranks is not None:
-            rebuild(model, ranks, calibration=moments)  # the budget's plan, checked by budget_ranks
-        else:
-            lct(model, rank=cfg.rank, epsilon=cfg.epsilon, targets="|".join(re.escape(p) for p in paths),
-                calibration=moments)
+    if cfg.method == "modular":  # the MLP by its neurons, the attention by lct factors, each at the budget's fraction
+        feeds, reader = mlp_parts(model.get_submodule(container)[0], targets)
+        attention = [t for t in targets if t not in (*feeds, reader)]
+        rebuild(model, budget_ranks(model, "lct", cfg.budget, moments, None, cfg.allocation, cfg.floor,
+                                    targets=attention, form=cfg.form), calibration=moments)
+        decompose_mlps(model, container, targets, cfg.budget, moments)
+    elif cfg.method == "lct" and cfg.budget is not None:  # the budget's plan, checked by budget_ranks
+        rebuild(model, budget_ranks(model, "lct", cfg.budget, moments, model.get_submodule(scope) if scope else None,
+                                    cfg.allocation, cfg.floor, form=cfg.form), calibration=moments)
+    elif cfg.method == "lct":
+        lct(model, rank=cfg.rank, epsilon=cfg.epsilon, targets="|".join(re.escape(p) for p in paths),
+            calibration=moments)
     else:
+        ranks = budget_ranks(model, cfg.method, cfg.budget, moments, model.get_submodule(scope) if scope else None,
+                             cfg.allocation, cfg.floor, cfg.group_size) if cfg.budget is not None else None
         convert(model, LorsConfig(targets=targets, rank=cfg.rank or 1, rank_pattern=ranks or {}, epsilon=cfg.epsilon,
                                   init="calibrated" if moments else "pretrained", group_size=cfg.group_size,
                                   fit_iterations=cfg.fit_iterations or 2,
                                   sharing="basis" if cfg.method == "basis" else "residual"), calibration=moments)
     if sequential:
-        sequential_refit(model, teacher, container, targets, batches, None, cfg.correct, shrinkage, cfg.ridge, log)
+        sequential_refit(model, teacher, container, targets, batches, None, cfg.correct, shrinkage, cfg.ridge, log,
+                         cfg.recon_steps, cfg.recon_lr or RECON_LR, fits)
     if cfg.form == "pivoted":
         pivot(model)
     return model

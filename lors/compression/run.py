@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -33,13 +34,15 @@ from .pipeline import linear_params, as_batches, compress
 from .pretrained import base_source, is_causal_lm, load_causal_lm, load_encoder
 
 EVAL_TEXTS = ("pydoc", "bible")
+COLLAPSE = 0.5  # a greedy sample with under half the original's distinct-bigram ratio loops: flagged "collapsed"
 
 
 def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_file: Optional[str] = None,
         eval_texts: Optional[Sequence[str]] = None, eval_windows: Optional[int] = None,
         eval_sentences: Optional[int] = None, out: Optional[str | Path] = None, dtype: Optional[str] = None,
         progress: bool = True, resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Compress ``model`` as ``config`` says; returns ``{"rows", "history", "samples", "report", "model"}``.
+    """Compress ``model`` as ``config`` says; returns ``{"rows", "history", "samples", "report", "model",
+    "peak_memory_gb"}`` (the process's peak resident memory up to the end of the run).
 
     LMs: ``eval_texts`` (default pydoc and bible) scored on ``eval_windows`` windows each (default 40);
     encoders: ``eval_sentences`` held-out sentences (default 1000). ``dtype``: storage of the saved folder.
@@ -58,6 +61,7 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
                          progress, resume, log)
     else:
         result = _run_encoder(model, cfg, eval_sentences or 1000, out, progress, resume, log)
+    result["peak_memory_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)  # Linux: KiB
     if out:
         save_pretrained(result["model"], out, result.pop("tokenizer"), cfg, base_source(model, gguf_file), dtype)
         (Path(out) / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "model"},
@@ -101,13 +105,18 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
     samples[cfg.setting()] = greedy_sample(student, tokenizer)
     history = []
     if cfg.distill_steps > 0:
-        history = _distill_lm(student, teacher, tokenizer, texts, cfg, out, progress, resume, log)
+        history = _distill_lm(student, teacher, tokenizer, texts, cfg, out, progress, resume, log,
+                              base_source(name, gguf_file)["sha256"] if cfg.distill_topk else None)
         rows.append(row(f"+ distillation ({cfg.distill_steps} steps)", student,
                         sum(h["epoch_time"] for h in history)))
         samples[rows[-1]["model"]] = greedy_sample(student, tokenizer)
     reference = distinct_n(tokenizer(samples["original"])["input_ids"])
     for r in rows:  # distinct bigrams of the greedy sample, against the original's (well below 1: it loops)
         r["distinct2_vs_original"] = round(distinct_n(tokenizer(samples[r["model"]])["input_ids"]) / reference, 3)
+        r["collapsed"] = r["distinct2_vs_original"] < COLLAPSE
+        if r["collapsed"]:
+            log(f"  [{r['model']}] its greedy sample collapsed: distinct-2 at {r['distinct2_vs_original']:.2f} of "
+                f"the original's (flagged below {COLLAPSE})")
     for k, v in samples.items():
         log(f"sample [{k}]: {v!r}")
     return {"rows": rows, "history": history, "samples": samples, "report": report.to_dict(), "model": student,
@@ -115,11 +124,16 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
                                                    "window": cfg.window, "seed": cfg.seed}}
 
 
-def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, progress, resume, log) -> list:
+def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, progress, resume, log,
+                base_sha: Optional[str] = None) -> list:
     from ..tasks.distill import distill
 
     windows = token_windows(tokenizer, texts, min(cfg.distill_steps * cfg.batch_size, 2_000), cfg.window, skip=1)
     train = [{"input_ids": b["input_ids"]} for b in as_batches(windows, cfg.batch_size)]  # the loss calls the model
+    if cfg.distill_topk:
+        key = dict(base=base_sha, calibration=cfg.calibration, seed=cfg.seed, window=cfg.window,
+                   windows=len(windows), batch_size=cfg.batch_size, k=cfg.distill_topk, temperature=cfg.temperature)
+        train = cached_teacher(teacher, train, key, log)
     student.get_input_embeddings().weight.requires_grad_(False)  # tied to the head; too few tokens to move it
     log(f"distillation: {cfg.distill_steps} steps x {cfg.batch_size} x {cfg.window} tokens ({cfg.distill_loss}, "
         f"T={cfg.temperature}, lr {cfg.lr}) on {len(train)} batches of the calibration sources (windows disjoint "
@@ -135,6 +149,34 @@ def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pr
     log(f"distillation: {cfg.distill_steps * cfg.batch_size * cfg.window / max(seconds, 1e-9):.0f} tokens/s on "
         f"average, {seconds / 60:.1f} min")
     return history
+
+
+def cached_teacher(teacher, batches: list[dict], key: dict, log) -> list[dict]:
+    """``batches`` with the teacher's top-k log-probs (:func:`lors.tasks.distill.cache_topk`), computed once per
+    ``key`` (base weights, text, windows, k, temperature) and kept as safetensors in the cache folder, so every
+    student of the same teacher and data reuses them."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from ..tasks.distill import TOPK_KEYS, cache_topk
+    from .pretrained import cache_dir
+
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "teacher-topk" / f"{name}.safetensors"
+    if path.is_file():
+        tensors = load_file(str(path))
+        if len(tensors) == 2 * len(batches) and all(tensors[f"{TOPK_KEYS[1]}.{i}"].shape[:2] == b["input_ids"].shape
+                                                    for i, b in enumerate(batches)):
+            log(f"teacher top-{key['k']}: cached ({path})")
+            return [{**b, **{k: tensors[f"{k}.{i}"] for k in TOPK_KEYS}} for i, b in enumerate(batches)]
+    start = time.time()
+    cached = cache_topk(teacher, batches, key["k"], key["temperature"], log=log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f"{k}.{i}": b[k].contiguous() for i, b in enumerate(cached) for k in TOPK_KEYS}, str(path),
+              metadata={"key": json.dumps(key, sort_keys=True)})
+    log(f"teacher top-{key['k']}: {len(batches)} batches in {time.time() - start:.0f} s, cached in {path}")
+    return cached
 
 
 def held_out_sentences(seed: int = 0, n_eval: int = 1000) -> tuple[list[str], list[str]]:

@@ -18,6 +18,12 @@ Losses (``loss=``), on Hugging Face-style outputs (``last_hidden_state``, masked
   per token (forward: :func:`logits`);
 * ``"kl+hidden"``: that plus the MSE term over every layer's hidden states (forward: :func:`logits_and_hidden`).
 
+Cached teacher (``"kl"`` only): :func:`cache_topk` runs the teacher once over the batches and stores, per token, its
+``k`` most likely next tokens and their log-probabilities (at the temperature) in the batch dicts
+(``TOPK_KEYS``). :class:`DistillTask` then skips the teacher's forward and scores :func:`topk_kl_loss`: the KL over
+those ``k`` tokens plus one bucket holding the rest of the vocabulary's mass. With ``k`` the vocabulary size it equals
+:func:`kl_loss` exactly; the cache can be saved once and reused by every student of the same teacher.
+
 With ``forward=all_hidden_states`` the MSE term averages over every layer's hidden states
 (intermediate-layer distillation) and the cosine term uses the last layer.
 """
@@ -72,6 +78,50 @@ def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: Op
     if mask is not None:
         per_token = per_token[mask.bool()]
     return per_token.mean() * temperature ** 2
+
+
+TOPK_KEYS = ("teacher_logp", "teacher_index")
+
+
+def topk_kl_loss(student_logits: torch.Tensor, teacher_logp: torch.Tensor, teacher_index: torch.Tensor,
+                 mask: Optional[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    """``T^2 KL`` between the teacher's cached top-k distribution, with the rest of its mass as one extra bucket,
+    and the student's distribution over the same buckets; averaged over (unmasked) tokens.
+
+    ``teacher_logp`` (B, T, k) are the teacher's log-probabilities at temperature ``T`` of the tokens
+    ``teacher_index`` (B, T, k); when ``k`` is the vocabulary the rest bucket is empty and this is :func:`kl_loss`."""
+    s = F.log_softmax(student_logits.float() / temperature, -1)
+    index = teacher_index.long()
+    s_k, t_k = s.gather(-1, index), teacher_logp.float()
+    per_token = (t_k.exp() * (t_k - s_k)).sum(-1)
+    if index.shape[-1] < s.shape[-1]:  # the rest of the vocabulary, one bucket on each side
+        t_rest = (1 - t_k.exp().sum(-1)).clamp_min(0)
+        s_rest = (1 - s_k.exp().sum(-1)).clamp_min(1e-12)
+        per_token = per_token + torch.where(t_rest > 0, t_rest * (t_rest.clamp_min(1e-12).log() - s_rest.log()),
+                                            torch.zeros_like(t_rest))
+    if mask is not None:
+        per_token = per_token[mask.bool()]
+    return per_token.mean() * temperature ** 2
+
+
+@torch.no_grad()
+def cache_topk(teacher: nn.Module, batches: Sequence[dict], k: int, temperature: float = 1.0,
+               forward: Optional[Callable] = None, log: Optional[Callable[[str], None]] = None) -> list[dict]:
+    """Copies of ``batches`` (dicts) with the teacher's top-``k`` next-token log-probabilities at ``temperature``
+    and their token ids added (``TOPK_KEYS``: float32 (B, T, k) and int32 (B, T, k)); one teacher pass."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    teacher.eval()
+    cached = []
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, dict):
+            raise TypeError("cache_topk needs dict batches (Hugging Face model inputs)")
+        logp = F.log_softmax((forward or logits)(teacher, batch).float() / temperature, -1)
+        values, index = logp.topk(min(k, logp.shape[-1]), dim=-1)
+        cached.append({**batch, TOPK_KEYS[0]: values, TOPK_KEYS[1]: index.to(torch.int32)})
+        if log and (i + 1) % 50 == 0:
+            log(f"  teacher top-{k}: {i + 1}/{len(batches)} batches")
+    return cached
 
 
 def mean_pool(hidden: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -137,6 +187,12 @@ class DistillTask:
 
     def loss(self, model: nn.Module, batch, device: torch.device):
         batch = _to(batch, device)
+        if isinstance(batch, dict) and TOPK_KEYS[0] in batch:  # cached teacher: no teacher forward
+            if self.kind != "kl":
+                raise ValueError(f"cached top-k teacher outputs need loss 'kl', not {self.kind!r}")
+            inputs = {k: v for k, v in batch.items() if k not in TOPK_KEYS}
+            return topk_kl_loss(self.forward(model, inputs), batch[TOPK_KEYS[0]], batch[TOPK_KEYS[1]],
+                                inputs.get("attention_mask"), self.temperature), _batch_size(inputs)
         with torch.no_grad():
             target = self.forward(self.teacher, batch)
         mask = batch.get("attention_mask") if isinstance(batch, dict) else None

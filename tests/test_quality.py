@@ -1,0 +1,222 @@
+"""Compression quality methods: block-wise reconstruction, cached top-k distillation, the collapse flag."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lors
+from lors.apply.budget import stack_linears
+from lors.apply.reconstruct import block_error, reconstruct_block
+from lors.apply.sequential import _run, block_inputs
+from lors.compression import CompressConfig
+from lors.compression.config import FieldError
+from lors.tasks.distill import TOPK_KEYS, DistillTask, cache_topk, kl_loss, topk_kl_loss
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.filterwarnings("ignore:calibration saw no inputs")
+VOCAB = 96
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def tokens(n, seed, length=16):
+    return torch.randint(1, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def block_data(model, teacher, batches):
+    """(compressed block 0, its inputs, the original block 0's outputs) on ``batches``."""
+    container, _, _ = stack_linears(teacher)
+    blocks, originals = list(model.get_submodule(container)), list(teacher.get_submodule(container))
+    with torch.no_grad():
+        hiddens, calls = block_inputs(teacher, originals, batches)
+        inputs = [(h, *c[0]) for h, c in zip(hiddens, calls)]
+        targets = [_run(originals[0], *x) for x in inputs]
+    return blocks[0], inputs, targets
+
+
+def test_block_reconstruction_lowers_the_block_error_and_never_raises_it():
+    teacher = tiny_llama()
+    batches = [{"input_ids": tokens(4, s), "use_cache": False} for s in range(3)]
+    student, _ = lors.compress(teacher, torch.cat([b["input_ids"] for b in batches]),
+                               CompressConfig(budget=0.4, form="factors", shrinkage=0.0, sequential=False))
+    block, inputs, targets = block_data(student, teacher, batches)
+    start = block_error(block, inputs, targets)
+    assert start > 1e-4  # something to reconstruct
+    trained = copy.deepcopy(block)
+    fit = reconstruct_block(trained, inputs, targets, steps=60, lr=3e-3)
+    assert fit.before == pytest.approx(start, rel=1e-6)
+    assert fit.after < 0.9 * start and fit.steps == 60
+    assert block_error(trained, inputs, targets) == pytest.approx(fit.after, rel=1e-6)
+    # a learning rate far too large makes training diverge: the closed-form start is put back, bit for bit
+    wrecked = copy.deepcopy(block)
+    fit = reconstruct_block(wrecked, inputs, targets, steps=5, lr=10.0)
+    assert fit.steps == 0 and fit.after == fit.before
+    assert all(torch.equal(a, b) for a, b in zip(wrecked.state_dict().values(), block.state_dict().values()))
+    # padded tokens are left out of the error: garbage targets there change nothing
+    masks = [torch.ones(4, 16, dtype=torch.long) for _ in batches]
+    for m, t in zip(masks, targets):
+        m[:, -3:] = 0
+    noisy = [t.clone() for t in targets]
+    for t in noisy:
+        t[:, -3:] = 1e3
+    clean = block_error(block, inputs, targets, masks)
+    assert block_error(block, inputs, noisy, masks) == pytest.approx(clean, rel=1e-6)
+
+
+def test_block_reconstruction_is_exact_when_nothing_is_removed():
+    teacher = tiny_llama()
+    batches = [{"input_ids": tokens(2, s), "use_cache": False} for s in range(2)]
+    block, inputs, targets = block_data(copy.deepcopy(teacher), teacher, batches)
+    assert block_error(block, inputs, targets) == 0
+    state = copy.deepcopy(block.state_dict())
+    fit = reconstruct_block(block, inputs, targets, steps=5, lr=1e-3)
+    assert fit.before == fit.after == 0 and fit.steps == 0
+    assert all(torch.equal(v, state[k]) for k, v in block.state_dict().items())
+
+
+def test_compress_with_block_reconstruction_beats_the_closed_form_and_reports_every_block():
+    teacher = tiny_llama()
+    calib, held = tokens(12, 1), tokens(6, 2)
+    base = dict(budget=0.5, form="factors", shrinkage=0.0)
+    closed, _ = lors.compress(teacher, calib, CompressConfig(**base))
+    trained, report = lors.compress(teacher, calib, CompressConfig(**base, recon_steps=40, recon_lr=3e-3))
+    assert len(report.block_errors) == 3
+    assert all(after <= before for before, after in report.block_errors)
+    assert any(after < 0.95 * before for before, after in report.block_errors)
+    assert report.config["recon_steps"] == 40 and "block recon 40" in CompressConfig(**base, recon_steps=40).setting()
+
+    def kl(student):
+        with torch.no_grad():
+            return kl_loss(student(held).logits, teacher(held).logits, None).item()
+    assert kl(trained) < kl(closed)
+
+
+def test_block_reconstruction_fields_are_refused_where_they_cannot_apply():
+    with pytest.raises(FieldError, match="recon_steps .*sequential"):
+        CompressConfig(budget=0.5, sequential=False, recon_steps=4)
+    with pytest.raises(FieldError, match="recon_steps .*method 'lct'"):
+        CompressConfig(budget=0.5, method="lors", recon_steps=4)
+    with pytest.raises(FieldError, match="recon_lr applies to block reconstruction"):
+        CompressConfig(budget=0.5, recon_lr=1e-3)
+    with pytest.raises(FieldError, match="recon_steps must be an integer"):
+        CompressConfig(budget=0.5, recon_steps=-1)
+    with pytest.raises(ValueError, match="one target per input"):
+        reconstruct_block(torch.nn.Linear(2, 2), [(torch.zeros(1, 2), (), {})], [], steps=1)
+
+
+def test_topk_kl_equals_the_full_kl_when_k_is_the_vocabulary():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 11, generator=g, dtype=torch.float64), torch.randn(2, 5, 11, generator=g,
+                                                                               dtype=torch.float64)
+    mask = torch.ones(2, 5)
+    mask[1, 3:] = 0
+    for temperature in (1.0, 2.0):
+        logp = F.log_softmax(t / temperature, -1)
+        values, index = logp.topk(11, -1)
+        full = kl_loss(s, t, mask, temperature)
+        assert topk_kl_loss(s, values, index, mask, temperature).item() == pytest.approx(full.item(), rel=1e-5)
+        # with k < V: the tail bucket makes it a KL between two (k + 1)-bucket distributions, so 0 <= it <= full
+        # (merging outcomes never raises a KL) and 0 only when the student matches the teacher
+        values, index = logp.topk(3, -1)
+        part = topk_kl_loss(s, values, index, mask, temperature).item()
+        assert 0 < part < full.item()
+        assert topk_kl_loss(t, values, index, mask, temperature).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_cached_topk_distillation_equals_full_distillation_when_k_is_the_vocabulary():
+    teacher = tiny_llama(0)
+    batches = [{"input_ids": tokens(2, s)} for s in range(3)]
+    cached = cache_topk(teacher, batches, k=VOCAB, temperature=2.0)
+    assert cached[0][TOPK_KEYS[0]].shape == (2, 16, VOCAB) and cached[0][TOPK_KEYS[1]].dtype == torch.int32
+    assert TOPK_KEYS[0] not in batches[0]  # the input batches are not changed
+    full_task, cached_task = DistillTask(teacher, "kl", temperature=2.0), DistillTask(teacher, "kl", temperature=2.0)
+    students = [tiny_llama(1), tiny_llama(1)]
+    for student, task, data in zip(students, (full_task, cached_task), (batches, cached)):
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
+        for batch in data * 2:
+            loss, n = task.loss(student, batch, torch.device("cpu"))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert n == 2
+    for a, b in zip(students[0].parameters(), students[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(students[0].lm_head.weight, tiny_llama(1).lm_head.weight)  # training moved them
+    with pytest.raises(ValueError, match="need loss 'kl'"):
+        DistillTask(teacher, "kl+hidden").loss(students[0], cached[0], torch.device("cpu"))
+
+
+def test_distill_topk_fields_are_refused_where_they_cannot_apply():
+    with pytest.raises(FieldError, match="distill_topk applies to distillation only"):
+        CompressConfig(budget=0.5, distill_topk=8)
+    with pytest.raises(FieldError, match="distill_topk caches logits for distill_loss 'kl'"):
+        CompressConfig(budget=0.5, distill_steps=2, distill_topk=8, distill_loss="kl+hidden")
+    with pytest.raises(FieldError, match="distill_topk applies to causal LMs only"):
+        CompressConfig(budget=0.5, distill_steps=2, distill_topk=8).resolve("encoder")
+
+
+# ---------------------------------------------------------------- modular decomposition (MoDeGPT type I)
+
+def test_neuron_refit_is_exact_when_the_dropped_neurons_are_combinations_of_the_kept_ones():
+    from lors.apply.modular import refit_down, select_neurons
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(5, 12, generator=g, dtype=torch.float64)  # 12 neurons spanning 5 directions
+    h = torch.randn(400, 5, generator=g, dtype=torch.float64) @ basis
+    C, D = h.T @ h / len(h), torch.randn(7, 12, generator=g, dtype=torch.float64)
+    keep = select_neurons(C, D, 5, ridge=1e-12)
+    assert len(keep) == 5 and torch.all(keep[1:] > keep[:-1])
+    D_new = refit_down(D, C, C, keep, ridge=1e-12)
+    assert torch.allclose(h[:, keep] @ D_new.T, h @ D.T, atol=1e-6)
+    # a neuron that never fires, or whose output weights are zero, is never kept before a live one
+    C2, D2 = C.clone(), D.clone()
+    C2[3], C2[:, 3], D2[:, 8] = 0, 0, 0
+    assert not {3, 8} & set(select_neurons(C2, D2, 10).tolist())
+    with pytest.raises(ValueError, match="kept neurons must be in"):
+        select_neurons(C, D, 13)
+
+
+def test_modular_mlps_are_exact_when_every_neuron_is_kept():
+    from lors.apply.calibration import input_moments
+    from lors.apply.modular import decompose_mlps
+
+    teacher = tiny_llama()
+    container, targets, paths = stack_linears(teacher)
+    model = copy.deepcopy(teacher)
+    sizes = decompose_mlps(model, container, targets, 1.0, input_moments(teacher, paths, [tokens(4, 1)]))
+    assert set(sizes.values()) == {64}
+    x = tokens(2, 5)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, teacher(x).logits)
+
+
+def test_modular_compression_meets_the_budget_reloads_and_cuts_whole_neurons(tmp_path):
+    teacher = tiny_llama()
+    calib, x = tokens(12, 1), tokens(2, 5)
+    student, report = lors.compress(teacher, calib, CompressConfig(method="modular", budget=0.5, shrinkage=0.0))
+    mlp = student.model.layers[0].mlp
+    assert (mlp.gate_proj.out_features, mlp.up_proj.out_features, mlp.down_proj.in_features) == (32, 32, 32)
+    dense = sum(p.numel() for n, p in teacher.model.layers.named_parameters() if "proj" in n)
+    kept = sum(p.numel() for n, p in student.model.layers.named_parameters() if "proj" in n or ".U" in n
+               or ".V" in n or "pivot" in n.lower())
+    assert report.dense_params == dense and report.params <= 0.5 * dense + 3  # the budget, counted independently
+    assert kept == report.params
+    lors.save_pretrained(student, tmp_path / "m")
+    again = lors.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, student(x).logits)
+    with pytest.raises(FieldError, match="'modular' keeps a fraction"):
+        CompressConfig(method="modular", rank=4)
+
+
+def test_modular_refuses_a_fused_mlp():
+    from lors.apply.modular import mlp_parts
+
+    with pytest.raises(ValueError, match="fused gate_up is not supported"):
+        mlp_parts(torch.nn.Module(), ["self_attn.qkv_proj", "mlp.gate_up_proj", "mlp.down_proj"])
