@@ -220,3 +220,53 @@ def test_modular_refuses_a_fused_mlp():
 
     with pytest.raises(ValueError, match="fused gate_up is not supported"):
         mlp_parts(torch.nn.Module(), ["self_attn.qkv_proj", "mlp.gate_up_proj", "mlp.down_proj"])
+
+
+# ---------------------------------------------------------------- loss-aware rank allocation
+
+def test_output_sensitivity_is_the_mean_squared_loss_gradient_at_each_layer_output():
+    from lors.apply.budget import output_sensitivity
+
+    model = tiny_llama()
+    batch = {"input_ids": tokens(2, 3), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    batch["attention_mask"][1, 12:] = 0
+    path = "model.layers.1.mlp.down_proj"
+    found = output_sensitivity(model, [path, "model.layers.0.self_attn.q_proj"], [batch])
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())  # no weight gradients left behind
+    # independently: a zero tensor added to the layer's output; its gradient is dL/dy
+    delta = torch.zeros(2, 16, 32, requires_grad=True)
+    handle = model.get_submodule(path).register_forward_hook(lambda m, a, out: out + delta)
+    logits = model(**batch).logits[:, :-1]
+    keep = batch["attention_mask"][:, 1:].bool()
+    F.cross_entropy(logits[keep], batch["input_ids"][:, 1:][keep], reduction="sum").backward()
+    handle.remove()
+    g = delta.grad[batch["attention_mask"].bool()]
+    assert found[path] == pytest.approx(float(g.pow(2).sum()) / 32 / int(keep.sum()), rel=1e-5)
+
+
+def test_sensitivity_allocation_meets_the_budget_and_follows_the_sensitivity():
+    from lors.apply.budget import budget_ranks, stack_linears
+    from lors.apply.calibration import input_moments
+    from lors.nn.pivoted import pivoted_rank  # noqa: F401  (pivoted costs are checked below by count)
+
+    model = tiny_llama()
+    _, _, paths = stack_linears(model)
+    moments = input_moments(model, paths, [tokens(8, 1)])
+    flat = {p: 1.0 for p in paths}
+    loud = dict(flat, **{paths[0]: 1e6})
+    dense = sum(model.get_submodule(p).weight.numel() for p in paths)
+    for form in ("factors", "pivoted"):
+        a = budget_ranks(model, "lct", 0.4, moments, allocation="sensitivity", sensitivity=flat, form=form)
+        b = budget_ranks(model, "lct", 0.4, moments, allocation="sensitivity", sensitivity=loud, form=form)
+        for ranks in (a, b):
+            cost = sum(r * (sum(model.get_submodule(p).weight.shape) - (r if form == "pivoted" else 0))
+                       for p, r in ranks.items())
+            assert cost <= 0.4 * dense
+        assert b[paths[0]] > a[paths[0]]
+    with pytest.raises(ValueError, match="needs sensitivity"):
+        budget_ranks(model, "lct", 0.4, moments, allocation="sensitivity")
+    with pytest.raises(FieldError, match="allocation 'sensitivity' weighs layers"):
+        CompressConfig(budget=0.5, allocation="sensitivity").resolve("encoder")
+    student, report = lors.compress(tiny_llama(), tokens(8, 1), CompressConfig(budget=0.5, allocation="sensitivity",
+                                                                               shrinkage=0.0, sequential=False))
+    assert report.params <= 0.5 * report.dense_params

@@ -15,7 +15,10 @@ or of a module's whole parameter count with ``scope=`` (its other parameters sta
 
 Allocations: ``"uniform"`` gives every matrix the same share of its own size; ``"spectrum"`` starts every matrix
 at ``floor`` times its uniform rank and spends the rest where one more rank removes the most (whitened, with
-input moments) output error per stored number, each matrix's error taken relative to its output energy.
+input moments) output error per stored number, each matrix's error taken relative to its output energy;
+``"sensitivity"`` spends it the same way but weighs each matrix's absolute whitened error by how much the model's
+loss responds to that layer's output (``sensitivity[path] = E||dL/dy||^2 / d_out``, :func:`output_sensitivity`),
+so a rank goes where it removes the most expected loss, ``1/2 s sigma^2``, per stored number.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from .linears import dense_weight
 from .lors import split_groups
 
 METHODS = ("lors", "lct", "basis")
-ALLOCATIONS = ("uniform", "spectrum")
+ALLOCATIONS = ("uniform", "spectrum", "sensitivity")
 FORMS = ("factors", "pivoted")
 
 
@@ -91,14 +94,15 @@ def _allocate(candidates: dict, start: dict, budget: float) -> dict:
 def budget_ranks(model: nn.Module, method: str, fraction: float, moments: Optional[dict] = None,
                  scope: Optional[nn.Module] = None, allocation: str = "uniform", floor: float = 0.5,
                  group_size: Optional[int] = None, targets: Optional[Sequence[str]] = None,
-                 form: str = "factors") -> dict[str, int]:
+                 form: str = "factors", sensitivity: Optional[dict] = None) -> dict[str, int]:
     """``{full module path: rank}`` so that the stacked linears keep ``fraction`` of their parameters.
 
     Args:
         method: ``"lct"``, ``"lors"`` or ``"basis"`` (see the module docstring).
         fraction: in (0, 1): of the targeted linear weights, or of ``scope``'s parameters when given.
         moments: ``{path: E[x x^T]}`` input moments; the spectra are then whitened (output error).
-        allocation: ``"uniform"`` or ``"spectrum"`` (``"basis"``: uniform only).
+        allocation: ``"uniform"``, ``"spectrum"`` or ``"sensitivity"`` (needs ``sensitivity``; ``"basis"``:
+            uniform only).
         floor: with ``"spectrum"``, every matrix keeps at least this fraction of its uniform rank.
         group_size: LORS/basis stacks over runs of this many adjacent blocks (as ``LorsConfig.group_size``).
         form: ``"factors"`` (``U V``) or ``"pivoted"`` (``"lct"`` only: ranks costed as
@@ -110,6 +114,9 @@ def budget_ranks(model: nn.Module, method: str, fraction: float, moments: Option
         raise ValueError(f"allocation must be one of {ALLOCATIONS} ('uniform' for method 'basis'), got {allocation!r}")
     if not 0 < fraction < 1:
         raise ValueError(f"budget fraction must be in (0, 1), got {fraction}")
+    if (allocation == "sensitivity") != (sensitivity is not None):
+        raise ValueError("allocation 'sensitivity' needs sensitivity= {path: E||dL/dy||^2 / d_out} "
+                         "(output_sensitivity), and only it takes one")
     if not 0 <= floor <= 1:
         raise ValueError(f"floor must be in [0, 1], got {floor}")
     if form not in FORMS or (form == "pivoted" and method != "lct"):
@@ -137,7 +144,7 @@ def budget_ranks(model: nn.Module, method: str, fraction: float, moments: Option
                          f"{' (LORS keeps one shared weight per stack)' if method == 'lors' else ''}")
     if allocation == "uniform":
         return _top_up(uniform, weights, budget - shared_cost, share, form)
-    candidates = _gains(container, targets, groups, weights, moments, method, form)
+    candidates = _gains(container, targets, groups, weights, moments, method, form, sensitivity)
     start = {p: max(1, int(floor * r)) for p, r in uniform.items()}
     return _allocate(candidates, start, budget - shared_cost)
 
@@ -158,8 +165,9 @@ def _top_up(ranks: dict, weights: dict, budget: float, share: float, form: str) 
     return ranks
 
 
-def _gains(container, targets, groups, weights, moments, method, form="factors") -> dict:
-    """Per matrix: (relative error removed by each rank, cost(r) of the r-th rank, max rank)."""
+def _gains(container, targets, groups, weights, moments, method, form="factors", sensitivity=None) -> dict:
+    """Per matrix: (error removed by each rank -- relative to the matrix's output energy, or with ``sensitivity``
+    absolute and weighted by it --, cost(r) of the r-th rank, max rank)."""
     candidates = {}
     for t in targets:
         for group in groups:
@@ -169,10 +177,55 @@ def _gains(container, targets, groups, weights, moments, method, form="factors")
             shared = (calibrated_shared(Ws, Cs) if moments else torch.stack(Ws).mean(0)) if method == "lors" else 0
             for p, W, C in zip(layer_paths, Ws, Cs):
                 spectrum = (lambda M: whitened_spectrum(M, C)) if C is not None else torch.linalg.svdvals
-                energy = spectrum(W).pow(2).sum()
-                candidates[p] = (spectrum(W - shared).pow(2) / energy, rank_cost(W.shape, form),
+                scale = sensitivity[p] if sensitivity is not None else 1 / spectrum(W).pow(2).sum()
+                candidates[p] = (spectrum(W - shared).pow(2) * scale, rank_cost(W.shape, form),
                                  max_rank(*W.shape, form))
     return candidates
+
+
+def output_sensitivity(model: nn.Module, paths: Sequence[str], batches: Sequence[dict]) -> dict[str, float]:
+    """``{path: E||dL/dy||^2 / d_out}`` per token for the linears at ``paths``: ``L`` the causal LM's next-token
+    cross-entropy on ``batches`` (dicts of ``input_ids``, optional ``attention_mask``; padded targets left out), ``y``
+    each layer's output. One backward pass per batch; the model's parameters get no gradients kept."""
+    sums = {p: 0.0 for p in paths}
+    tokens = 0
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook_for(p):
+        def hook(module, args, out):
+            out.retain_grad()
+            outputs[p] = out
+        return hook
+
+    handles = [model.get_submodule(p).register_forward_hook(hook_for(p)) for p in paths]
+    flags = [q.requires_grad for q in model.parameters()]
+    was_training = model.training
+    model.eval()
+    try:
+        for q in model.parameters():
+            q.requires_grad_(False)
+        for batch in batches:
+            ids, mask = batch["input_ids"], batch.get("attention_mask")
+            embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # a graph without weight grads
+            kwargs = {k: v for k, v in batch.items() if k != "input_ids"}
+            with torch.enable_grad():
+                logits = model(inputs_embeds=embeds, **kwargs).logits[:, :-1]
+                keep = mask[:, 1:].bool() if mask is not None else torch.ones_like(ids[:, 1:], dtype=torch.bool)
+                loss = torch.nn.functional.cross_entropy(logits[keep].float(), ids[:, 1:][keep], reduction="sum")
+                loss.backward()
+            for p, y in outputs.items():
+                g = y.grad if mask is None else y.grad[mask.bool()]
+                sums[p] += float(g.double().pow(2).sum()) / y.shape[-1]
+            tokens += int(keep.sum())
+            outputs.clear()
+    finally:
+        for h in handles:
+            h.remove()
+        for q, f in zip(model.parameters(), flags):
+            q.requires_grad_(f)
+        model.train(was_training)
+    # the loss is summed over tokens, so dL/dy per token is the gradient of that token's own loss (and later ones')
+    return {p: s / max(tokens, 1) for p, s in sums.items()}
 
 
 def _basis_ranks(container, targets, groups, weights, share) -> dict[str, int]:

@@ -120,7 +120,7 @@ def add_compress(p: argparse.ArgumentParser) -> None:
                    "log-probs once instead of running it every step (default: full logits)")
     p.add_argument("--recon-steps", type=int, default=None, help="block reconstruction: Adam steps per block toward "
                    "the original block's outputs after its sequential refit (0: none)")
-    p.add_argument("--recon-lr", type=float, default=None, help="block reconstruction learning rate (1e-4)")
+    p.add_argument("--recon-lr", type=float, default=None, help="block reconstruction learning rate (1e-3)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="write a self-contained model folder here (config, tokenizer, "
                    "tensors, record, provenance; load with lors.from_pretrained)")

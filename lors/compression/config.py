@@ -59,9 +59,9 @@ class CompressConfig:
     correct: bool = True                    # sequential: fit toward the original layers' outputs
     ridge: float = RIDGE                    # sequential: the correction's ridge, relative to mean(diag C)
     recon_steps: int = 0                    # sequential lct: Adam steps per block toward the original's outputs
-    recon_lr: Optional[float] = None        # block reconstruction lr (default 1e-4)
+    recon_lr: Optional[float] = None        # block reconstruction lr (default 1e-3)
     shrinkage: Union[float, str] = "auto"   # moments toward their diagonal: a number in [0, 1] or "auto"
-    allocation: str = "uniform"             # uniform | spectrum (how the budget spreads over layers)
+    allocation: str = "uniform"             # uniform | spectrum | sensitivity (LMs): how the budget spreads
     floor: float = 0.5                      # spectrum: every matrix keeps this share of its uniform rank
     group_size: Optional[int] = None        # lors / basis: share within runs of this many blocks
     fit_iterations: Optional[int] = None    # lors: alternating fits of shared weight and residuals (default 2)
@@ -135,6 +135,8 @@ class CompressConfig:
             raise FieldError("method", "'basis' needs a budget and allocation 'uniform'")
         if self.allocation != "uniform" and self.budget is None:
             raise FieldError("allocation", f"{self.allocation!r} spreads a budget; give budget")
+        if self.allocation == "sensitivity" and self.init != "calibrated":
+            raise FieldError("allocation", "'sensitivity' is measured on calibration batches: needs init 'calibrated'")
         if self.init == "svd" and (self.sequential or self.shrinkage not in (0, 0.0)):
             bad = "sequential" if self.sequential else "shrinkage"
             raise FieldError(bad, "needs init 'calibrated' (init 'svd' fits the weights, not calibration inputs); "
@@ -166,6 +168,9 @@ class CompressConfig:
                 other = "sentence encoders" if kind == "lm" else "causal LMs"
                 raise FieldError(name, f"applies to {other} only; this model is "
                                  f"{'a causal LM' if kind == 'lm' else 'an encoder'}")
+        if kind == "encoder" and self.allocation == "sensitivity":
+            raise FieldError("allocation", "'sensitivity' weighs layers by the LM loss's gradient; for encoders use "
+                             "'uniform' or 'spectrum'")
         if kind == "encoder" and self.method == "basis":
             raise FieldError("method", "'basis' is for causal LMs; encoders take 'lct' or 'lors'")
         lm = kind == "lm"

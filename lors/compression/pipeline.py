@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..accounting import count_parameters
-from ..apply.budget import budget_ranks, stack_linears
+from ..apply.budget import budget_ranks, output_sensitivity, stack_linears
 from ..apply.calibration import input_moments
 from ..apply.config import LorsConfig
 from ..apply.lct import lct, pivot, rebuild
@@ -107,6 +107,11 @@ def compress(model: nn.Module, calibration=None, config: Optional[CompressConfig
     batches = as_batches(calibration, cfg.batch_size) if cfg.init == "calibrated" else None
     container, targets, paths = stack_linears(model)
     moments = input_moments(model, paths, batches) if batches else None
+    sensitivity = None
+    if cfg.allocation == "sensitivity":
+        sensitivity = output_sensitivity(model, paths, batches)
+        if log:
+            log(f"output sensitivity of {len(paths)} linears measured on {len(batches)} calibration batches")
     shrinkage, scores = cfg.shrinkage, {}
     if shrinkage == "auto":
         if validation is None:
@@ -114,11 +119,11 @@ def compress(model: nn.Module, calibration=None, config: Optional[CompressConfig
                              "or give a number")
         held = as_batches(validation, cfg.batch_size)
         score = held_out_score(model, held, kind)
-        shrinkage, scores = choose_shrinkage(model, moments, score, cfg, log)
+        shrinkage, scores = choose_shrinkage(model, moments, score, cfg, log, sensitivity=sensitivity)
         if log:
             log(f"shrinkage {shrinkage:g} chosen on {len(held)} held-out batches")
     fits: list = []
-    student = fit(model, cfg, moments, shrinkage, batches, log=log, fits=fits)
+    student = fit(model, cfg, moments, shrinkage, batches, log=log, fits=fits, sensitivity=sensitivity)
     before = linear_params(model, container, targets)
     report = CompressReport(cfg.to_dict(), kind, container, targets, before,
                             linear_params(student, container, targets, model),
@@ -137,9 +142,11 @@ def budget_scope(model: nn.Module) -> Optional[str]:
 
 
 def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkage: float,
-        batches: Optional[Sequence], log=None, sequential: Optional[bool] = None, fits: Optional[list] = None):
-    """The compressed copy for a resolved ``cfg`` with ``moments`` measured before (``sequential`` overrides
-    ``cfg.sequential``; the shrinkage search fits one-shot); block reconstruction results go to ``fits``."""
+        batches: Optional[Sequence], log=None, sequential: Optional[bool] = None, fits: Optional[list] = None,
+        sensitivity: Optional[dict] = None):
+    """The compressed copy for a resolved ``cfg`` with ``moments`` (and for allocation ``"sensitivity"`` the
+    layers' output ``sensitivity``) measured before (``sequential`` overrides ``cfg.sequential``; the shrinkage
+    search fits one-shot); block reconstruction results go to ``fits``."""
     sequential = cfg.sequential if sequential is None else sequential
     scope = budget_scope(model)
     teacher, model = model, copy.deepcopy(model)
@@ -149,17 +156,19 @@ def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkag
         feeds, reader = mlp_parts(model.get_submodule(container)[0], targets)
         attention = [t for t in targets if t not in (*feeds, reader)]
         rebuild(model, budget_ranks(model, "lct", cfg.budget, moments, None, cfg.allocation, cfg.floor,
-                                    targets=attention, form=cfg.form), calibration=moments)
+                                    targets=attention, form=cfg.form, sensitivity=sensitivity), calibration=moments)
         decompose_mlps(model, container, targets, cfg.budget, moments)
     elif cfg.method == "lct" and cfg.budget is not None:  # the budget's plan, checked by budget_ranks
         rebuild(model, budget_ranks(model, "lct", cfg.budget, moments, model.get_submodule(scope) if scope else None,
-                                    cfg.allocation, cfg.floor, form=cfg.form), calibration=moments)
+                                    cfg.allocation, cfg.floor, form=cfg.form, sensitivity=sensitivity),
+                calibration=moments)
     elif cfg.method == "lct":
         lct(model, rank=cfg.rank, epsilon=cfg.epsilon, targets="|".join(re.escape(p) for p in paths),
             calibration=moments)
     else:
         ranks = budget_ranks(model, cfg.method, cfg.budget, moments, model.get_submodule(scope) if scope else None,
-                             cfg.allocation, cfg.floor, cfg.group_size) if cfg.budget is not None else None
+                             cfg.allocation, cfg.floor, cfg.group_size, sensitivity=sensitivity) \
+            if cfg.budget is not None else None
         convert(model, LorsConfig(targets=targets, rank=cfg.rank or 1, rank_pattern=ranks or {}, epsilon=cfg.epsilon,
                                   init="calibrated" if moments else "pretrained", group_size=cfg.group_size,
                                   fit_iterations=cfg.fit_iterations or 2,
@@ -187,7 +196,8 @@ def shrink(moments: dict, alpha: float) -> dict:
 
 
 def choose_shrinkage(model: nn.Module, moments: dict, score: Callable[[nn.Module], float], cfg: CompressConfig,
-                     log=None, grid: Sequence[float] = SHRINKAGE_GRID) -> tuple[float, dict]:
+                     log=None, grid: Sequence[float] = SHRINKAGE_GRID,
+                     sensitivity: Optional[dict] = None) -> tuple[float, dict]:
     """The shrinkage of ``grid`` whose one-shot fit (``cfg``, no sequential refit) scores lowest, and every score.
     ``score(model)`` must use held-out calibration text, never the evaluation text."""
     if not grid or any(not 0 <= a <= 1 for a in grid):
@@ -196,7 +206,7 @@ def choose_shrinkage(model: nn.Module, moments: dict, score: Callable[[nn.Module
         raise ValueError("choosing the shrinkage needs calibration moments (init='calibrated')")
     scores = {}
     for alpha in grid:
-        scores[alpha] = float(score(fit(model, cfg, moments, alpha, None, sequential=False)))
+        scores[alpha] = float(score(fit(model, cfg, moments, alpha, None, sequential=False, sensitivity=sensitivity)))
         if log:
             log(f"  shrinkage {alpha:g}: held-out calibration score {scores[alpha]:.4f}")
     return min(scores, key=scores.get), scores
