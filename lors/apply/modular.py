@@ -51,7 +51,7 @@ def mlp_parts(block: nn.Module, targets: Sequence[str]) -> tuple[list[str], str]
 def neuron_scores(C: torch.Tensor, down: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
     """Ridge leverage of each neuron in ``C`` times the squared norm of its column of ``down``."""
     C = C.double()
-    leverage = torch.linalg.solve(damped(C, ridge), C).diagonal()  # diag((C + lambda I)^{-1} C) = diag(C (C + lambda I)^{-1})
+    leverage = torch.linalg.solve(damped(C, ridge), C).diagonal()  # (C + lambda I)^{-1} C: same diagonal
     return leverage.clamp_min(0) * down.double().pow(2).sum(0)
 
 
@@ -107,9 +107,9 @@ def neurons_plan(model: nn.Module, sizes: dict[str, int], readers: Sequence[str]
 @torch.no_grad()
 def decompose_mlps(model: nn.Module, container: str, targets: Sequence[str], fraction: float,
                    moments: Optional[dict] = None, ridge: float = RIDGE) -> dict[str, int]:
-    """Keep ``fraction`` (in (0, 1]; 1: every neuron, the same MLP) of every block's MLP neurons (one-shot: selection and refit on the original network's
-    moments ``{path: E[x x^T]}``, which must hold the readers' inputs; without moments, the neurons with the largest
-    ``||D[:, j]||^2`` and no refit). Records a ``"neurons"`` entry; returns ``{path: kept size}``."""
+    """Keep ``fraction`` (in (0, 1]; 1: every neuron, the same MLP) of every block's MLP neurons (one-shot:
+    selection and refit on the original network's moments ``{path: E[x x^T]}``, which must hold the readers'
+    inputs; without moments, the neurons with the largest ``||D[:, j]||^2`` and no refit). Records a ``"neurons"`` entry; returns ``{path: kept size}``."""
     from .hf import install_save_pretrained
     from .record import Conversion, append, fingerprint
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-RECON_LR = 1e-3  # Adam's learning rate, cosine-decayed to zero over the block's steps (best of 1e-4, 3e-4, 1e-3 on SmolLM2)
+RECON_LR = 1e-3  # Adam's lr, cosine-decayed to 0 over a block's steps (best of 1e-4, 3e-4, 1e-3 on SmolLM2)
 
 
 @dataclass
