@@ -1,5 +1,7 @@
 """Compression quality methods: block-wise reconstruction, cached top-k distillation, the collapse flag."""
 import copy
+import json
+import re
 
 import pytest
 import torch
@@ -270,3 +272,37 @@ def test_sensitivity_allocation_meets_the_budget_and_follows_the_sensitivity():
     student, report = lors.compress(tiny_llama(), tokens(8, 1), CompressConfig(budget=0.5, allocation="sensitivity",
                                                                                shrinkage=0.0, sequential=False))
     assert report.params <= 0.5 * report.dense_params
+
+
+# ---------------------------------------------------------------- the CLI end to end
+
+def test_compress_cli_modular_recon_and_cached_distillation(tmp_path, monkeypatch, capsys):
+    from test_llm_compress import tiny_llama_folder
+
+    from lors.cli.main import main
+
+    monkeypatch.setenv("LORS_CACHE", str(tmp_path / "cache"))
+    folder = tiny_llama_folder(tmp_path)
+    flags = ["compress", "--model", str(folder), "--budget", "0.5", "--method", "modular", "--shrinkage", "0",
+             "--recon-steps", "3", "--calibration", "stdlib", "--calibration-windows", "4", "--eval-text", "pydoc",
+             "--eval-windows", "2", "--distill-steps", "4", "--distill-topk", "8", "--no-progress"]
+    assert main(flags + ["--out", str(tmp_path / "a")]) == 0
+    first = capsys.readouterr().out
+    assert re.search(r"teacher top-8: \d+ batches in", first) and "block error" in first
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["peak_memory_gb"] > 0.1
+    for r in results["rows"]:
+        assert r["collapsed"] == (r["distinct2_vs_original"] < 0.5)
+    assert [r["model"] for r in results["rows"]][1] == "modular pivoted sequential + block recon 3 (50%)"
+    assert len(results["report"]["block_errors"]) == 3
+    assert len(list((tmp_path / "cache" / "teacher-topk").glob("*.safetensors"))) == 1
+    assert main(flags + ["--out", str(tmp_path / "b")]) == 0  # the second student reuses the teacher's cache
+    assert "teacher top-8: cached" in capsys.readouterr().out
+    again = json.loads((tmp_path / "b" / "results.json").read_text())["rows"]
+    assert again[-1]["ppl_pydoc"] == pytest.approx(results["rows"][-1]["ppl_pydoc"], rel=1e-4)
+    reloaded = lors.from_pretrained(tmp_path / "b")
+    assert reloaded.model.layers[0].mlp.down_proj.in_features == 32
+    assert main(flags[:-5] + ["--distill-topk", "8"]) == 2
+    assert "--distill-topk applies to distillation only" in capsys.readouterr().err
+    assert main(flags[:7] + ["--allocation", "sensitivity", "--init", "svd", "--no-sequential", "--shrinkage", "0"]) == 2
+    assert "--allocation" in capsys.readouterr().err

@@ -77,8 +77,8 @@ def cmd_compress(args) -> int:
 
 
 def add_compress(p: argparse.ArgumentParser) -> None:
-    from ..apply.budget import ALLOCATIONS, FORMS, METHODS
-    from ..compression.config import DISTILL_LOSSES, INITS
+    from ..apply.budget import ALLOCATIONS, FORMS
+    from ..compression.config import DISTILL_LOSSES, INITS, METHODS
     from ..compression.export import DTYPES
     from ..data.lm_text import CALIBRATION_SOURCES
 
@@ -95,7 +95,8 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=float, default=None, help="relative output error per layer instead of --budget")
     p.add_argument("--fast", action="store_true", help="one-shot fit (no sequential refit, shrinkage 0.2)")
     p.add_argument("--method", default=None, choices=METHODS,
-                   help="lct (default): per-layer factors; lors: shared weight + residuals; basis: shared basis (LMs)")
+                   help="lct (default): per-layer factors; lors: shared weight + residuals; basis: shared basis (LMs); "
+                        "modular: MLP neurons kept and refitted, attention as lct")
     p.add_argument("--form", default=None, choices=FORMS, help="lct: store rank r as U V (factors) or in "
                    "r (in + out - r) numbers (pivoted; default with --budget)")
     p.add_argument("--init", default=None, choices=INITS, help="calibrated (default): fit the outputs; svd: the weights")
