@@ -304,5 +304,6 @@ def test_compress_cli_modular_recon_and_cached_distillation(tmp_path, monkeypatc
     assert reloaded.model.layers[0].mlp.down_proj.in_features == 32
     assert main(flags[:-5] + ["--distill-topk", "8"]) == 2
     assert "--distill-topk applies to distillation only" in capsys.readouterr().err
-    assert main(flags[:7] + ["--allocation", "sensitivity", "--init", "svd", "--no-sequential", "--shrinkage", "0"]) == 2
+    refused = ["--allocation", "sensitivity", "--init", "svd", "--no-sequential", "--shrinkage", "0"]
+    assert main(flags[:7] + refused) == 2
     assert "--allocation" in capsys.readouterr().err
