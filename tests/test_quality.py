@@ -307,3 +307,15 @@ def test_compress_cli_modular_recon_and_cached_distillation(tmp_path, monkeypatc
     refused = ["--allocation", "sensitivity", "--init", "svd", "--no-sequential", "--shrinkage", "0"]
     assert main(flags[:7] + refused) == 2
     assert "--allocation" in capsys.readouterr().err
+
+
+def test_modular_on_an_encoder_keeps_the_budget_of_the_encoders_parameters():
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    bert = transformers.BertModel(config).eval()
+    batch = {"input_ids": tokens(8, 1), "attention_mask": torch.ones(8, 16, dtype=torch.long)}
+    small, report = lors.compress(bert, [batch], CompressConfig(method="modular", budget=0.5, shrinkage=0.0))
+    before, after = lors.count_parameters(bert.encoder), lors.count_parameters(small.encoder)
+    assert report.kind == "encoder" and 0.45 * before < after <= 0.5 * before
+    assert small.encoder.layer[0].intermediate.dense.out_features < 64

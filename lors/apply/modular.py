@@ -88,7 +88,7 @@ def prune_mlp(block: nn.Module, feeds: Sequence[str], reader: str, keep: torch.T
 
 def kept_neurons(width: int, fraction: float) -> int:
     """Neurons an MLP of ``width`` keeps at ``fraction`` of its parameters (its linears scale with the width)."""
-    return max(1, min(width, round(fraction * width)))
+    return max(1, min(width, int(fraction * width + 1e-9)))  # rounded down: the budget is never exceeded
 
 
 @torch.no_grad()

@@ -155,9 +155,13 @@ def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkag
     if cfg.method == "modular":  # the MLP by its neurons, the attention by lct factors, each at the budget's fraction
         feeds, reader = mlp_parts(model.get_submodule(container)[0], targets)
         attention = [t for t in targets if t not in (*feeds, reader)]
-        rebuild(model, budget_ranks(model, "lct", cfg.budget, moments, None, cfg.allocation, cfg.floor,
+        share = cfg.budget  # of the linears; with a scope (encoders), what leaves the scope at the budget
+        if scope:
+            total, linears = count_parameters(model.get_submodule(scope)), linear_params(model, container, targets)
+            share = (cfg.budget * total - (total - linears)) / linears
+        rebuild(model, budget_ranks(model, "lct", share, moments, None, cfg.allocation, cfg.floor,
                                     targets=attention, form=cfg.form, sensitivity=sensitivity), calibration=moments)
-        decompose_mlps(model, container, targets, cfg.budget, moments)
+        decompose_mlps(model, container, targets, share, moments)
     elif cfg.method == "lct" and cfg.budget is not None:  # the budget's plan, checked by budget_ranks
         rebuild(model, budget_ranks(model, "lct", cfg.budget, moments, model.get_submodule(scope) if scope else None,
                                     cfg.allocation, cfg.floor, form=cfg.form, sensitivity=sensitivity),
