@@ -172,7 +172,7 @@ def test_neuron_refit_is_exact_when_the_dropped_neurons_are_combinations_of_the_
     basis = torch.randn(5, 12, generator=g, dtype=torch.float64)  # 12 neurons spanning 5 directions
     h = torch.randn(400, 5, generator=g, dtype=torch.float64) @ basis
     C, D = h.T @ h / len(h), torch.randn(7, 12, generator=g, dtype=torch.float64)
-    keep = select_neurons(C, D, 5, ridge=1e-12)
+    keep = select_neurons(C, D, 5)
     assert len(keep) == 5 and torch.all(keep[1:] > keep[:-1])
     D_new = refit_down(D, C, C, keep, ridge=1e-12)
     assert torch.allclose(h[:, keep] @ D_new.T, h @ D.T, atol=1e-6)
