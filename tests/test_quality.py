@@ -105,7 +105,15 @@ def test_block_reconstruction_fields_are_refused_where_they_cannot_apply():
     with pytest.raises(FieldError, match="recon_steps .*method 'lct'"):
         CompressConfig(budget=0.5, method="lors", recon_steps=4)
     with pytest.raises(FieldError, match="recon_lr applies to block reconstruction"):
-        CompressConfig(budget=0.5, recon_lr=1e-3)
+        CompressConfig(budget=0.5, recon_lr=1e-3, recon_steps=0)
+    with pytest.raises(FieldError, match="recon_lr applies to block reconstruction"):
+        CompressConfig(budget=0.5, recon_lr=1e-3, sequential=False, shrinkage=0.2).resolve("lm")
+    # the default applies where reconstruction can run, and nowhere else
+    from lors.compression.config import RECON_STEPS
+    assert CompressConfig(budget=0.5).resolve("lm").recon_steps == RECON_STEPS
+    assert CompressConfig(budget=0.5, method="modular").resolve("encoder").recon_steps == RECON_STEPS
+    assert CompressConfig.fast(budget=0.5).resolve("lm").recon_steps == 0
+    assert CompressConfig(budget=0.5, method="lors").resolve("lm").recon_steps == 0
     with pytest.raises(FieldError, match="recon_steps must be an integer"):
         CompressConfig(budget=0.5, recon_steps=-1)
     with pytest.raises(ValueError, match="one target per input"):

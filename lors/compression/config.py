@@ -26,6 +26,7 @@ KINDS = ("lm", "encoder")
 METHODS = (*BUDGET_METHODS, "modular")  # modular: MLP neurons kept + refitted (MoDeGPT), attention as lct
 INITS = ("calibrated", "svd")
 DISTILL_LOSSES = ("kl", "kl+hidden")
+RECON_STEPS = 0  # block reconstruction by default (sequential lct / modular): see BENCHMARKS.md
 FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMARKS.md)
 LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature", "distill_topk")
 ENCODER_ONLY = ("calibration_sentences",)
@@ -58,7 +59,8 @@ class CompressConfig:
     sequential: bool = True                 # refit block by block on the compressed network's inputs
     correct: bool = True                    # sequential: fit toward the original layers' outputs
     ridge: float = RIDGE                    # sequential: the correction's ridge, relative to mean(diag C)
-    recon_steps: int = 0                    # sequential lct: Adam steps per block toward the original's outputs
+    recon_steps: Optional[int] = None       # Adam steps per block toward the original's outputs after its
+                                            # sequential refit (default RECON_STEPS where it applies, else 0)
     recon_lr: Optional[float] = None        # block reconstruction lr (default 1e-3)
     shrinkage: Union[float, str] = "auto"   # moments toward their diagonal: a number in [0, 1] or "auto"
     allocation: str = "uniform"             # uniform | spectrum | sensitivity (LMs): how the budget spreads
@@ -147,12 +149,12 @@ class CompressConfig:
                     raise FieldError(name, "applies to distillation only; set distill_steps > 0")
         if self.distill_topk is not None and self.distill_loss not in (None, "kl"):
             raise FieldError("distill_topk", f"caches logits for distill_loss 'kl', not {self.distill_loss!r}")
-        if self.recon_steps > 0 and (self.method not in ("lct", "modular") or not self.sequential):
+        if (self.recon_steps or 0) > 0 and (self.method not in ("lct", "modular") or not self.sequential):
             bad = "sequential" if self.method in ("lct", "modular") else "method"
             raise FieldError("recon_steps", "trains each block after its sequential refit: needs method 'lct' or "
                              f"'modular' and "
                              f"sequential=True (got method {self.method!r}, sequential={self.sequential}; {bad})")
-        if self.recon_lr is not None and self.recon_steps == 0:
+        if self.recon_lr is not None and self.recon_steps == 0:  # None: filled by resolve
             raise FieldError("recon_lr", "applies to block reconstruction only; set recon_steps > 0")
 
     def resolve(self, kind: str) -> "CompressConfig":
@@ -174,8 +176,12 @@ class CompressConfig:
         if kind == "encoder" and self.method == "basis":
             raise FieldError("method", "'basis' is for causal LMs; encoders take 'lct' or 'lors'")
         lm = kind == "lm"
+        recon = self.recon_steps if self.recon_steps is not None else \
+            RECON_STEPS if self.sequential and self.method in ("lct", "modular") else 0
+        if self.recon_lr is not None and recon == 0:
+            raise FieldError("recon_lr", "applies to block reconstruction only; set recon_steps > 0")
         defaults = dict(form="pivoted" if self.method in ("lct", "modular") and self.budget is not None else "factors",
-                        **(dict(recon_lr=RECON_LR) if self.recon_steps > 0 else {}),
+                        recon_steps=recon, **(dict(recon_lr=RECON_LR) if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
                                 temperature=1.0, lr=1e-4) if lm else dict(calibration_sentences=256, lr=5e-4)))
