@@ -4,8 +4,8 @@
 
 ``energy`` (the library's rule): ``E[h_j^2] ||D[:, j]||^2``; ``leverage``: MoDeGPT's ridge leverage scores of the
 neurons' correlation, ``diag(C (C + lambda I)^{-1})``; ``leverage*D``: leverage times ``||D[:, j]||^2``. Everything
-else is ``lors compress --model minilm --method modular --budget B --shrinkage 0`` (sequential refit, pivoted
-attention, padding-free calibration on 256 sentences); prints the held-out embedding agreement of each.
+else is ``lors compress --model minilm --method modular --budget B --shrinkage 0 --recon-steps 0`` (sequential
+refit, pivoted attention, padding-free calibration on 256 sentences); prints the held-out embedding agreement.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def main(argv=None) -> None:
     try:
         for name, score in SCORES.items():
             modular.neuron_scores = score
-            row = run("minilm", CompressConfig(method="modular", budget=args.budget, shrinkage=0.0), progress=False,
-                      log=lambda line: None)["rows"][1]
+            config = CompressConfig(method="modular", budget=args.budget, shrinkage=0.0, recon_steps=0)
+            row = run("minilm", config, progress=False, log=lambda line: None)["rows"][1]
             print(f"{name:<12}{row['cos_mean']:>10.4f}{row['cos_min']:>9.4f}{row['top1_agree']:>7.1f}%"
                   f"{row['recall@10']:>10.1f}%", flush=True)
     finally:
