@@ -31,7 +31,8 @@ class BlockFit:
     steps: int      # steps whose result was kept (0: the start was put back)
 
 
-def _forward(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+def run_block(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """One block's output hidden states for one recorded call (the first element of a tuple output)."""
     out = block(hidden, *args, **kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -51,7 +52,7 @@ def block_error(block: nn.Module, inputs: Sequence[tuple], targets: Sequence[tor
     """``sum ||block(x) - y||^2 / sum ||y||^2`` over every batch's real tokens."""
     num = den = 0.0
     for b, (x, t) in enumerate(zip(inputs, targets)):
-        e, r = _error_terms(_forward(block, *x), t, masks[b] if masks is not None else None)
+        e, r = _error_terms(run_block(block, *x), t, masks[b] if masks is not None else None)
         num, den = num + float(e), den + float(r)
     return num / max(den, 1e-30)
 
@@ -90,7 +91,7 @@ def reconstruct_block(block: nn.Module, inputs: Sequence[tuple], targets: Sequen
                 b = step % len(inputs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-                err, _ = _error_terms(_forward(block, *inputs[b]), targets[b], masks[b])
+                err, _ = _error_terms(run_block(block, *inputs[b]), targets[b], masks[b])
                 loss = err / max(scale[b], 1e-30)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

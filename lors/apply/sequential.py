@@ -34,6 +34,7 @@ from ..nn.static import StackLayer
 from .calibration import batch_mask, default_forward, real_rows
 from .linears import dense_weight, is_linear, set_submodule
 from .reconstruct import RECON_LR, BlockFit, reconstruct_block
+from .reconstruct import run_block as _run
 
 RIDGE = 1e-2  # lambda of the correction, relative to mean(diag C)
 
@@ -81,11 +82,6 @@ def block_inputs(model: nn.Module, blocks: Sequence[nn.Module], batches: Sequenc
     if len(hiddens) != len(batches) or any(len(c) != len(blocks) for c in calls):
         raise ValueError("the calibration batches did not reach every block of the stack")
     return hiddens, calls
-
-
-def _run(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
-    out = block(hidden, *args, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _record_inputs(block: nn.Module, targets: Sequence[str], inputs, stop: bool,
