@@ -327,3 +327,110 @@ def test_modular_on_an_encoder_keeps_the_budget_of_the_encoders_parameters():
     before, after = lors.count_parameters(bert.encoder), lors.count_parameters(small.encoder)
     assert report.kind == "encoder" and 0.45 * before < after <= 0.5 * before
     assert small.encoder.layer[0].intermediate.dense.out_features < 64
+
+
+# ---------------------------------------------------------------- modular attention (per head)
+
+def test_modular_attention_is_exact_when_every_feature_is_kept():
+    from lors.apply.calibration import input_moments
+    from lors.apply.heads import Sliced, decompose_attention
+
+    bert_config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=64, max_position_embeddings=32)
+    for teacher in (tiny_llama(), transformers.BertModel(bert_config).eval()):  # rotary + GQA; biases, no rotary
+        container, targets, paths = stack_linears(teacher)
+        model = copy.deepcopy(teacher)
+        sizes = decompose_attention(model, container, targets, 1.0, input_moments(teacher, paths, [tokens(8, 1)]))
+        assert len(sizes) == 4 * len(model.get_submodule(container))
+        assert sum(isinstance(m, Sliced) for m in model.modules()) == len(sizes)
+        x = tokens(2, 5)
+        with torch.no_grad():
+            out = lambda m: m(x).logits if hasattr(m, "lm_head") else m(x).last_hidden_state
+            torch.testing.assert_close(out(model), out(teacher), atol=1e-5, rtol=1e-5)
+
+
+def test_value_output_fit_is_exact_when_the_values_span_the_kept_features():
+    from lors.apply.heads import vo_fit
+
+    g = torch.Generator().manual_seed(0)
+    heads, kv, dim, keep, d = 4, 2, 8, 3, 16
+    # every key-value head's values live in `keep` directions: keeping `keep` features loses nothing
+    spans = [torch.randn(dim, keep, generator=g) for _ in range(kv)]
+    Wv = torch.cat([A @ torch.randn(keep, d, generator=g) for A in spans])
+    bv = torch.cat([A @ torch.randn(keep, generator=g) for A in spans])  # the bias in the span too
+    Wo = torch.randn(d, heads * dim, generator=g)
+    x = torch.randn(500, d, generator=g, dtype=torch.float64)
+    mix = torch.softmax(torch.randn(heads, 500, 500, generator=g, dtype=torch.float64), -1)  # attention weights
+    v = (x @ Wv.double().T + bv.double()).view(500, kv, dim)
+    a = torch.stack([mix[h] @ v[:, h // (heads // kv)] for h in range(heads)], 1).reshape(500, heads * dim)
+    Wv2, bv2, Wo2 = vo_fit(Wv, bv, Wo, a.T @ a / 500, heads, kv, dim, keep)
+    assert Wv2.shape == (kv * keep, d) and Wo2.shape == (d, heads * keep)
+    z = (x @ Wv2.T + bv2).view(500, kv, keep)
+    a2 = torch.stack([mix[h] @ z[:, h // (heads // kv)] for h in range(heads)], 1).reshape(500, heads * keep)
+    exact = a @ Wo.double().T
+    assert (a2 @ Wo2.T - exact).norm() < 1e-3 * exact.norm()
+    # one feature fewer than the values span: no longer exact, and worse than keeping them
+    Wv3, bv3, Wo3 = vo_fit(Wv, bv, Wo, a.T @ a / 500, heads, kv, dim, keep - 1)
+    z = (x @ Wv3.T + bv3).view(500, kv, keep - 1)
+    a3 = torch.stack([mix[h] @ z[:, h // (heads // kv)] for h in range(heads)], 1).reshape(500, heads * (keep - 1))
+    assert (a3 @ Wo3.T - exact).norm() > 1e-2 * exact.norm()
+
+
+def test_query_key_selection_keeps_rotary_pairs_per_key_value_head_and_drops_silent_ones():
+    from lors.apply.heads import _units, qk_keep
+
+    g = torch.Generator().manual_seed(0)
+    heads, kv, dim, d = 4, 2, 8, 16
+    Wq, Wk, C = torch.randn(heads * dim, d, generator=g), torch.randn(kv * dim, d, generator=g), torch.eye(d)
+    Wk[0 * dim + 1] = 0  # key head 0, pair (1, 5): one half silent, the pair still scores by its other half
+    Wk[0 * dim + 2], Wk[0 * dim + 6] = 0, 0  # key head 0, pair (2, 6): silent, never kept
+    Wq[2 * dim + 3], Wq[3 * dim + 3], Wq[2 * dim + 7], Wq[3 * dim + 7] = 0, 0, 0, 0  # pair (3, 7) of key head 1's queries
+    kept = qk_keep(Wq, Wk, C, heads, kv, dim, 3, rotary=True)
+    assert 2 not in kept[0].tolist() and 3 not in kept[1].tolist() and all(len(k) == 3 for k in kept)
+    assert _units(dim, True).tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    # the score is sum over a key-value head's queries of sqrt(E q_u^2 E k_u^2), computed independently
+    q, k = (Wq @ Wq.T).diagonal().view(heads, dim), (Wk @ Wk.T).diagonal().view(kv, dim)
+    pair = lambda e, u: e[..., u] + e[..., u + dim // 2]
+    score = [sum(float((pair(q[h], u) * pair(k[1], u)).sqrt()) for h in (2, 3)) for u in range(4)]
+    assert kept[1].tolist() == sorted(sorted(range(4), key=lambda u: -score[u])[:3])
+    with pytest.raises(ValueError, match=r"kept query-key units per head must be in \[1, 4\]"):
+        qk_keep(Wq, Wk, C, heads, kv, dim, 5, rotary=True)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3", "gemma2", "gpt2"])
+def test_modular_compression_of_attention_meets_the_budget_and_reloads(name, tmp_path):
+    from test_families import family
+
+    from lors.apply.heads import Sliced
+
+    torch.manual_seed(0)
+    teacher = family(name).eval()
+    student, report = lors.compress(teacher, tokens(8, 1), CompressConfig(method="modular", budget=0.5,
+                                                                          shrinkage=0.0, recon_steps=4))
+    sliced = {n.rsplit(".", 1)[-1] for n, m in student.named_modules() if isinstance(m, Sliced)}
+    expected = {"llama": {"q_proj", "k_proj", "v_proj", "o_proj"}, "gemma2": {"q_proj", "k_proj", "v_proj", "o_proj"},
+                "qwen3": {"v_proj", "o_proj"},  # q_norm / k_norm: queries and keys stay with lct
+                "gpt2": set()}[name]  # fused c_attn: lct
+    assert sliced == expected
+    dense = sum(p.numel() for n, m in teacher.named_modules() for p in m.parameters() if n.rsplit(".", 1)[-1] in
+                {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj",
+                 "c_fc"})
+    assert report.dense_params == dense and 0.4 * dense < report.params <= 0.5 * dense
+    lors.save_pretrained(student, tmp_path / name)
+    again, x = lors.from_pretrained(tmp_path / name), tokens(2, 5)
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, student(x).logits)
+
+
+def test_modular_query_key_selection_refuses_per_head_norms():
+    from test_families import family
+
+    from lors.apply.calibration import input_moments
+    from lors.apply.heads import decompose_attention
+
+    model = family("qwen3").eval()
+    container, targets, paths = stack_linears(model)
+    with pytest.raises(ValueError, match="q_norm / k_norm"):
+        decompose_attention(model, container, targets, 0.5, input_moments(model, paths, [tokens(4, 1)]))
+    with pytest.raises(ValueError, match=r"parts must be some of \('qk', 'vo'\)"):
+        decompose_attention(model, container, targets, 0.5, None, parts=("qkv",))

@@ -85,9 +85,11 @@ def prune_mlp(block: nn.Module, feeds: Sequence[str], reader: str, keep: torch.T
     set_submodule(block, reader, make_dense(type(module), new.to(W.dtype).clone(), None if b is None else b.clone()))
 
 
-def kept_neurons(width: int, fraction: float) -> int:
-    """Neurons an MLP of ``width`` keeps at ``fraction`` of its parameters (its linears scale with the width)."""
-    return max(1, min(width, int(fraction * width + 1e-9)))  # rounded down: the budget is never exceeded
+def kept_neurons(width: int, fraction: float, per_neuron: int = 1, fixed: int = 0) -> int:
+    """Neurons an MLP of ``width`` keeps at ``fraction`` of its parameters, ``per_neuron * width + fixed`` (``fixed``:
+    what does not shrink with the neurons, e.g. the output projection's bias)."""
+    total = fraction * (per_neuron * width + fixed)
+    return max(1, min(width, int((total - fixed) / per_neuron + 1e-9)))  # rounded down: the budget is kept
 
 
 @torch.no_grad()
@@ -119,8 +121,10 @@ def decompose_mlps(model: nn.Module, container: str, targets: Sequence[str], fra
     base_fingerprint = fingerprint(model)
     sizes, readers = {}, []
     for i, block in enumerate(blocks):
-        D = dense_weight(block.get_submodule(reader))[0]
-        k = kept_neurons(D.shape[1], fraction)
+        D, bias = dense_weight(block.get_submodule(reader))
+        made = [dense_weight(block.get_submodule(f)) for f in feeds]  # a neuron: a row (+ bias) of each, a column of D
+        per_neuron = D.shape[0] + sum(W.shape[1] + (b is not None) for W, b in made)
+        k = kept_neurons(D.shape[1], fraction, per_neuron, 0 if bias is None else bias.numel())
         path = f"{container}.{i}.{reader}"
         C = moments.get(path) if moments else None
         if C is None:

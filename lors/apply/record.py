@@ -22,7 +22,7 @@ from torch import nn
 
 FORMAT = "lors-2"
 LEGACY_FORMATS = ("lors-1",)
-KINDS = ("lors", "lct", "pivot", "neurons")
+KINDS = ("lors", "lct", "pivot", "neurons", "heads")
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -50,9 +50,11 @@ class Conversion:
     """One call of :func:`lors.convert` (``kind="lors"``), :func:`lors.lct` (``kind="lct"``),
     :func:`lors.apply.lct.pivot` (``kind="pivot"``: factorised layers moved to pivoted storage, same ranks) or
     :func:`lors.apply.modular.decompose_mlps` (``kind="neurons"``: MLP linears cut to their kept neurons,
-    ``ranks`` the kept sizes, ``config["readers"]`` the projections whose inputs shrank)."""
+    ``ranks`` the kept sizes, ``config["readers"]`` the projections whose inputs shrank) or
+    :func:`lors.apply.heads.decompose_attention` (``kind="heads"``: attention projections kept on some features per
+    head, ``config["layers"]`` each one's sizes)."""
 
-    kind: Literal["lors", "lct", "pivot", "neurons"]
+    kind: Literal["lors", "lct", "pivot", "neurons", "heads"]
     config: Optional[dict] = None                        # LorsConfig / LctConfig as a dict (None: a replayed plan)
     stacks: list[StackEntry] = field(default_factory=list)   # lors: the stacks made
     ranks: dict[str, int] = field(default_factory=dict)      # lct/pivot: {module path: rank} made by this call

@@ -32,6 +32,7 @@ from ..nn.lowrank import LowRankLinear
 from ..nn.spectral import damped
 from ..nn.static import StackLayer
 from .calibration import batch_mask, default_forward, real_rows
+from .heads import Sliced
 from .linears import dense_weight, is_linear, set_submodule
 from .reconstruct import RECON_LR, BlockFit, reconstruct_block
 from .reconstruct import run_block as _run
@@ -157,12 +158,13 @@ def corrected_target(W: torch.Tensor, X: torch.Tensor, C: torch.Tensor, ridge: f
 
 @torch.no_grad()
 def _refit_dense(module: nn.Module, original: torch.Tensor, X: torch.Tensor, C: torch.Tensor, ridge: float,
-                 correct: bool) -> None:
-    """Refit a dense linear of a modular MLP on the compressed network's inputs: a projection reading fewer neurons
-    than the original (``X`` (d_orig, k)) becomes the least-squares map ``W X (C + lambda I)^{-1}``; a layer whose
-    inputs are the original's width (its rows a subset of the original's) gets :func:`corrected_target`."""
+                 correct: bool, least_squares: bool = False) -> None:
+    """Refit a dense linear of a modular MLP or attention on the compressed network's inputs: a projection reading
+    fewer (or re-based: ``least_squares``) features than the original (``X`` (d_orig, k)) becomes the least-squares
+    map ``W X (C + lambda I)^{-1}`` of the original ``W``; a layer whose inputs are the original's (its rows a
+    transform of the original's) gets :func:`corrected_target`."""
     W, _ = dense_weight(module)
-    if X.shape != C.shape:
+    if X.shape != C.shape or least_squares:
         new = torch.linalg.solve(damped(C, ridge), (original.double() @ X).T).T
     elif correct:
         new = corrected_target(W, X, C, ridge)
@@ -218,14 +220,20 @@ def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targe
         for group in plan:
             seen_c = _record_inputs(block, [group[0]], inputs_c, True, masks)[group[0]]
             xo, xc = torch.cat(seen_o[group[0]]).double(), torch.cat(seen_c).double()
+            reads = getattr(block.get_submodule(group[0]), "reads", None)  # a Sliced output projection
+            if reads is not None:
+                xc = xc[:, reads]
             C, X = xc.T @ xc / len(xc), xo.T @ xc / len(xc)
-            if X.shape == C.shape:
+            if X.shape == C.shape and reads is None:
                 X = X - shrinkage * (C - torch.diag(C.diagonal()))  # keeps X - C unchanged by the shrinkage
             C = (1 - shrinkage) * C + shrinkage * torch.diag(C.diagonal())
             for t in group:
                 module = block.get_submodule(t)
-                if is_linear(module, exact=True):  # kept dense, with fewer neurons (modular MLP)
-                    _refit_dense(module, dense_weight(original.get_submodule(t))[0], X, C, ridge, correct)
+                if isinstance(module, Sliced):  # modular attention: a dense linear on some features
+                    module = module.linear
+                if is_linear(module, exact=True):  # kept dense, with fewer neurons / features (modular)
+                    _refit_dense(module, dense_weight(original.get_submodule(t))[0], X, C, ridge, correct,
+                                 least_squares=reads is not None)
                     continue
                 W = dense_weight(original.get_submodule(t))[0]
                 refit(block, t, corrected_target(W, X, C, ridge) if correct else W.double(), C)

@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import LorsConfig
 from .hf import install_save_pretrained, write_record
+from .heads import heads_plan
 from .lct import factorise_plan, pivot_plan
 from .linears import tied_parameter_ids
 from .modular import neurons_plan
@@ -108,6 +109,8 @@ def replay(base_model: nn.Module, record: ConversionRecord, source: str = "the c
             pivot_plan(base_model, conversion.ranks)
         elif conversion.kind == "neurons":
             neurons_plan(base_model, conversion.ranks, conversion.config["readers"])
+        elif conversion.kind == "heads":
+            heads_plan(base_model, conversion.config["layers"])
         elif conversion.ranks:
             factorise_plan(base_model, conversion.ranks)
     base_model.lors_conversion = record

@@ -26,12 +26,15 @@ from ..apply.calibration import input_moments
 from ..apply.config import LorsConfig
 from ..apply.lct import lct, pivot, rebuild
 from ..apply.lors import convert
+from ..apply.heads import NORMED, attention_parts, decompose_attention, head_geometry
 from ..apply.modular import decompose_mlps, mlp_parts
 from ..apply.reconstruct import RECON_LR
 from ..apply.sequential import sequential_refit
+from ..nn.lowrank import LowRankLinear
 from .config import CompressConfig
 
 SHRINKAGE_GRID = (0.0, 0.1, 0.2, 0.4, 0.7)
+ATTENTION_PARTS = ("qk", "vo")  # method "modular": the attention's parts kept per head (the rest: lct)
 
 
 @dataclass
@@ -152,16 +155,26 @@ def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkag
     teacher, model = model, copy.deepcopy(model)
     container, targets, paths = stack_linears(model)
     moments = shrink(moments, shrinkage) if moments is not None else None
-    if cfg.method == "modular":  # the MLP by its neurons, the attention by lct factors, each at the budget's fraction
-        feeds, reader = mlp_parts(model.get_submodule(container)[0], targets)
-        attention = [t for t in targets if t not in (*feeds, reader)]
+    if cfg.method == "modular":  # MLP neurons, attention heads' features (else lct), each at the budget's fraction
+        block = model.get_submodule(container)[0]
+        feeds, reader = mlp_parts(block, targets)
         share = cfg.budget  # of the linears; with a scope (encoders), what leaves the scope at the budget
         if scope:
             total, linears = count_parameters(model.get_submodule(scope)), linear_params(model, container, targets)
             share = (cfg.budget * total - (total - linears)) / linears
-        rebuild(model, budget_ranks(model, "lct", share, moments, None, cfg.allocation, cfg.floor,
-                                    targets=attention, form=cfg.form, sensitivity=sensitivity), calibration=moments)
-        decompose_mlps(model, container, targets, share, moments)
+        parts, by_heads = modular_attention(model, block, targets)
+        rest = [t for t in targets if t not in (*feeds, reader, *by_heads)]
+        mlp_share = share
+        if parts:  # features per head are coarse (head_dim 64: steps of 1.6 %); what they leave goes to the MLPs
+            blocks = model.get_submodule(container)
+            size = lambda names: sum(p.numel() for b in blocks for t in names for p in b.get_submodule(t).parameters())
+            dense_heads, dense_mlp = size(by_heads), size((*feeds, reader))
+            decompose_attention(model, container, targets, share, moments, parts)
+            mlp_share = min(1.0, share + (share * dense_heads - size(by_heads)) / dense_mlp)
+        if rest:
+            rebuild(model, budget_ranks(model, "lct", share, moments, None, cfg.allocation, cfg.floor,
+                                        targets=rest, form=cfg.form, sensitivity=sensitivity), calibration=moments)
+        decompose_mlps(model, container, targets, mlp_share, moments)
     elif cfg.method == "lct" and cfg.budget is not None:  # the budget's plan, checked by budget_ranks
         rebuild(model, budget_ranks(model, "lct", cfg.budget, moments, model.get_submodule(scope) if scope else None,
                                     cfg.allocation, cfg.floor, form=cfg.form, sensitivity=sensitivity),
@@ -180,9 +193,27 @@ def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkag
     if sequential:
         sequential_refit(model, teacher, container, targets, batches, None, cfg.correct, shrinkage, cfg.ridge, log,
                          cfg.recon_steps, cfg.recon_lr or RECON_LR, fits)
-    if cfg.form == "pivoted":
-        pivot(model)
+    if cfg.form == "pivoted" and any(isinstance(m, LowRankLinear) for m in model.modules()):
+        pivot(model)  # (a modular fit may have factorised nothing)
     return model
+
+
+def modular_attention(model: nn.Module, block: nn.Module, targets: Sequence[str]) -> tuple[tuple, list[str]]:
+    """(the parts of :data:`ATTENTION_PARTS` that method ``"modular"`` fits head by head, the block's linears they
+    cover); ``((), [])`` when the attention is not of separate per-head projections with known head counts (then it
+    is compressed by lct). Query-key selection is left to lct when queries and keys are normalised per head."""
+    found = attention_parts(block, targets)
+    if found is None:
+        return (), []
+    try:
+        head_geometry(getattr(model, "config", None), found, block)
+    except (ValueError, AttributeError):
+        return (), []
+    attention = found[0].rpartition(".")[0]
+    normed = any(hasattr(block.get_submodule(attention) if attention else block, n) for n in NORMED)
+    parts = tuple(p for p in ATTENTION_PARTS if not (p == "qk" and normed))
+    covered = {"qk": found[:2], "vo": found[2:]}
+    return parts, [t for p in parts for t in covered[p]]
 
 
 def shrink(moments: dict, alpha: float) -> dict:
