@@ -1,9 +1,9 @@
-"""Which attention parts a modular decomposition should keep head by head: one-shot fits of SmolLM2 (or MiniLM).
+"""Which attention parts a modular decomposition should keep head by head: one-shot fits of SmolLM2.
 
-    python benchmarks/modular_attention.py --budget 0.8            # SmolLM2-135M, ~2 min a row on 2 cores
+    python benchmarks/modular_attention.py --budget 0.8            # SmolLM2-135M, 2-4 min a row on 2 cores
 
-Every row is ``lors.compress(method="modular", budget=B, shrinkage=0.2, sequential=False)`` -- MLPs by their neurons
--- with the attention's ``parts`` per head (``qk``: query-key feature pairs kept; ``vo``: value-output features by
+Every row is ``lors.compress(method="modular", budget=B, shrinkage=0.2, sequential=False, allocation=A)`` -- MLPs by
+their neurons -- with the attention's ``parts`` per head (``qk``: query-key feature pairs kept; ``vo``: value-output features by
 the whitened eigenbasis) and the rest of the attention as pivoted lct at the same share; ``lct`` is the whole block
 as pivoted lct. One-shot, so the parts are compared without the sequential refit or reconstruction hiding a worse
 start. Scored on 16 held-out calibration windows (what a default may be chosen on) and, for reference, on 32
@@ -20,8 +20,12 @@ from lors.compression.evaluate import perplexity
 from lors.compression.pretrained import load_causal_lm
 from lors.data.lm_text import calibration_text, eval_text, token_windows
 
-VARIANTS = {"lct": None, "modular, attention lct": (), "modular, vo per head": ("vo",),
-            "modular, qk + vo per head": ("qk", "vo")}
+VARIANTS = {  # name: (method, attention parts per head, allocation)
+    "lct": ("lct", None, "uniform"), "lct, sensitivity": ("lct", None, "sensitivity"),
+    "modular, attention lct": ("modular", (), "uniform"), "modular, vo per head": ("modular", ("vo",), "uniform"),
+    "modular, qk + vo per head": ("modular", ("qk", "vo"), "uniform"),
+    "modular, vo, sensitivity": ("modular", ("vo",), "sensitivity"),
+    "modular, qk + vo, sensitivity": ("modular", ("qk", "vo"), "sensitivity")}
 
 
 def main(argv=None) -> None:
@@ -40,12 +44,11 @@ def main(argv=None) -> None:
     print(f"{'variant':<28}{'held-out':>10}{'pydoc':>9}{'bible':>9}{'params':>12}{'min':>6}")
     library = pipeline.ATTENTION_PARTS
     try:
-        for name, parts in VARIANTS.items():
+        for name, (method, parts, allocation) in VARIANTS.items():
             start = time.time()
-            method = "lct" if parts is None else "modular"
             pipeline.ATTENTION_PARTS = parts if parts is not None else library
             student, report = pipeline.compress(teacher, calib, CompressConfig(
-                method=method, budget=args.budget, shrinkage=args.shrinkage, sequential=False))
+                method=method, budget=args.budget, shrinkage=args.shrinkage, sequential=False, allocation=allocation))
             scores = [perplexity(student, w, 4)["ppl"] for w in (held, *evals.values())]
             print(f"{name:<28}" + "".join(f"{s:>9.2f} " for s in scores)
                   + f"{report.params:>11,}{(time.time() - start) / 60:>6.1f}", flush=True)

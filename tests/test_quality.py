@@ -434,3 +434,35 @@ def test_modular_query_key_selection_refuses_per_head_norms():
         decompose_attention(model, container, targets, 0.5, input_moments(model, paths, [tokens(4, 1)]))
     with pytest.raises(ValueError, match=r"parts must be some of \('qk', 'vo'\)"):
         decompose_attention(model, container, targets, 0.5, None, parts=("qkv",))
+
+
+def test_modular_sensitivity_allocation_meets_the_budget_and_follows_the_sensitivity(tmp_path):
+    from lors.apply.calibration import input_moments
+    from lors.apply.modular import modular_sizes, neuron_cost
+
+    teacher = tiny_llama()
+    container, targets, paths = stack_linears(teacher)
+    moments = input_moments(teacher, paths, [tokens(8, 1)])
+    blocks, vo = teacher.model.layers, ("self_attn.v_proj", "self_attn.o_proj", 4, 2, 8)
+    per_neuron, _ = neuron_cost(blocks[0], ["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj")
+    per_feature = 2 * 32 + 4 * 32  # a value row of each key-value head, an output column of each query head
+    budget = 0.5 * 3 * (64 * per_neuron + 8 * per_feature)
+    flat = {p: 1.0 for p in paths}
+    loud = dict(flat, **{"model.layers.2.mlp.down_proj": 1e6})
+    sizes = {}
+    for name, sens in (("flat", flat), ("loud", loud)):
+        kept, values = modular_sizes(teacher, container, ["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj", moments,
+                                     sens, budget, vo)
+        assert sum(kept) * per_neuron + sum(values) * per_feature <= budget  # counted independently
+        assert min(kept) >= 1 and min(values) >= 1 and max(values) <= 8 and max(kept) <= 64
+        sizes[name] = kept
+    assert sizes["loud"][2] > sizes["flat"][2]  # the block whose MLP the loss feels most keeps more neurons
+    student, report = lors.compress(teacher, tokens(8, 1), CompressConfig(method="modular", budget=0.5,
+                                                                          allocation="sensitivity", shrinkage=0.0))
+    assert 0.45 * report.dense_params < report.params <= 0.5 * report.dense_params
+    lors.save_pretrained(student, tmp_path / "m")
+    x = tokens(2, 5)
+    with torch.no_grad():
+        assert torch.equal(lors.from_pretrained(tmp_path / "m")(x).logits, student(x).logits)
+    with pytest.raises(FieldError, match="'modular' spreads its budget 'uniform' or by 'sensitivity'"):
+        CompressConfig(method="modular", budget=0.5, allocation="spectrum")

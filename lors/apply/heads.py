@@ -76,9 +76,17 @@ def attention_parts(block: nn.Module, targets: Sequence[str]) -> Optional[tuple[
                 continue
             prefix = t[: -len(names[0])]
             paths = tuple(prefix + n for n in names)
-            if all(p in targets and is_linear(block.get_submodule(p)) for p in paths):
+            if all(p in targets and _shape(block.get_submodule(p)) for p in paths):
                 return paths
     return None
+
+
+def _shape(module: nn.Module) -> Optional[tuple[int, int]]:
+    """(out, in) features of a linear, however stored (dense, factorised, :class:`Sliced`); ``None`` if not one."""
+    if is_linear(module):
+        return tuple(dense_weight(module)[0].shape)
+    out, inp = getattr(module, "out_features", None), getattr(module, "in_features", None)
+    return (out, inp) if isinstance(out, int) and isinstance(inp, int) else None
 
 
 def head_geometry(config, parts: Sequence[str], block: nn.Module) -> tuple[int, int, int]:
@@ -89,7 +97,7 @@ def head_geometry(config, parts: Sequence[str], block: nn.Module) -> tuple[int, 
         raise ValueError("modular attention needs config.num_attention_heads")
     kv = getattr(config, "num_key_value_heads", None) or heads
     dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    q, k, v, o = (dense_weight(block.get_submodule(p))[0].shape for p in parts)
+    q, k, v, o = (_shape(block.get_submodule(p)) for p in parts)
     if (q[0], k[0], v[0], o[1]) != (heads * dim, kv * dim, kv * dim, heads * dim) or heads % kv:
         raise ValueError(f"modular attention: projections of shapes q {tuple(q)}, k {tuple(k)}, v {tuple(v)}, "
                          f"o {tuple(o)} do not fit {heads} heads, {kv} key-value heads of head_dim {dim}")
@@ -131,21 +139,36 @@ def qk_keep(Wq: torch.Tensor, Wk: torch.Tensor, C: torch.Tensor, heads: int, kv:
     return [s.topk(keep).indices.sort().values for s in scores]
 
 
+def _vo_basis(Wo: torch.Tensor, Ca: torch.Tensor, group: range, dim: int):
+    """(S, S^-1, eigenvalues, eigenvectors, largest first) of ``S (sum_h W_o^hT W_o^h) S`` for the query heads
+    ``group`` of one key-value head: eigenvalue ``j`` is the output energy that feature ``j`` carries."""
+    Wo, Ca = Wo.double(), Ca.double()
+    C = sum(Ca[h * dim:(h + 1) * dim, h * dim:(h + 1) * dim] for h in group) / len(group)
+    S, S_inv = whitener(C)
+    G = sum(Wo[:, h * dim:(h + 1) * dim].T @ Wo[:, h * dim:(h + 1) * dim] for h in group)
+    energy, vectors = torch.linalg.eigh(S @ G @ S)
+    return S, S_inv, energy.flip(0).clamp_min(0) * len(group), vectors.flip(1)
+
+
+def vo_gains(Wo: torch.Tensor, Ca: torch.Tensor, heads: int, kv: int, dim: int) -> torch.Tensor:
+    """(head_dim,) the output energy the ``j``-th kept value feature carries, summed over the key-value heads
+    (non-increasing: what keeping one more feature per head buys)."""
+    rep = heads // kv
+    return sum(_vo_basis(Wo, Ca, range(g * rep, (g + 1) * rep), dim)[2] for g in range(kv))
+
+
 def vo_fit(Wv: torch.Tensor, bv: Optional[torch.Tensor], Wo: torch.Tensor, Ca: torch.Tensor, heads: int, kv: int,
            dim: int, keep: int) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """(value weight (kv*keep, in), its bias, output weight (out, heads*keep)) keeping ``keep`` value features per
     key-value head, fitted on ``Ca = E[a a^T]`` of the output projection's input (module docstring)."""
     if not 1 <= keep <= dim:
         raise ValueError(f"kept value features per head must be in [1, {dim}], got {keep}")
-    rep, Wv, Wo, Ca = heads // kv, Wv.double(), Wo.double(), Ca.double()
+    rep, Wv, Wo = heads // kv, Wv.double(), Wo.double()
     values, biases, outputs = [], [], [None] * heads
     for g in range(kv):
         group = range(g * rep, (g + 1) * rep)
-        C = sum(Ca[h * dim:(h + 1) * dim, h * dim:(h + 1) * dim] for h in group) / rep
-        S, S_inv = whitener(C)
-        G = sum(Wo[:, h * dim:(h + 1) * dim].T @ Wo[:, h * dim:(h + 1) * dim] for h in group)
-        _, vectors = torch.linalg.eigh(S @ G @ S)
-        P = vectors[:, -keep:].flip(1)  # (dim, keep), largest first
+        S, S_inv, _, vectors = _vo_basis(Wo, Ca, group, dim)
+        P = vectors[:, :keep]  # (dim, keep)
         into = P.T @ S_inv  # (keep, dim): values -> kept features
         values.append(into @ Wv[g * dim:(g + 1) * dim])
         biases.append(None if bv is None else into @ bv.double()[g * dim:(g + 1) * dim])
@@ -176,10 +199,11 @@ def _slice(block: nn.Module, path: str, weight: torch.Tensor, bias, reads=None, 
 
 @torch.no_grad()
 def decompose_attention(model: nn.Module, container: str, targets: Sequence[str], fraction: float,
-                        moments: Optional[dict], parts: Sequence[str] = ("qk", "vo")) -> dict[str, int]:
+                        moments: Optional[dict], parts: Sequence[str] = ("qk", "vo"),
+                        values: Optional[Sequence[int]] = None) -> dict[str, int]:
     """Keep ``fraction`` (in (0, 1]) of every block's query-key units and value features per head (``parts``: which
     of the two), fitted on the original network's ``moments`` (``{path: E[x x^T]}``, the output projection's input
-    included; ``None``: the identity). Records a ``"heads"`` entry; returns ``{path: kept features per head}``. The model needs a Hugging
+    included; ``None``: the identity); ``values``: per block, the value features kept per head instead. Records a ``"heads"`` entry; returns ``{path: kept features per head}``. The model needs a Hugging
     Face ``config`` with the head counts; an attention of another layout raises ``ValueError``."""
     from .hf import install_save_pretrained
     from .record import Conversion, append, fingerprint
@@ -201,6 +225,9 @@ def decompose_attention(model: nn.Module, container: str, targets: Sequence[str]
                              for n in NORMED):
         raise ValueError("modular query-key selection cannot drop features normalised per head (q_norm / k_norm); "
                          "compress this model's queries and keys with lct")
+    changed = [p for part, paths in (("qk", (q, k)), ("vo", (v, o))) if part in parts for p in paths]
+    if not all(is_linear(blocks[0].get_submodule(p), exact=True) for p in changed):
+        raise ValueError(f"modular attention cuts dense linears; {changed} are already converted")
     rotary = is_rotary(config) if "qk" in parts else False
     base_fingerprint = fingerprint(model)
     units = _units(dim, rotary)
@@ -220,11 +247,11 @@ def decompose_attention(model: nn.Module, container: str, targets: Sequence[str]
                 sizes[prefix + path] = len(features[0])
         if "vo" in parts:
             (Wv, bv), (Wo, bo) = dense_weight(block.get_submodule(v)), dense_weight(block.get_submodule(o))
-            Wv2, bv2, Wo2 = vo_fit(Wv, bv, Wo, _moment(moments, prefix + o, Wo.shape[1]), heads, kv, dim,
-                                   keep_values)
-            _slice(block, v, Wv2, bv2, writes=_first(dim, keep_values, kv), width=kv * dim)
-            _slice(block, o, Wo2, bo, reads=_first(dim, keep_values, heads))
-            sizes.update({prefix + v: keep_values, prefix + o: keep_values})
+            r = keep_values if values is None else values[i]
+            Wv2, bv2, Wo2 = vo_fit(Wv, bv, Wo, _moment(moments, prefix + o, Wo.shape[1]), heads, kv, dim, r)
+            _slice(block, v, Wv2, bv2, writes=_first(dim, r, kv), width=kv * dim)
+            _slice(block, o, Wo2, bo, reads=_first(dim, r, heads))
+            sizes.update({prefix + v: r, prefix + o: r})
         for path in sizes:
             if path.startswith(prefix):
                 module = model.get_submodule(path)

@@ -106,11 +106,21 @@ def neurons_plan(model: nn.Module, sizes: dict[str, int], readers: Sequence[str]
 
 
 @torch.no_grad()
+def neuron_cost(block: nn.Module, feeds: Sequence[str], reader: str) -> tuple[int, int]:
+    """(numbers one intermediate neuron stores: a row (+ bias) of each feeding linear and a column of the reader,
+    numbers that do not shrink with the neurons: the reader's bias)."""
+    D, bias = dense_weight(block.get_submodule(reader))
+    made = [dense_weight(block.get_submodule(f)) for f in feeds]
+    return D.shape[0] + sum(W.shape[1] + (b is not None) for W, b in made), 0 if bias is None else bias.numel()
+
+
 def decompose_mlps(model: nn.Module, container: str, targets: Sequence[str], fraction: float,
-                   moments: Optional[dict] = None, ridge: float = RIDGE) -> dict[str, int]:
+                   moments: Optional[dict] = None, ridge: float = RIDGE,
+                   kept: Optional[Sequence[int]] = None) -> dict[str, int]:
     """Keep ``fraction`` (in (0, 1]; 1: every neuron, the same MLP) of every block's MLP neurons (one-shot:
     selection and refit on the original network's moments ``{path: E[x x^T]}``, which must hold the readers'
-    inputs; without moments, the neurons with the largest ``||D[:, j]||^2`` and no refit). Records a ``"neurons"`` entry; returns ``{path: kept size}``."""
+    inputs; without moments, the neurons with the largest ``||D[:, j]||^2`` and no refit); ``kept``: per block, the
+    neurons to keep instead. Records a ``"neurons"`` entry; returns ``{path: kept size}``."""
     from .hf import install_save_pretrained
     from .record import Conversion, append, fingerprint
 
@@ -121,10 +131,8 @@ def decompose_mlps(model: nn.Module, container: str, targets: Sequence[str], fra
     base_fingerprint = fingerprint(model)
     sizes, readers = {}, []
     for i, block in enumerate(blocks):
-        D, bias = dense_weight(block.get_submodule(reader))
-        made = [dense_weight(block.get_submodule(f)) for f in feeds]  # a neuron: a row (+ bias) of each, a column of D
-        per_neuron = D.shape[0] + sum(W.shape[1] + (b is not None) for W, b in made)
-        k = kept_neurons(D.shape[1], fraction, per_neuron, 0 if bias is None else bias.numel())
+        D = dense_weight(block.get_submodule(reader))[0]
+        k = kept_neurons(D.shape[1], fraction, *neuron_cost(block, feeds, reader)) if kept is None else kept[i]
         path = f"{container}.{i}.{reader}"
         C = moments.get(path) if moments else None
         if C is None:
@@ -136,3 +144,37 @@ def decompose_mlps(model: nn.Module, container: str, targets: Sequence[str], fra
     append(model, Conversion("neurons", {"readers": readers}, ranks=sizes), base_fingerprint)
     install_save_pretrained(model)
     return sizes
+
+
+@torch.no_grad()
+def modular_sizes(model: nn.Module, container: str, feeds: Sequence[str], reader: str, moments: dict,
+                  sensitivity: dict, budget: float, vo: Optional[tuple[str, str, int, int, int]] = None
+                  ) -> tuple[list[int], Optional[list[int]]]:
+    """(per block: MLP neurons kept, value features kept per head or ``None``) spending ``budget`` numbers (the MLPs'
+    and, with ``vo = (value path, output path, heads, kv heads, head_dim)``, the value-output projections' storage)
+    where they remove the most expected loss per number: a neuron's gain is the loss sensitivity of the MLP's output
+    (:func:`lors.apply.budget.output_sensitivity`) times its output energy :func:`neuron_scores`, a value feature's
+    that of the attention output times the energy it carries (:func:`lors.apply.heads.vo_gains`). Every block keeps
+    at least one of each."""
+    from .budget import _allocate
+    from .heads import vo_gains
+
+    candidates = {}
+    for i, block in enumerate(model.get_submodule(container)):
+        path = f"{container}.{i}."
+        D = dense_weight(block.get_submodule(reader))[0]
+        per, fixed = neuron_cost(block, feeds, reader)
+        gains = neuron_scores(moments[path + reader], D).sort(descending=True).values * sensitivity[path + reader]
+        candidates[("mlp", i)] = (gains, lambda r, per=per: per, D.shape[1])
+        budget -= fixed
+        if vo:
+            v, o, heads, kv, dim = vo
+            (Wv, bv), (Wo, bo) = dense_weight(block.get_submodule(v)), dense_weight(block.get_submodule(o))
+            per = kv * (Wv.shape[1] + (bv is not None)) + heads * Wo.shape[0]
+            gains = vo_gains(Wo, moments[path + o], heads, kv, dim) * sensitivity[path + o]
+            candidates[("vo", i)] = (gains, lambda r, per=per: per, dim)
+            budget -= 0 if bo is None else bo.numel()
+    kept = _allocate(candidates, {k: 1 for k in candidates}, budget)
+    blocks = range(len(model.get_submodule(container)))
+    return [kept[("mlp", i)] for i in blocks], [kept[("vo", i)] for i in blocks] if vo else None
+

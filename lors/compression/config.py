@@ -24,7 +24,7 @@ from ..data.lm_text import CALIBRATION_SOURCES
 from ..errors import ConfigError
 
 KINDS = ("lm", "encoder")
-METHODS = (*BUDGET_METHODS, "modular")  # modular: MLP neurons kept + refitted (MoDeGPT), attention as lct
+METHODS = (*BUDGET_METHODS, "modular")  # modular (MoDeGPT): MLP neurons, attention features per head
 INITS = ("calibrated", "svd")
 DISTILL_LOSSES = ("kl", "kl+hidden")
 RECON_STEPS = 128  # block reconstruction by default (sequential lct / modular): SmolLM2 80 % x1.57 -> x1.40 (pydoc)
@@ -51,7 +51,7 @@ class CompressConfig:
     """
 
     method: str = "lct"                     # lct (per-layer factors), lors (shared + residuals), basis (LMs),
-                                            # modular (MLP neurons kept + refitted, attention as lct; budget)
+                                            # modular (MLP neurons + attention per head; budget)
     budget: Optional[float] = None
     rank: Optional[int] = None
     epsilon: Optional[float] = None
@@ -136,6 +136,8 @@ class CompressConfig:
             raise FieldError("fit_iterations", f"applies to method 'lors' only, not {self.method!r}")
         if self.method == "basis" and (self.budget is None or self.allocation != "uniform"):
             raise FieldError("method", "'basis' needs a budget and allocation 'uniform'")
+        if self.method == "modular" and self.allocation == "spectrum":
+            raise FieldError("allocation", "method 'modular' spreads its budget 'uniform' or by 'sensitivity'")
         if self.allocation != "uniform" and self.budget is None:
             raise FieldError("allocation", f"{self.allocation!r} spreads a budget; give budget")
         if self.allocation == "sensitivity" and self.init != "calibrated":

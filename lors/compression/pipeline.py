@@ -27,7 +27,7 @@ from ..apply.config import LorsConfig
 from ..apply.lct import lct, pivot, rebuild
 from ..apply.lors import convert
 from ..apply.heads import NORMED, attention_parts, decompose_attention, head_geometry
-from ..apply.modular import decompose_mlps, mlp_parts
+from ..apply.modular import decompose_mlps, mlp_parts, modular_sizes
 from ..apply.reconstruct import RECON_LR
 from ..apply.sequential import sequential_refit
 from ..nn.lowrank import LowRankLinear
@@ -156,25 +156,7 @@ def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkag
     container, targets, paths = stack_linears(model)
     moments = shrink(moments, shrinkage) if moments is not None else None
     if cfg.method == "modular":  # MLP neurons, attention heads' features (else lct), each at the budget's fraction
-        block = model.get_submodule(container)[0]
-        feeds, reader = mlp_parts(block, targets)
-        share = cfg.budget  # of the linears; with a scope (encoders), what leaves the scope at the budget
-        if scope:
-            total, linears = count_parameters(model.get_submodule(scope)), linear_params(model, container, targets)
-            share = (cfg.budget * total - (total - linears)) / linears
-        parts, by_heads = modular_attention(model, block, targets)
-        rest = [t for t in targets if t not in (*feeds, reader, *by_heads)]
-        mlp_share = share
-        if parts:  # features per head are coarse (head_dim 64: steps of 1.6 %); what they leave goes to the MLPs
-            blocks = model.get_submodule(container)
-            size = lambda names: sum(p.numel() for b in blocks for t in names for p in b.get_submodule(t).parameters())
-            dense_heads, dense_mlp = size(by_heads), size((*feeds, reader))
-            decompose_attention(model, container, targets, share, moments, parts)
-            mlp_share = min(1.0, share + (share * dense_heads - size(by_heads)) / dense_mlp)
-        if rest:
-            rebuild(model, budget_ranks(model, "lct", share, moments, None, cfg.allocation, cfg.floor,
-                                        targets=rest, form=cfg.form, sensitivity=sensitivity), calibration=moments)
-        decompose_mlps(model, container, targets, mlp_share, moments)
+        _fit_modular(model, cfg, container, targets, scope, moments, sensitivity)
     elif cfg.method == "lct" and cfg.budget is not None:  # the budget's plan, checked by budget_ranks
         rebuild(model, budget_ranks(model, "lct", cfg.budget, moments, model.get_submodule(scope) if scope else None,
                                     cfg.allocation, cfg.floor, form=cfg.form, sensitivity=sensitivity),
@@ -196,6 +178,41 @@ def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkag
     if cfg.form == "pivoted" and any(isinstance(m, LowRankLinear) for m in model.modules()):
         pivot(model)  # (a modular fit may have factorised nothing)
     return model
+
+
+def _fit_modular(model, cfg: CompressConfig, container: str, targets, scope, moments, sensitivity) -> None:
+    """Method ``"modular"`` at ``cfg.budget``: query-key pairs per head at the budget's share, the attention parts
+    that cannot be cut per head as lct factors, then the MLP neurons and value-output features per head -- at the
+    share (allocation ``"uniform"``) or where they remove the most expected loss (``"sensitivity"``,
+    :func:`lors.apply.modular.modular_sizes`); what rounding leaves over goes to the MLPs."""
+    blocks = model.get_submodule(container)
+    block = blocks[0]
+    feeds, reader = mlp_parts(block, targets)
+    share = cfg.budget  # of the linears; with a scope (encoders), what leaves the scope at the budget
+    if scope:
+        total, linears = count_parameters(model.get_submodule(scope)), linear_params(model, container, targets)
+        share = (cfg.budget * total - (total - linears)) / linears
+    parts, by_heads = modular_attention(model, block, targets)
+    size = lambda names: sum(p.numel() for b in blocks for t in names for p in b.get_submodule(t).parameters())
+    qk, vo = by_heads[:2] if "qk" in parts else [], by_heads[-2:] if "vo" in parts else []
+    pool = share * size((*feeds, reader, *vo))  # what the MLPs and value-outputs may store
+    if qk:
+        dense_qk = size(qk)
+        decompose_attention(model, container, targets, share, moments, ("qk",))
+        pool += share * dense_qk - size(qk)  # features per head are coarse: what rounding leaves over
+    rest = [t for t in targets if t not in (*feeds, reader, *by_heads)]
+    if rest:
+        rebuild(model, budget_ranks(model, "lct", share, moments, None, cfg.allocation, cfg.floor,
+                                    targets=rest, form=cfg.form, sensitivity=sensitivity), calibration=moments)
+    kept, values = None, None
+    if cfg.allocation == "sensitivity":
+        geometry = (*vo, *head_geometry(model.config, attention_parts(block, targets), block)) if vo else None
+        kept, values = modular_sizes(model, container, feeds, reader, moments, sensitivity, pool, geometry)
+    if vo:
+        decompose_attention(model, container, targets, share, moments, ("vo",), values=values)
+        pool -= size(vo)
+    mlp_share = min(1.0, pool / size((*feeds, reader)))
+    decompose_mlps(model, container, targets, mlp_share, moments, kept=kept)
 
 
 def modular_attention(model: nn.Module, block: nn.Module, targets: Sequence[str]) -> tuple[tuple, list[str]]:
