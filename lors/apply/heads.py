@@ -203,8 +203,9 @@ def decompose_attention(model: nn.Module, container: str, targets: Sequence[str]
                         values: Optional[Sequence[int]] = None) -> dict[str, int]:
     """Keep ``fraction`` (in (0, 1]) of every block's query-key units and value features per head (``parts``: which
     of the two), fitted on the original network's ``moments`` (``{path: E[x x^T]}``, the output projection's input
-    included; ``None``: the identity); ``values``: per block, the value features kept per head instead. Records a ``"heads"`` entry; returns ``{path: kept features per head}``. The model needs a Hugging
-    Face ``config`` with the head counts; an attention of another layout raises ``ValueError``."""
+    included; ``None``: the identity); ``values``: per block, the value features kept per head instead. Records a
+    ``"heads"`` entry; returns ``{path: kept features per head}``. The model needs a Hugging Face ``config`` with the
+    head counts; an attention of another layout raises ``ValueError``."""
     from .hf import install_save_pretrained
     from .record import Conversion, append, fingerprint
 
@@ -216,7 +217,8 @@ def decompose_attention(model: nn.Module, container: str, targets: Sequence[str]
     found = attention_parts(blocks[0], targets)
     if found is None:
         raise ValueError(f"modular attention needs separate query/key/value/output linears "
-                         f"({', '.join('/'.join(n) for n in ATTENTION_NAMES)}); the block's targets are {list(targets)}")
+                         f"({', '.join('/'.join(n) for n in ATTENTION_NAMES)}); the block's targets are "
+                         f"{list(targets)}")
     config = getattr(model, "config", None)
     heads, kv, dim = head_geometry(config, found, blocks[0])
     q, k, v, o = found

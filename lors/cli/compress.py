@@ -97,7 +97,7 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="one-shot fit (no sequential refit, shrinkage 0.2)")
     p.add_argument("--method", default=None, choices=METHODS,
                    help="lct (default): per-layer factors; lors: shared weight + residuals; basis: shared basis (LMs); "
-                        "modular: MLP neurons kept and refitted, attention features kept per head (lct where it cannot)")
+                        "modular: MLP neurons kept and refitted, attention features kept per head (else lct)")
     p.add_argument("--form", default=None, choices=FORMS, help="lct: store rank r as U V (factors) or in "
                    "r (in + out - r) numbers (pivoted; default with --budget)")
     p.add_argument("--init", default=None, choices=INITS, help="calibrated (default): fit the outputs; svd: the weights")
@@ -105,7 +105,8 @@ def add_compress(p: argparse.ArgumentParser) -> None:
                    help="refit block by block on the compressed network's inputs (default on)")
     p.add_argument("--shrinkage", default=None, help="shrink calibration moments toward their diagonal: a number in "
                    "[0, 1] or 'auto' (default: chosen on held-out calibration text)")
-    p.add_argument("--allocation", default=None, choices=ALLOCATIONS, help="how --budget spreads over layers")
+    p.add_argument("--allocation", default=None, choices=ALLOCATIONS,
+                   help="how --budget spreads over layers (default: sensitivity for causal LMs, else uniform)")
     p.add_argument("--group-size", type=int, default=None, help="lors/basis: share within groups of N blocks")
     p.add_argument("--calibration", default=None, choices=CALIBRATION_SOURCES, help="calibration text (LMs; mixed)")
     p.add_argument("--calibration-windows", type=int, default=None, help="calibration windows of 256 tokens (LMs; 64)")

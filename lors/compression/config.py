@@ -27,6 +27,7 @@ KINDS = ("lm", "encoder")
 METHODS = (*BUDGET_METHODS, "modular")  # modular (MoDeGPT): MLP neurons, attention features per head
 INITS = ("calibrated", "svd")
 DISTILL_LOSSES = ("kl", "kl+hidden")
+SENSITIVITY_DEFAULT = "sensitivity"  # LM budgets: loss-aware ranks (SmolLM2 80 %, recon: x1.40 -> x1.24 pydoc)
 RECON_STEPS = 128  # block reconstruction by default (sequential lct / modular): SmolLM2 80 % x1.57 -> x1.40 (pydoc)
 FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMARKS.md)
 LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature", "distill_topk")
@@ -64,7 +65,9 @@ class CompressConfig:
                                             # sequential refit (default RECON_STEPS where it applies, else 0)
     recon_lr: Optional[float] = None        # block reconstruction lr (default 1e-3)
     shrinkage: Union[float, str] = "auto"   # moments toward their diagonal: a number in [0, 1] or "auto"
-    allocation: str = "uniform"             # uniform | spectrum | sensitivity (LMs): how the budget spreads
+    allocation: Optional[str] = None        # uniform | spectrum | sensitivity (LMs): how the budget spreads
+                                            # (default: sensitivity for calibrated lct / modular LM budgets, which
+                                            # took SmolLM2 80 % from x1.40 to x1.24 pydoc; else uniform)
     floor: float = 0.5                      # spectrum: every matrix keeps this share of its uniform rank
     group_size: Optional[int] = None        # lors / basis: share within runs of this many blocks
     fit_iterations: Optional[int] = None    # lors: alternating fits of shared weight and residuals (default 2)
@@ -92,7 +95,8 @@ class CompressConfig:
         """Check every field on its own and against the others; raises :class:`FieldError`."""
         _choice(self, "method", METHODS)
         _choice(self, "init", INITS)
-        _choice(self, "allocation", ALLOCATIONS)
+        if self.allocation is not None:
+            _choice(self, "allocation", ALLOCATIONS)
         if self.form is not None:
             _choice(self, "form", FORMS)
         sizes = [n for n in ("budget", "rank", "epsilon") if getattr(self, n) is not None]
@@ -134,11 +138,11 @@ class CompressConfig:
                              f"not {self.method!r}")
         if self.fit_iterations is not None and self.method != "lors":
             raise FieldError("fit_iterations", f"applies to method 'lors' only, not {self.method!r}")
-        if self.method == "basis" and (self.budget is None or self.allocation != "uniform"):
+        if self.method == "basis" and (self.budget is None or self.allocation not in (None, "uniform")):
             raise FieldError("method", "'basis' needs a budget and allocation 'uniform'")
         if self.method == "modular" and self.allocation == "spectrum":
             raise FieldError("allocation", "method 'modular' spreads its budget 'uniform' or by 'sensitivity'")
-        if self.allocation != "uniform" and self.budget is None:
+        if self.allocation not in (None, "uniform") and self.budget is None:
             raise FieldError("allocation", f"{self.allocation!r} spreads a budget; give budget")
         if self.allocation == "sensitivity" and self.init != "calibrated":
             raise FieldError("allocation", "'sensitivity' is measured on calibration batches: needs init 'calibrated'")
@@ -183,7 +187,10 @@ class CompressConfig:
             RECON_STEPS if self.sequential and self.method in ("lct", "modular") else 0
         if self.recon_lr is not None and recon == 0:
             raise FieldError("recon_lr", "applies to block reconstruction only; set recon_steps > 0")
-        defaults = dict(form="pivoted" if self.method in ("lct", "modular") and self.budget is not None else "factors",
+        sensitive = lm and self.budget is not None and self.init == "calibrated" and self.method in ("lct", "modular")
+        pivoted = self.method in ("lct", "modular") and self.budget is not None
+        defaults = dict(allocation=SENSITIVITY_DEFAULT if sensitive else "uniform",
+                        form="pivoted" if pivoted else "factors",
                         recon_steps=recon, **(dict(recon_lr=RECON_LR) if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
@@ -199,7 +206,8 @@ class CompressConfig:
                 else f"epsilon {self.epsilon}")
         parts = [self.method, self.form if self.form == "pivoted" else None,
                  "svd" if self.init == "svd" else None, "sequential" if self.sequential else "one-shot",
-                 f"+ block recon {self.recon_steps}" if self.recon_steps else None]
+                 f"+ block recon {self.recon_steps}" if self.recon_steps else None,
+                 f"+ {self.allocation} allocation" if self.allocation not in (None, "uniform") else None]
         return f"{' '.join(p for p in parts if p)} ({size})"
 
     def to_dict(self) -> dict:

@@ -34,7 +34,7 @@ from ..nn.lowrank import LowRankLinear
 from .config import CompressConfig
 
 SHRINKAGE_GRID = (0.0, 0.1, 0.2, 0.4, 0.7)
-ATTENTION_PARTS = ("qk", "vo")  # method "modular": the attention's parts kept per head (the rest: lct)
+ATTENTION_PARTS = ("vo",)  # method "modular": attention parts kept per head (the rest: lct); qk lost (BENCHMARKS)
 
 
 @dataclass
