@@ -476,3 +476,25 @@ def test_modular_sensitivity_allocation_meets_the_budget_and_follows_the_sensiti
     assert CompressConfig(rank=4).resolve("lm").allocation == "uniform"
     with pytest.raises(FieldError, match="'modular' spreads its budget 'uniform' or by 'sensitivity'"):
         CompressConfig(method="modular", budget=0.5, allocation="spectrum")
+
+
+def test_sequential_refit_of_modular_layers_is_exact_when_nothing_is_removed():
+    """Every neuron and value feature kept, calibration moments shrunk: the least-squares refits of the down and
+    output projections (maps from re-based or fewer features) must give back the same network."""
+    from lors.apply.calibration import input_moments
+    from lors.apply.heads import decompose_attention
+    from lors.apply.modular import decompose_mlps
+    from lors.apply.sequential import sequential_refit
+
+    teacher = tiny_llama()
+    container, targets, paths = stack_linears(teacher)
+    moments = input_moments(teacher, paths, [tokens(8, 1)])
+    model = copy.deepcopy(teacher)
+    decompose_attention(model, container, targets, 1.0, moments, ("vo",))
+    decompose_mlps(model, container, targets, 1.0, moments)
+    refitted = [t for t in targets if not t.endswith(("q_proj", "k_proj"))]
+    sequential_refit(model, teacher, container, refitted, [{"input_ids": tokens(8, 1), "use_cache": False}],
+                     shrinkage=0.2)
+    x = tokens(2, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, teacher(x).logits, atol=1e-5, rtol=1e-5)

@@ -161,11 +161,13 @@ def _refit_dense(module: nn.Module, original: torch.Tensor, X: torch.Tensor, C: 
                  correct: bool, least_squares: bool = False) -> None:
     """Refit a dense linear of a modular MLP or attention on the compressed network's inputs: a projection reading
     fewer (or re-based: ``least_squares``) features than the original (``X`` (d_orig, k)) becomes the least-squares
-    map ``W X (C + lambda I)^{-1}`` of the original ``W``; a layer whose inputs are the original's (its rows a
+    map ``(W X + lambda W') (C + lambda I)^{-1}`` of the original ``W``, ridge-shrunk toward its current weight
+    ``W'``; a layer whose inputs are the original's (its rows a
     transform of the original's) gets :func:`corrected_target`."""
     W, _ = dense_weight(module)
-    if X.shape != C.shape or least_squares:
-        new = torch.linalg.solve(damped(C, ridge), (original.double() @ X).T).T
+    if X.shape != C.shape or least_squares:  # ridge toward the current W: an exact fit stays exactly as it is
+        lam = ridge * C.diagonal().mean().clamp_min(0)
+        new = torch.linalg.solve(damped(C, ridge), (original.double() @ X + lam * W.double()).T).T
     elif correct:
         new = corrected_target(W, X, C, ridge)
     else:
@@ -223,17 +225,19 @@ def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targe
             reads = getattr(block.get_submodule(group[0]), "reads", None)  # a Sliced output projection
             if reads is not None:
                 xc = xc[:, reads]
-            C, X = xc.T @ xc / len(xc), xo.T @ xc / len(xc)
-            if X.shape == C.shape and reads is None:
-                X = X - shrinkage * (C - torch.diag(C.diagonal()))  # keeps X - C unchanged by the shrinkage
-            C = (1 - shrinkage) * C + shrinkage * torch.diag(C.diagonal())
+            C_raw, X_raw = xc.T @ xc / len(xc), xo.T @ xc / len(xc)
+            least_squares = reads is not None or X_raw.shape != C_raw.shape  # modular: a map from fewer features
+            off_diagonal = C_raw - torch.diag(C_raw.diagonal())
+            C = C_raw - shrinkage * off_diagonal
+            X = X_raw if least_squares else X_raw - shrinkage * off_diagonal  # X - C unchanged by the shrinkage
             for t in group:
                 module = block.get_submodule(t)
                 if isinstance(module, Sliced):  # modular attention: a dense linear on some features
                     module = module.linear
                 if is_linear(module, exact=True):  # kept dense, with fewer neurons / features (modular)
-                    _refit_dense(module, dense_weight(original.get_submodule(t))[0], X, C, ridge, correct,
-                                 least_squares=reads is not None)
+                    # a least-squares map takes the moments as measured: shrinking C alone would bend it
+                    _refit_dense(module, dense_weight(original.get_submodule(t))[0], X,
+                                 C_raw if least_squares else C, ridge, correct, least_squares=least_squares)
                     continue
                 W = dense_weight(original.get_submodule(t))[0]
                 refit(block, t, corrected_target(W, X, C, ridge) if correct else W.double(), C)
