@@ -35,7 +35,8 @@ def table(runs: list[dict]) -> str:
         for r in run["rows"][1:]:
             ppl = [f"{r[f'ppl_{t}']:.2f} (x{r[f'ppl_{t}'] / original[f'ppl_{t}']:.2f})" for t in texts]
             top1 = [f"{r.get(f'top1_{t}', float('nan')):.1f} %" for t in texts]
-            d2 = f"{r['distinct2_vs_original']:.2f}" + (" collapsed" if r.get("collapsed") else "")
+            d2 = f"{r['distinct2_vs_original']:.2f}" + (f" collapsed {r.get('collapsed_samples', '')}".rstrip()
+                                                         if r.get("collapsed") else "")
             minutes = f"{r.get('seconds', 0) / 60:.1f}"
             lines.append("| " + " | ".join([run["name"], r["model"], f"{100 * r['fraction']:.1f} %", *ppl, *top1, d2,
                                             minutes, f"{run.get('peak_memory_gb', float('nan')):.1f}"]) + " |")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import lors
-from lors.compression import greedy_sample, next_token_agreement, perplexity
+from lors.compression import greedy_sample, greedy_samples, next_token_agreement, perplexity
 from lors.data.lm_text import eval_text, token_windows
 
 
@@ -47,7 +47,8 @@ def main(folder: str, agreement: bool = False) -> int:
             a = next_token_agreement(model, base, ids, cfg["batch_size"])
             extra = f"; next-token agreement with the base: top-1 {a['top1']:.2f} %, KL {a['kl']:.4f} nats/token"
         print(f"{text}: reloaded {got:.3f}, recorded {recorded:.3f}{extra}")
-    sample, recorded = greedy_sample(model, tokenizer), results["samples"][row["model"]]
+    recorded = results["samples"][row["model"]]  # a list (one per fixed prompt) since issue 29; one string before
+    sample = greedy_samples(model, tokenizer) if isinstance(recorded, list) else greedy_sample(model, tokenizer)
     ok &= sample == recorded
     print(f"greedy sample, reloaded: {sample!r}\n               recorded: {recorded!r}")
     print("same" if ok else "DIFFERENT")

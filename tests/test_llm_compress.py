@@ -343,3 +343,23 @@ def test_next_token_agreement_and_distinct_n():
     assert other["top1"] == pytest.approx(100 * (p.argmax(-1) == q.argmax(-1)).float().mean().item())
     assert distinct_n([7, 7, 7, 7]) == pytest.approx(1 / 3) and distinct_n([1, 2, 3, 4]) == 1.0
     assert distinct_n("the cat the cat".split(), 2) == pytest.approx(2 / 3)
+
+
+def test_repetition_flags_a_looping_sample_against_the_originals():
+    from lors.compression import repetition
+
+    class Words:  # a whitespace tokenizer: token ids are word hashes
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [hash(w) for w in text.split()]}
+
+    prompts = ("P one", "P two")
+    original = ["P one a b c d e", "P two f g h i j"]
+    same = repetition(original, original, Words(), prompts)
+    assert same == {"distinct2_vs_original": 1.0, "collapsed_samples": 0, "collapsed": False}
+    loops = ["P one library library library library library", "P two f g h i j"]
+    got = repetition(loops, original, Words(), prompts)
+    # the prompt is not scored: 'library' x5 has 4 bigrams, 1 distinct -> 0.25 of the original's 1.0
+    assert got["collapsed_samples"] == 1 and got["collapsed"]
+    assert got["distinct2_vs_original"] == pytest.approx((0.25 + 1.0) / 2, abs=1e-3)
+    with pytest.raises(ValueError, match="one sample per prompt"):
+        repetition(loops[:1], original, Words(), prompts)

@@ -11,10 +11,14 @@ from torch import nn
 
 from ..tasks.lm import perplexity
 
-__all__ = ["distinct_n", "embed", "embedding_agreement", "generate", "greedy_sample", "next_token_agreement",
-           "perplexity", "token_batches"]
+__all__ = ["distinct_n", "embed", "embedding_agreement", "generate", "greedy_sample", "greedy_samples",
+           "next_token_agreement", "perplexity", "repetition", "token_batches"]
 
 PROMPT = "The Python standard library"
+# Fixed prompts for the greedy samples every LM row is scored by: technical prose, scripture, narrative, a list.
+PROMPTS = (PROMPT, "And it came to pass, when the king", "Once upon a time, in a small village,",
+           "The three most important things to know about")
+COLLAPSE = 0.5  # a sample with under half the original's distinct-bigram ratio loops: "collapsed"
 
 
 def token_batches(tokenizer, sentences: list[str], batch_size: int = 32, max_length: int = 64) -> list[dict]:
@@ -77,6 +81,31 @@ def distinct_n(tokens: list, n: int = 2) -> float:
 def greedy_sample(model: nn.Module, tokenizer, prompt: str = PROMPT, tokens: int = 30) -> str:
     """The model's greedy continuation of ``prompt`` (``tokens`` new tokens, KV cache on), prompt included."""
     return generate(model, tokenizer, prompt, tokens, temperature=0.0, chat=False, include_prompt=True)
+
+
+def greedy_samples(model: nn.Module, tokenizer, prompts=PROMPTS, tokens: int = 48) -> list[str]:
+    """Greedy continuations (``tokens`` new tokens each, prompt included) of every prompt in ``prompts``."""
+    return [greedy_sample(model, tokenizer, p, tokens) for p in prompts]
+
+
+def repetition(samples: list[str], reference: list[str], tokenizer, prompts=PROMPTS) -> dict:
+    """How much more a model's greedy samples repeat than the reference model's on the same prompts.
+
+    For each prompt: distinct-2 of the continuation's tokens (the prompt removed) divided by the reference's.
+    Returns ``distinct2_vs_original`` (the mean ratio), ``collapsed_samples`` (how many ratios fall under
+    ``COLLAPSE``) and ``collapsed`` (any did: one looping sample is what a user sees first)."""
+    if len(samples) != len(reference) or len(samples) != len(prompts):
+        raise ValueError(f"need one sample per prompt: {len(samples)} samples, {len(reference)} reference, "
+                         f"{len(prompts)} prompts")
+
+    def d2(text, prompt):
+        return distinct_n(tokenizer(text[len(prompt):] if text.startswith(prompt) else text,
+                                    add_special_tokens=False)["input_ids"])
+
+    ratios = [d2(s, p) / max(d2(r, p), 1e-9) for s, r, p in zip(samples, reference, prompts)]
+    low = sum(r < COLLAPSE for r in ratios)
+    return {"distinct2_vs_original": round(sum(ratios) / len(ratios), 3), "collapsed_samples": low,
+            "collapsed": low > 0}
 
 
 @torch.no_grad()

@@ -27,14 +27,13 @@ from ..accounting import count_parameters
 from ..apply.budget import stack_linears
 from ..data.lm_text import calibration_text, eval_text, token_windows
 from .config import CompressConfig
-from .evaluate import (distinct_n, embed, embedding_agreement, greedy_sample, next_token_agreement, perplexity,
-                       token_batches)
+from .evaluate import (COLLAPSE, embed, embedding_agreement, greedy_samples, next_token_agreement, perplexity,
+                       repetition, token_batches)
 from .export import save_pretrained
 from .pipeline import linear_params, as_batches, compress
 from .pretrained import base_source, is_causal_lm, load_causal_lm, load_encoder
 
 EVAL_TEXTS = ("pydoc", "bible")
-COLLAPSE = 0.5  # a greedy sample with under half the original's distinct-bigram ratio loops: flagged "collapsed"
 
 
 def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_file: Optional[str] = None,
@@ -98,27 +97,26 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
         log("  " + ", ".join(f"{k}={v}" for k, v in r.items()))
         return r
 
-    rows, samples = [row("original", teacher)], {"original": greedy_sample(teacher, tokenizer)}
+    rows, samples = [row("original", teacher)], {"original": greedy_samples(teacher, tokenizer)}
     student, report = compress(teacher, calib, cfg, validation=held, log=log)
     rows.append(row(cfg.setting(), student, report.seconds))
     rows[-1]["shrinkage"] = report.shrinkage
-    samples[cfg.setting()] = greedy_sample(student, tokenizer)
+    samples[cfg.setting()] = greedy_samples(student, tokenizer)
     history = []
     if cfg.distill_steps > 0:
         history = _distill_lm(student, teacher, tokenizer, texts, cfg, out, progress, resume, log,
                               base_source(name, gguf_file)["sha256"] if cfg.distill_topk else None)
         rows.append(row(f"+ distillation ({cfg.distill_steps} steps)", student,
                         sum(h["epoch_time"] for h in history)))
-        samples[rows[-1]["model"]] = greedy_sample(student, tokenizer)
-    reference = distinct_n(tokenizer(samples["original"])["input_ids"])
-    for r in rows:  # distinct bigrams of the greedy sample, against the original's (well below 1: it loops)
-        r["distinct2_vs_original"] = round(distinct_n(tokenizer(samples[r["model"]])["input_ids"]) / reference, 3)
-        r["collapsed"] = r["distinct2_vs_original"] < COLLAPSE
+        samples[rows[-1]["model"]] = greedy_samples(student, tokenizer)
+    for r in rows:  # distinct bigrams of the greedy samples, against the original's (well below 1: they loop)
+        r.update(repetition(samples[r["model"]], samples["original"], tokenizer))
         if r["collapsed"]:
-            log(f"  [{r['model']}] its greedy sample collapsed: distinct-2 at {r['distinct2_vs_original']:.2f} of "
-                f"the original's (flagged below {COLLAPSE})")
+            log(f"  [{r['model']}] {r['collapsed_samples']} of {len(samples['original'])} greedy samples collapsed "
+                f"(distinct-2 under {COLLAPSE} of the original's); mean ratio {r['distinct2_vs_original']:.2f}")
     for k, v in samples.items():
-        log(f"sample [{k}]: {v!r}")
+        for text in v:
+            log(f"sample [{k}]: {text!r}")
     return {"rows": rows, "history": history, "samples": samples, "report": report.to_dict(), "model": student,
             "tokenizer": tokenizer, "evaluation": {"texts": list(eval_texts), "windows": eval_windows,
                                                    "window": cfg.window, "seed": cfg.seed}}
