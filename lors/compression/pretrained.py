@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -121,11 +122,13 @@ def _cache_gguf(transformers, folder: Path, gguf_file: str, cached: Path) -> Non
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = transformers.AutoModelForCausalLM.from_config(loaded.config)  # save_pretrained refuses GGUF models
     model.load_state_dict(loaded.state_dict())
-    tmp = cached.with_name(cached.name + ".tmp")
+    tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")  # one per process: two first runs may convert at once
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if not cached.exists():  # another process may have finished first
+    try:
         tmp.replace(cached)
+    except OSError:  # another process finished first (its folder is complete: it was renamed whole)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_lm(name: str, progress: bool = True):
