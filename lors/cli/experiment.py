@@ -44,10 +44,9 @@ def classification(cfg) -> Experiment:
     from ..models.vit import BLOCK_LINEARS, build_vit
     from ..tasks.classification import ClassificationTask
 
-    seed = cfg.train.seed
-    return Experiment(lambda: build_vit(cfg.model), build_dataset(cfg.data, "train", seed, train=True),
-                      build_dataset(cfg.data, "test", seed), ClassificationTask.build(cfg.model.num_classes, cfg.loss),
-                      BLOCK_LINEARS, seed)
+    return Experiment(lambda: build_vit(cfg.model), build_dataset(cfg.data, "train", train=True),
+                      build_dataset(cfg.data, "test"), ClassificationTask.build(cfg.model.num_classes, cfg.loss),
+                      BLOCK_LINEARS, cfg.train.seed)
 
 
 def require_detection_packages() -> None:
@@ -87,23 +86,31 @@ def detection(cfg: DetectionConfig) -> Experiment:
     return Experiment(build, train_set, val_set, task, r"decoder\.stages\.\d+\.ffn\.\d", cfg.train.seed)
 
 
-def language_model(cfg: LMConfig, run_dir: Optional[Path] = None) -> Experiment:
-    from ..data.corpus import build_lm_dataset, make_tokenizer
+def language_model(cfg: LMConfig, run_dir: Optional[Path] = None, eval_split: str = "val",
+                   log: Callable[[str], None] = print) -> Experiment:
+    from ..data.text import build_lm_dataset, corpus_split, make_tokenizer
     from ..models.gpt import BLOCK_LINEARS, build_gpt
     from ..tasks.lm import LanguageModelTask
 
-    seed, T = cfg.train.seed, cfg.model.block_size
-    tokenizer = make_tokenizer(cfg.data, seed, saved=None if run_dir is None else Path(run_dir) / TOKENIZER)
-    train_set = build_lm_dataset(cfg.data, "train", seed, T, tokenizer)
-    val_set = build_lm_dataset(cfg.data, "val", seed, T, tokenizer)
-    return Experiment(lambda: build_gpt(cfg.model, tokenizer.vocab_size), train_set, val_set,
-                      LanguageModelTask(val_set.bytes_per_token), BLOCK_LINEARS, seed, tokenizer)
+    T, train_text = cfg.model.block_size, corpus_split(cfg.data, "train")
+    tokenizer = make_tokenizer(cfg.data, lambda: train_text,
+                               saved=None if run_dir is None else Path(run_dir) / TOKENIZER)
+    train_set = build_lm_dataset(cfg.data, "train", T, tokenizer, train_text)
+    eval_set = build_lm_dataset(cfg.data, eval_split, T, tokenizer)
+    cap = "" if cfg.data.max_eval_tokens is None else f", capped by data.max_eval_tokens={cfg.data.max_eval_tokens}"
+    log(f"{'validation' if eval_split == 'val' else 'test'} split of {cfg.data.corpus} (split_seed "
+        f"{cfg.data.split_seed}): {eval_set.scored_tokens:,} tokens, {eval_set.scored_bytes:,} bytes scored{cap}")
+    return Experiment(lambda: build_gpt(cfg.model, tokenizer.vocab_size), train_set, eval_set,
+                      LanguageModelTask(eval_set.token_bytes), BLOCK_LINEARS, cfg.train.seed, tokenizer)
 
 
-def build_experiment(cfg, run_dir: Optional[str | Path] = None) -> Experiment:
-    """The pieces of ``cfg``'s run; ``run_dir``: a trained run whose saved tokenizer a language model reuses."""
+def build_experiment(cfg, run_dir: Optional[str | Path] = None, eval_split: str = "val",
+                     log: Callable[[str], None] = print) -> Experiment:
+    """The pieces of ``cfg``'s run; ``run_dir``: a trained run whose saved tokenizer a language model reuses.
+    ``eval_split``: what a language model is scored on (``"val"`` while training, ``"test"`` for ``lors eval``;
+    image data sets have one held-out split)."""
     if isinstance(cfg, LMConfig):
-        return language_model(cfg, run_dir)
+        return language_model(cfg, run_dir, eval_split, log)
     return detection(cfg) if isinstance(cfg, DetectionConfig) else classification(cfg)
 
 
@@ -113,7 +120,7 @@ def run_training(cfg, run_dir: Optional[str | Path] = None, resume: bool = False
 
     Writes ``run_dir`` (default ``train.output_dir``): ``last.json`` + tensors after every epoch, ``log.csv``."""
     run_dir = Path(run_dir or cfg.train.output_dir)
-    exp = experiment or build_experiment(cfg, run_dir)
+    exp = experiment or build_experiment(cfg, run_dir, log=log)
     if hasattr(exp.tokenizer, "save") and not (run_dir / TOKENIZER).is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         exp.tokenizer.save(run_dir / TOKENIZER)

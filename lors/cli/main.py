@@ -25,7 +25,8 @@ from ..accounting import count_parameters, lct_block_estimate, reduction, report
 from ..errors import ConfigError
 from . import paper
 from .compress import add_compress, add_generate
-from .config import config_from_dict, load_config, upgrade_saved_config
+from .config import config_from_dict, load_config
+from .config_upgrade import upgrade_saved_config
 
 
 def cmd_train(args) -> int:
@@ -76,6 +77,7 @@ def load_for_eval(checkpoint, exp, cfg):
 def cmd_eval(args) -> int:
     from ..engine.checkpoint import read_meta
     from ..engine.trainer import pick_device
+    from .config import LMConfig
     from .experiment import build_experiment
 
     if args.config is None:  # the config the checkpoint was trained with (plus any --set)
@@ -87,11 +89,13 @@ def cmd_eval(args) -> int:
         cfg = load_config(args.config, args.set)
     if args.per_stage and cfg.task != "detection":
         raise ConfigError(f"--per-stage needs a detection config (task: detection); this one has task {cfg.task!r}")
-    exp = build_experiment(cfg, run_dir(args.checkpoint))
+    lm = isinstance(cfg, LMConfig)  # language models: the test split, never seen while choosing anything
+    exp = build_experiment(cfg, run_dir(args.checkpoint), eval_split="test" if lm else "val")
     model, meta = load_for_eval(args.checkpoint, exp, cfg)
     device = pick_device(cfg.train.device)
     _, loader = exp.loaders(cfg.data)
-    print(f"checkpoint {args.checkpoint} (epoch {meta['epoch'] + 1}), {count_parameters(model):,} parameters")
+    print(f"checkpoint {args.checkpoint} (epoch {meta['epoch'] + 1}), {count_parameters(model):,} parameters; "
+          f"scored on the {'test split' if lm else 'held-out split'}")
     if args.per_stage:
         for i, metrics in enumerate(exp.task.evaluate_stages(model.to(device), loader, device), 1):
             print(f"stage {i}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -118,6 +122,14 @@ def _count_detector(cfg) -> None:
           f"total {total:,} vs dense {dense_total:,} ({reduction(dense_total, total):.1f}% fewer)")
 
 
+def lm_vocab_size(data) -> int:
+    """The vocabulary a config's GPT is built with: 256 bytes, or the BPE's ``data.vocab_size`` (default 1024; a
+    BPE trained on a small text may stop short of it)."""
+    from ..data.text.tokenizers import BPE_VOCAB
+
+    return 256 if data.tokenizer == "bytes" else data.vocab_size or BPE_VOCAB
+
+
 def cmd_count(args) -> int:
     if args.config is None:
         print("Closed-form parameter counts for the LORS paper's settings\n")
@@ -133,7 +145,7 @@ def cmd_count(args) -> int:
     if isinstance(cfg, DetectionConfig):
         _count_detector(cfg)
         return 0
-    build = (lambda m: build_gpt(m, 256)) if isinstance(cfg, LMConfig) else build_vit
+    build = (lambda m: build_gpt(m, lm_vocab_size(cfg.data))) if isinstance(cfg, LMConfig) else build_vit
     with torch.device("meta"):  # count without allocating
         model = build(cfg.model)
         dense = build(dataclasses.replace(cfg.model, variant="dense", dense_blocks=[]))

@@ -20,7 +20,7 @@ from ..apply.budget import ALLOCATIONS, FORMS
 from ..apply.budget import METHODS as BUDGET_METHODS
 from ..apply.reconstruct import RECON_LR
 from ..apply.sequential import RIDGE
-from ..data.lm_text import CALIBRATION_SOURCES
+from ..data.text.calibration import CALIBRATION_SOURCES
 from ..errors import ConfigError
 
 KINDS = ("lm", "encoder")

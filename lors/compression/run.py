@@ -3,7 +3,7 @@
 :func:`run` takes a model name (``"smollm2"``, ``"minilm"`` or a Hugging Face folder) and a
 :class:`~lors.compression.CompressConfig`, and
 
-* causal LMs: calibrates on windows of the :mod:`lors.data.lm_text` calibration sources, chooses the shrinkage on
+* causal LMs: calibrates on windows of the :mod:`lors.data.text.calibration` sources, chooses the shrinkage on
   other windows of the same sources, and reports held-out perplexity (``pydoc``, the Bible's held-out books, or text
   files) and a greedy sample of every stage;
 * sentence encoders: calibrates on training sentences and reports the agreement of held-out sentence embeddings
@@ -25,7 +25,7 @@ import torch
 
 from ..accounting import count_parameters
 from ..apply.budget import stack_linears
-from ..data.lm_text import calibration_text, eval_text, token_windows
+from ..data.text import SPLIT_SEED, calibration_text, eval_text, token_windows
 from .config import CompressConfig
 from .evaluate import (COLLAPSE, embed, embedding_agreement, greedy_samples, next_token_agreement, perplexity,
                        repetition, token_batches)
@@ -73,10 +73,10 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
 
 def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out, progress, resume, log) -> dict:
     teacher, tokenizer = load_causal_lm(name, gguf_file, log=log, progress=progress)
-    texts = calibration_text(cfg.calibration, cfg.seed)
+    texts = calibration_text(cfg.calibration)
     calib = token_windows(tokenizer, texts, cfg.calibration_windows, cfg.window)
     held = token_windows(tokenizer, texts, min(16, cfg.calibration_windows), cfg.window, skip=1)
-    evals = {Path(t).stem if os.sep in t else t: token_windows(tokenizer, eval_text(t, cfg.seed), eval_windows,
+    evals = {Path(t).stem if os.sep in t else t: token_windows(tokenizer, eval_text(t), eval_windows,
                                                                cfg.window) for t in eval_texts}
     container, targets, _ = stack_linears(teacher)
     base = linear_params(teacher, container, targets)
@@ -119,7 +119,7 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
             log(f"sample [{k}]: {text!r}")
     return {"rows": rows, "history": history, "samples": samples, "report": report.to_dict(), "model": student,
             "tokenizer": tokenizer, "evaluation": {"texts": list(eval_texts), "windows": eval_windows,
-                                                   "window": cfg.window, "seed": cfg.seed}}
+                                                   "window": cfg.window, "split_seed": SPLIT_SEED}}
 
 
 def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, progress, resume, log,
@@ -129,7 +129,9 @@ def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pr
     windows = token_windows(tokenizer, texts, min(cfg.distill_steps * cfg.batch_size, 2_000), cfg.window, skip=1)
     train = [{"input_ids": b["input_ids"]} for b in as_batches(windows, cfg.batch_size)]  # the loss calls the model
     if cfg.distill_topk:
-        key = dict(base=base_sha, calibration=cfg.calibration, seed=cfg.seed, window=cfg.window,
+        import hashlib  # the windows' own digest: a change of the text sources can never reuse a stale cache
+        digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
+        key = dict(base=base_sha, calibration=cfg.calibration, text=digest, window=cfg.window,
                    windows=len(windows), batch_size=cfg.batch_size, k=cfg.distill_topk, temperature=cfg.temperature)
         train = cached_teacher(teacher, train, key, log)
     student.get_input_embeddings().weight.requires_grad_(False)  # tied to the head; too few tokens to move it
@@ -178,14 +180,15 @@ def cached_teacher(teacher, batches: list[dict], key: dict, log) -> list[dict]:
 
 
 def held_out_sentences(seed: int = 0, n_eval: int = 1000) -> tuple[list[str], list[str]]:
-    """(training sentences shuffled by ``seed``, ``n_eval`` held-out sentences) from :mod:`lors.data.text`."""
+    """(training sentences shuffled by ``seed``, ``n_eval`` held-out sentences) of
+    :func:`lors.data.text.english_sentences`; the held-out ones are chosen by the split seed, so they stay fixed
+    when ``seed`` changes."""
     from ..data.text import english_sentences
 
-    train, held = english_sentences(seed)
-    g = torch.Generator().manual_seed(seed)
-    train = [train[i] for i in torch.randperm(len(train), generator=g).tolist()]
-    held = [held[i] for i in torch.randperm(len(held), generator=g)[:n_eval].tolist()]
-    return train, held
+    train, held = english_sentences(SPLIT_SEED)
+    train = [train[i] for i in torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()]
+    pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(SPLIT_SEED))[:n_eval]
+    return train, [held[i] for i in pick.tolist()]
 
 
 def _run_encoder(name, cfg: CompressConfig, eval_sentences, out, progress, resume, log) -> dict:

@@ -218,8 +218,10 @@ class ImageFolder(Dataset):
         return (self.augment(img) if self.augment else img), label
 
 
-def build_dataset(data_cfg, split: str, seed: int = 0, train: bool = False):
-    """The dataset named by ``data_cfg.dataset`` for ``split`` ("train" or "test")."""
+def build_dataset(data_cfg, split: str, train: bool = False):
+    """The dataset named by ``data_cfg.dataset`` for ``split`` ("train" or "test"); digits and MNIST are split by
+    ``data_cfg.split_seed`` (not the training seed, so every training seed is scored on the same images)."""
+    seed = data_cfg.split_seed
     name = data_cfg.dataset
     augment = train and data_cfg.augment
     if name == "digits":

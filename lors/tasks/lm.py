@@ -1,11 +1,13 @@
 """Language modelling as a task for the Trainer: next-token cross-entropy; loss, perplexity and bits per byte.
 
 Works with any causal LM that returns logits (B, T, V), or an output with ``.logits`` (Hugging Face).
-Bits per byte = (mean loss in nats per token) x (tokens per byte) / ln 2, comparable across tokenisers.
+Bits per byte = (summed nats of the scored target tokens) / (their summed bytes of text) / ln 2, comparable across
+tokenisers and exact for whatever part of a text is scored.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +24,13 @@ def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class LanguageModelTask:
     """Next-token loss on (x, y) batches of token ids (B, T); evaluation: ``val_loss``, ``ppl``, ``bpb``.
 
-    ``bytes_per_token`` converts the loss to bits per byte (1 for the byte tokenizer)."""
+    ``token_bytes`` (V,): the bytes of text behind each token id (the tokenizer's ``token_bytes()``; None: one
+    byte per token, the byte tokenizer), so bits per byte sum the bytes of the very targets scored."""
 
     collate_fn = None
 
-    def __init__(self, bytes_per_token: float = 1.0):
-        self.bytes_per_token = bytes_per_token
+    def __init__(self, token_bytes: Optional[torch.Tensor] = None):
+        self.token_bytes = token_bytes
 
     def loss(self, model: nn.Module, batch, device: torch.device):
         x, y = (t.to(device, non_blocking=True) for t in batch)
@@ -38,15 +41,16 @@ class LanguageModelTask:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict:
         model.eval()
-        total, tokens = 0.0, 0
+        total, tokens, n_bytes = 0.0, 0, 0
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             with autocast_for(device):
                 logits = logits_of(model, x)
             total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
             tokens += y.numel()
+            n_bytes += y.numel() if self.token_bytes is None else int(self.token_bytes[y.cpu()].sum())
         loss = total / max(1, tokens)
-        return {"val_loss": loss, "ppl": math.exp(min(loss, 50.0)), "bpb": loss / self.bytes_per_token / math.log(2)}
+        return {"val_loss": loss, "ppl": math.exp(min(loss, 50.0)), "bpb": total / max(1, n_bytes) / math.log(2)}
 
 
 @torch.no_grad()

