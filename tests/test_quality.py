@@ -498,3 +498,27 @@ def test_sequential_refit_of_modular_layers_is_exact_when_nothing_is_removed():
     x = tokens(2, 5)
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, teacher(x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_cache_is_keyed_by_the_token_ids(tmp_path, monkeypatch):
+    """Equal batches reuse the cached top-k; batches of other tokens under the same key compute their own."""
+    from test_llm_compress import tiny_llama
+
+    from lors.compression.run import cached_teacher
+    from lors.tasks.distill import TOPK_KEYS, cache_topk
+
+    monkeypatch.setenv("LORS_CACHE", str(tmp_path))
+    teacher, lines = tiny_llama(layers=1), []
+    key = dict(base="x", window=6, k=4, temperature=1.0)
+    a = [{"input_ids": torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(s))} for s in (0, 1)]
+    b = [{"input_ids": x["input_ids"].flip(0)} for x in a]
+    first = cached_teacher(teacher, a, key, lines.append)
+    again = cached_teacher(teacher, a, key, lines.append)
+    other = cached_teacher(teacher, b, key, lines.append)
+    assert [line.startswith("teacher top-4: cached (") for line in lines] == [False, True, False]
+    assert len(list((tmp_path / "teacher-topk").glob("*.safetensors"))) == 2
+    fresh = cache_topk(teacher, b, 4)
+    for x, y, z, w in zip(first, again, other, fresh):
+        for k in TOPK_KEYS:
+            assert torch.equal(x[k], y[k]) and torch.allclose(z[k].float(), w[k].float())
+        assert not torch.equal(x[TOPK_KEYS[1]], z[TOPK_KEYS[1]])  # other tokens, other teacher predictions

@@ -129,9 +129,7 @@ def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pr
     windows = token_windows(tokenizer, texts, min(cfg.distill_steps * cfg.batch_size, 2_000), cfg.window, skip=1)
     train = [{"input_ids": b["input_ids"]} for b in as_batches(windows, cfg.batch_size)]  # the loss calls the model
     if cfg.distill_topk:
-        import hashlib  # the windows' own digest: a change of the text sources can never reuse a stale cache
-        digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
-        key = dict(base=base_sha, calibration=cfg.calibration, text=digest, window=cfg.window,
+        key = dict(base=base_sha, calibration=cfg.calibration, window=cfg.window,
                    windows=len(windows), batch_size=cfg.batch_size, k=cfg.distill_topk, temperature=cfg.temperature)
         train = cached_teacher(teacher, train, key, log)
     student.get_input_embeddings().weight.requires_grad_(False)  # tied to the head; too few tokens to move it
@@ -153,8 +151,9 @@ def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pr
 
 def cached_teacher(teacher, batches: list[dict], key: dict, log) -> list[dict]:
     """``batches`` with the teacher's top-k log-probs (:func:`lors.tasks.distill.cache_topk`), computed once per
-    ``key`` (base weights, text, windows, k, temperature) and kept as safetensors in the cache folder, so every
-    student of the same teacher and data reuses them."""
+    ``key`` (base weights, windows, k, temperature) and kept as safetensors in the cache folder, so every
+    student of the same teacher and data reuses them. The key also holds a digest of the batches' token ids: a change
+    of the text sources can never reuse a stale cache."""
     import hashlib
 
     from safetensors.torch import load_file, save_file
@@ -162,6 +161,8 @@ def cached_teacher(teacher, batches: list[dict], key: dict, log) -> list[dict]:
     from ..tasks.distill import TOPK_KEYS, cache_topk
     from .pretrained import cache_dir
 
+    tokens = torch.cat([b["input_ids"] for b in batches]).numpy().tobytes()
+    key = {**key, "text": hashlib.sha256(tokens).hexdigest()[:16]}
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "teacher-topk" / f"{name}.safetensors"
     if path.is_file():
