@@ -286,6 +286,9 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
     assert "--group-size" in capsys.readouterr().err
     assert main(["compress", "--model", str(folder), "--budget", "0.5", "--calibration-windows", "0"]) == 2
     assert "--calibration-windows" in capsys.readouterr().err
+    for bad in ("0", "most"):
+        assert main(["compress", "--model", str(folder), "--budget", "0.5", "--eval-windows", bad]) == 2
+        assert "--eval-windows must be a positive integer or 'all'" in capsys.readouterr().err
     assert main(["compress", "--model", str(folder), "--budget", "0.5", "--calibration-sentences", "9"]) == 2
     assert "--calibration-sentences applies to sentence encoders" in capsys.readouterr().err
 

@@ -157,3 +157,17 @@ def test_a_checkpoint_from_before_split_seed_keeps_the_split_it_was_trained_on()
     images = config_from_dict(upgrade_saved_config({"data": {"dataset": "mnist"}, "train": {"seed": 2}}))
     assert images.data.split_seed == 2
     assert config_from_dict(upgrade_saved_config({"task": "detection", "train": {"seed": 2}})).task == "detection"
+
+
+def test_token_windows_all_scores_every_consecutive_window():
+    from lors.data.text import token_windows
+
+    tokenizer = lambda text, add_special_tokens: {"input_ids": list(text.encode())}  # noqa: E731  bytes as ids
+    texts = ["abcdefghij", "0123456"]  # 10 and 7 tokens: 3 + 2 windows of 3; the last 1 token of each dropped
+    every = token_windows(tokenizer, texts, "all", 3)
+    assert every.tolist() == [list(b"abc"), list(b"def"), list(b"ghi"), list(b"012"), list(b"345")]
+    spread = token_windows(tokenizer, texts, 2, 3)  # an even spread: a subset of the whole
+    assert set(map(tuple, spread.tolist())) <= set(map(tuple, every.tolist()))
+    for count, skip in (("all", 1), ("most", 0), (0, 0)):
+        with pytest.raises(ValueError, match="count"):
+            token_windows(tokenizer, texts, count, 3, skip=skip)

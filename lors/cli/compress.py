@@ -56,8 +56,10 @@ def cmd_compress(args) -> int:
         for text in args.eval_text or ():
             if text not in ("pydoc", "bible") and not Path(text).is_file():
                 raise ConfigError(f"--eval-text {text}: not pydoc, bible or a text file")
-        if args.eval_windows is not None and args.eval_windows < 1:
-            raise ConfigError(f"--eval-windows must be >= 1, got {args.eval_windows}")
+        if args.eval_windows not in (None, "all") and not (args.eval_windows.isdigit() and int(args.eval_windows) > 0):
+            raise ConfigError(f"--eval-windows must be a positive integer or 'all', got {args.eval_windows}")
+        if args.eval_windows not in (None, "all"):
+            args.eval_windows = int(args.eval_windows)
     else:
         encoder_folder(args.model)
         lm_only = [f for f in ("gguf_file", "eval_text", "eval_windows") if getattr(args, f) is not None]
@@ -113,7 +115,8 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-sentences", type=int, default=None, help="calibration sentences (encoders; 256)")
     p.add_argument("--eval-text", action="append", default=None,
                    help="held-out text: pydoc, bible or a text FILE (repeatable; LMs; default pydoc and bible)")
-    p.add_argument("--eval-windows", type=int, default=None, help="evaluation windows of 256 tokens per text (LMs; 40)")
+    p.add_argument("--eval-windows", default=None,
+                   help="evaluation windows of 256 tokens per text, spread evenly, or 'all': the whole text (LMs; 40)")
     p.add_argument("--eval-sentences", type=int, default=None, help="held-out sentences (encoders; 1000)")
     p.add_argument("--distill-steps", type=int, default=None, help="distillation steps after compressing (0: none)")
     p.add_argument("--distill-loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")

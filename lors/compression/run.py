@@ -37,13 +37,14 @@ EVAL_TEXTS = ("pydoc", "bible")
 
 
 def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_file: Optional[str] = None,
-        eval_texts: Optional[Sequence[str]] = None, eval_windows: Optional[int] = None,
+        eval_texts: Optional[Sequence[str]] = None, eval_windows: Optional[int | str] = None,
         eval_sentences: Optional[int] = None, out: Optional[str | Path] = None, dtype: Optional[str] = None,
         progress: bool = True, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Compress ``model`` as ``config`` says; returns ``{"rows", "history", "samples", "report", "model",
     "peak_memory_gb"}`` (the process's peak resident memory up to the end of the run).
 
-    LMs: ``eval_texts`` (default pydoc and bible) scored on ``eval_windows`` windows each (default 40);
+    LMs: ``eval_texts`` (default pydoc and bible) scored on ``eval_windows`` windows each, spread evenly (default
+    40; ``"all"``: every window of the whole text);
     encoders: ``eval_sentences`` held-out sentences (default 1000). ``dtype``: storage of the saved folder.
     """
     config = config or CompressConfig(budget=0.8)

@@ -82,16 +82,23 @@ def build_lm_dataset(data_cfg, split: str, block_size: int, tokenizer, text: Opt
                        random_windows=data_cfg.train_windows if train else None)
 
 
-def token_windows(tokenizer, texts: list[str] | str, count: int, length: int, skip: int = 0) -> torch.Tensor:
+def token_windows(tokenizer, texts: list[str] | str, count: int | str, length: int, skip: int = 0) -> torch.Tensor:
     """``count`` windows of ``length`` token ids (count, length) of a Hugging Face tokenizer, spread evenly over
     each text.
 
     With several texts each gives an equal share (interleaved). ``skip`` takes the windows that lie
     between those of a call with ``skip=0`` (``skip=1``: a disjoint second set, e.g. held-out calibration).
+    ``count="all"``: every consecutive window of every text, in order (the whole text but its last
+    ``< length`` tokens), e.g. to score a whole evaluation text.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
-    if count < 1 or length < 2:
-        raise ValueError(f"need count >= 1 and length >= 2, got {count} and {length}")
+    if count == "all":
+        if skip or length < 2:
+            raise ValueError(f"count='all' takes every window: needs skip 0 and length >= 2, got {skip} and {length}")
+        ids = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"], dtype=torch.long) for t in texts]
+        return torch.cat([i[: i.numel() // length * length].view(-1, length) for i in ids])
+    if isinstance(count, str) or count < 1 or length < 2:
+        raise ValueError(f"need count >= 1 (or 'all') and length >= 2, got {count!r} and {length}")
     shares = [count // len(texts) + (i < count % len(texts)) for i in range(len(texts))]
     per_text = []
     for text, share in zip(texts, shares):
