@@ -75,15 +75,22 @@ def plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def pair_line(rows: list[dict], a: str, b: str) -> str:
+    """``a`` against ``b``: the gap of the seed-mean whole-split validation bpb at the end, and where ``a``'s curve
+    passes ``b``'s. An extrapolation beyond 10x the run's tokens is named as such, not given as a number."""
+    end = {v: statistics.mean(r["bpb"] for r in rows if r["variant"] == v) for v in (a, b)}
+    curve = mean_curve(rows, a)
+    tokens, how = crossover(curve, mean_curve(rows, b))
+    if how == "extrapolated" and tokens > 10 * curve[-1][0]:
+        where = f"beyond 10x the run's {curve[-1][0] / 1e6:.1f} M tokens (extrapolated; no prediction that far)"
+    else:
+        where = f"{tokens / 1e6:.1f} M tokens ({how})" if tokens else how
+    return f"{a} vs {b}: {100 * (end[a] / end[b] - 1):+.2f} % val bpb at the end; {a} passes {b}: {where}"
+
+
 def report(rows: list[dict]) -> str:
     present = set(r["variant"] for r in rows)
-    lines = [table(rows), ""]
-    for a, b in PAIRS:
-        if a in present and b in present:
-            tokens, how = crossover(mean_curve(rows, a), mean_curve(rows, b))
-            where = f"{tokens / 1e6:.1f} M tokens" if tokens else "-"
-            lines.append(f"{a} passes {b}: {where} ({how})")
-    return "\n".join(lines)
+    return "\n".join([table(rows), ""] + [pair_line(rows, a, b) for a, b in PAIRS if a in present and b in present])
 
 
 def main() -> None:

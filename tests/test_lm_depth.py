@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from lm_depth import crossover, mean_curve  # noqa: E402
+from lm_depth import crossover, mean_curve, pair_line  # noqa: E402
 
 
 def test_a_measured_crossing_is_interpolated():
@@ -31,3 +31,18 @@ def test_mean_curve_averages_seeds_on_the_token_axis():
     rows = [{"variant": "v", "tokens_per_step": 10, "curve": [(1, 3.0), (2, 2.0)]},
             {"variant": "v", "tokens_per_step": 10, "curve": [(1, 1.0), (2, 4.0), (3, 9.0)]}]
     assert mean_curve(rows, "v") == [(10, 2.0), (20, 3.0)]
+
+
+def test_pair_line_gives_the_final_gap_and_names_a_far_extrapolation():
+    ts = [2 ** i for i in range(9)]  # tokens_per_step 1e6: 1 M .. 256 M tokens
+
+    def row(variant, bpbs, final):
+        return {"variant": variant, "tokens_per_step": 1e6, "curve": list(zip(ts, bpbs)), "bpb": final}
+
+    flat = row("b", [2.0] * 9, 2.0)
+    near = row("a", [2.0 + 0.5 - 0.05 * math.log2(t) for t in ts], 2.2)  # crosses at 1024 M: 4x the run
+    far = row("a", [2.0 + 0.5 - 0.01 * math.log2(t) for t in ts], 2.5)  # crosses at 2^50 M
+    assert pair_line([near, flat], "a", "b") == "a vs b: +10.00 % val bpb at the end; a passes b: 1024.0 M tokens (extrapolated)"
+    assert "beyond 10x the run's 256.0 M tokens" in pair_line([far, flat], "a", "b")
+    measured = row("a", [2.5, 2.1, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3], 1.5)
+    assert pair_line([measured, flat], "a", "b").endswith("a passes b: 3.0 M tokens (measured)")  # gap +0.1 at 2 M, -0.1 at 4 M
