@@ -1,0 +1,76 @@
+"""Where does a compressed LM's greedy looping come from? Put parts of the original back and re-score the samples.
+
+    OMP_NUM_THREADS=1 python benchmarks/collapse_probe.py runs/quality/sens80d [--base smollm2] [--per-block]
+
+Loads a folder written by ``lors compress`` (``lors.from_pretrained``) and its base model, then, for each probe,
+copies the original's linears back into a fresh copy of the compressed model (all attention projections, all MLP
+projections, a third of the blocks, or, with ``--per-block``, one block at a time) and scores the greedy samples of
+the four fixed prompts (:data:`lors.compression.evaluate.PROMPTS`, 48 new tokens) as ``lors compress`` does:
+distinct-2 of each continuation over the original's, and how many fall under one half ("collapsed"). A probe that
+brings the ratio back to ~1 names the part whose compression makes the samples loop. Prints one row a probe and
+writes ``collapse_probe.json`` into the folder.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import lors
+from lors.apply.budget import stack_linears
+from lors.compression.evaluate import greedy_samples, repetition
+from lors.compression.pretrained import load_causal_lm
+
+
+def restored(compressed, original, paths: list[str]):
+    """A copy of ``compressed`` with the original's modules at ``paths``."""
+    model = copy.deepcopy(compressed)
+    for p in paths:
+        model.set_submodule(p, copy.deepcopy(original.get_submodule(p)))
+    return model
+
+
+def probes(container: str, targets: list[str], blocks: int, per_block: bool) -> dict[str, list[str]]:
+    """Probe name -> module paths to restore: attention, MLP, thirds of the stack, and optionally each block."""
+    def paths(block_ids, kinds=None):
+        return [f"{container}.{i}.{t}" for i in block_ids for t in targets if kinds is None or t.split(".")[0] in kinds]
+    attention = {t.split(".")[0] for t in targets if "attn" in t.split(".")[0]}
+    out = {"compressed as is": [], "attention restored (every block)": paths(range(blocks), attention),
+           "MLP restored (every block)": paths(range(blocks), {t.split(".")[0] for t in targets} - attention)}
+    third = -(-blocks // 3)
+    for start in range(0, blocks, third):
+        ids = range(start, min(start + third, blocks))
+        out[f"blocks {ids[0]}-{ids[-1]} restored"] = paths(ids)
+    if per_block:
+        out.update({f"block {i} restored": paths([i]) for i in range(blocks)})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", help="a folder written by lors compress")
+    ap.add_argument("--base", default="smollm2", help="the base model it was compressed from")
+    ap.add_argument("--per-block", action="store_true", help="also restore one block at a time")
+    args = ap.parse_args()
+    original, tokenizer = load_causal_lm(args.base, progress=False)
+    compressed = lors.from_pretrained(args.folder).eval()
+    container, targets, _ = stack_linears(original)
+    blocks = len(original.get_submodule(container))
+    reference = greedy_samples(original, tokenizer)
+    rows = []
+    print(f"{'probe':<36}{'restored linears':>17}{'distinct-2 vs original':>24}{'collapsed':>11}{'s':>6}")
+    for name, paths in probes(container, targets, blocks, args.per_block).items():
+        start = time.time()
+        model = restored(compressed, original, paths)
+        samples = greedy_samples(model, tokenizer)
+        score = repetition(samples, reference, tokenizer)
+        rows.append({"probe": name, "restored": len(paths), **score, "samples": samples})
+        print(f"{name:<36}{len(paths):>17}{score['distinct2_vs_original']:>24.2f}{score['collapsed_samples']:>8} of 4"
+              f"{time.time() - start:>6.0f}", flush=True)
+    (Path(args.folder) / "collapse_probe.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
