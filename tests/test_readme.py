@@ -33,8 +33,17 @@ def test_readme_block_runs(index, tmp_path, monkeypatch):
 def run_under_torchrun(block: str, tmp_path: Path) -> None:
     from test_convert_ddp import free_port
     script = tmp_path / "example.py"
-    script.write_text(block)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    teardown = "dist.destroy_process_group()"
+    assert block.count(teardown) == 1
+    script.write_text(block.replace(teardown, f'print("example done", flush=True)\n{teardown}'))
+    for attempt in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+        # On an oversubscribed CPU gloo's teardown can abort a rank after every rank finished the example
+        # ("terminate called without an active exception" in destroy_process_group): one retry for that alone.
+        race = r.stdout.count("example done") == 2 and "terminate called without an active exception" in r.stderr
+        if r.returncode == 0 or not race:
+            break
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("example done") == 2
