@@ -56,9 +56,9 @@ def cmd_compress(args) -> int:
         for text in args.eval_text or ():
             if text not in ("pydoc", "bible") and not Path(text).is_file():
                 raise ConfigError(f"--eval-text {text}: not pydoc, bible or a text file")
-        if args.eval_windows not in (None, "all") and not (args.eval_windows.isdigit() and int(args.eval_windows) > 0):
-            raise ConfigError(f"--eval-windows must be a positive integer or 'all', got {args.eval_windows}")
         if args.eval_windows not in (None, "all"):
+            if not (args.eval_windows.isdigit() and int(args.eval_windows) > 0):
+                raise ConfigError(f"--eval-windows must be a positive integer or 'all', got {args.eval_windows}")
             args.eval_windows = int(args.eval_windows)
     else:
         encoder_folder(args.model)

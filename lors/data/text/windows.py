@@ -82,6 +82,10 @@ def build_lm_dataset(data_cfg, split: str, block_size: int, tokenizer, text: Opt
                        random_windows=data_cfg.train_windows if train else None)
 
 
+def _token_ids(tokenizer, text: str) -> torch.Tensor:
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
 def token_windows(tokenizer, texts: list[str] | str, count: int | str, length: int, skip: int = 0) -> torch.Tensor:
     """``count`` windows of ``length`` token ids (count, length) of a Hugging Face tokenizer, spread evenly over
     each text.
@@ -95,14 +99,14 @@ def token_windows(tokenizer, texts: list[str] | str, count: int | str, length: i
     if count == "all":
         if skip or length < 2:
             raise ValueError(f"count='all' takes every window: needs skip 0 and length >= 2, got {skip} and {length}")
-        ids = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"], dtype=torch.long) for t in texts]
-        return torch.cat([i[: i.numel() // length * length].view(-1, length) for i in ids])
+        return torch.cat([ids[: ids.numel() // length * length].view(-1, length)
+                          for ids in (_token_ids(tokenizer, t) for t in texts)])
     if isinstance(count, str) or count < 1 or length < 2:
         raise ValueError(f"need count >= 1 (or 'all') and length >= 2, got {count!r} and {length}")
     shares = [count // len(texts) + (i < count % len(texts)) for i in range(len(texts))]
     per_text = []
     for text, share in zip(texts, shares):
-        ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        ids = _token_ids(tokenizer, text)
         slots = ids.numel() // length
         if slots < 2 * share:
             raise ValueError(f"a text of {ids.numel():,} tokens holds fewer than {2 * share} windows of {length}")
