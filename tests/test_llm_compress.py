@@ -10,6 +10,8 @@ from lors.apply.budget import budget_ranks, max_rank, stack_linears
 from lors.apply.calibration import input_moments
 from lors.apply.lct import rebuild
 from lors.apply.sequential import corrected_target, sequential_refit
+from lors.compression.evaluate import PROMPTS
+from lors.data.text import eval_text, sentence_openings
 from lors.nn.basis import BasisSharedStack
 from lors.nn.spectral import whitener
 from lors.nn.static import _calibrated_stack
@@ -259,7 +261,8 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
     folder, out = tiny_llama_folder(tmp_path), tmp_path / "small"
     assert main(["compress", "--model", str(folder), "--budget", "0.5", "--form", "factors", "--shrinkage", "0",
                  "--calibration", "stdlib", "--calibration-windows", "4", "--eval-text", "pydoc",
-                 "--eval-windows", "4", "--distill-steps", "4", "--out", str(out), "--no-progress"]) == 0
+                 "--eval-windows", "4", "--eval-prompts", "2", "--distill-steps", "4", "--out", str(out),
+                 "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "ppl_pydoc" in printed and "sample [original]" in printed and "tokens/s" in printed
     results = json.loads((out / "results.json").read_text())
@@ -268,6 +271,10 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
                      "+ distillation (4 steps)"]
     assert 0.45 < results["rows"][1]["fraction"] <= 0.5 and all(r["ppl_pydoc"] > 1 for r in results["rows"])
     first, compressed = results["rows"][0], results["rows"][1]
+    prompts = results["evaluation"]["prompts"]  # the four fixed prompts and two openings of the held-out text
+    assert prompts[:4] == list(PROMPTS) and prompts[4:] == sentence_openings(eval_text("pydoc"), 2)
+    assert all(len(v) == 6 and all(t.startswith(p) for t, p in zip(v, prompts)) for v in results["samples"].values())
+    assert all(0 <= r["collapsed_samples"] <= 6 for r in results["rows"])
     assert first["distinct2_vs_original"] == 1.0 and "top1_pydoc" not in first
     assert 0 <= compressed["top1_pydoc"] <= 100 and compressed["kl_pydoc"] > 0 and compressed["distinct2_vs_original"] > 0
     restored = lors.from_pretrained(out)
@@ -289,6 +296,8 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
     for bad in ("0", "most"):
         assert main(["compress", "--model", str(folder), "--budget", "0.5", "--eval-windows", bad]) == 2
         assert "--eval-windows must be a positive integer or 'all'" in capsys.readouterr().err
+    assert main(["compress", "--model", str(folder), "--budget", "0.5", "--eval-prompts", "-1"]) == 2
+    assert "--eval-prompts must be >= 0" in capsys.readouterr().err
     assert main(["compress", "--model", str(folder), "--budget", "0.5", "--calibration-sentences", "9"]) == 2
     assert "--calibration-sentences applies to sentence encoders" in capsys.readouterr().err
 

@@ -171,3 +171,23 @@ def test_token_windows_all_scores_every_consecutive_window():
     for count, skip in (("all", 1), ("most", 0), (0, 0)):
         with pytest.raises(ValueError, match="count"):
             token_windows(tokenizer, texts, count, 3, skip=skip)
+
+
+def test_sentence_openings_are_spread_sentence_starts_of_the_text():
+    from lors.data.text import sentence_openings
+
+    text = ("Title line here\n\nThe first paragraph opens here and runs on\nto a second line. Then one more\n"
+            "and This line does not open a sentence because\nits previous line ended mid-clause.\n"
+            "Short one.\nLast sentence opens with enough words to count.\n")
+    # "Title line here" and "Short one." are too short; three lines start lowercase or mid-clause
+    lines = ["The first paragraph opens", "Last sentence opens with"]
+    assert sentence_openings(text, 2, words=4) == lines
+    assert sentence_openings(text, 1, words=4) == lines[:1]
+    with pytest.raises(ValueError, match="3 were asked for"):
+        sentence_openings(text, 3, words=4)
+    with pytest.raises(ValueError, match="count"):
+        sentence_openings(text, 0)
+    pydoc = eval_text("pydoc")
+    held, flat = sentence_openings(pydoc, 16), " ".join(pydoc.split())  # distinct, from the held-out text, stable
+    assert len(set(held)) == 16 and all(len(p.split()) == 8 and p in flat for p in held)
+    assert held == sentence_openings(pydoc, 16) and held[0] == sentence_openings(pydoc, 1)[0]

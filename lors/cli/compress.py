@@ -60,9 +60,11 @@ def cmd_compress(args) -> int:
             if not (args.eval_windows.isdigit() and int(args.eval_windows) > 0):
                 raise ConfigError(f"--eval-windows must be a positive integer or 'all', got {args.eval_windows}")
             args.eval_windows = int(args.eval_windows)
+        if args.eval_prompts is not None and args.eval_prompts < 0:
+            raise ConfigError(f"--eval-prompts must be >= 0, got {args.eval_prompts}")
     else:
         encoder_folder(args.model)
-        lm_only = [f for f in ("gguf_file", "eval_text", "eval_windows") if getattr(args, f) is not None]
+        lm_only = [f for f in ("gguf_file", "eval_text", "eval_windows", "eval_prompts") if getattr(args, f) is not None]
         if lm_only:
             raise ConfigError(f"{flag(lm_only[0])} applies to causal LMs only; {args.model} is an encoder")
         if args.eval_sentences is not None and args.eval_sentences < 10:
@@ -73,7 +75,7 @@ def cmd_compress(args) -> int:
     if args.resume and not (args.out and cfg.distill_steps > 0):
         raise ConfigError("--resume continues a distillation checkpointed in --out: give --out and --distill-steps")
     run(args.model, cfg, gguf_file=args.gguf_file, eval_texts=args.eval_text, eval_windows=args.eval_windows,
-        eval_sentences=args.eval_sentences, out=args.out, dtype=args.dtype, progress=not args.no_progress,
+        eval_prompts=args.eval_prompts, eval_sentences=args.eval_sentences, out=args.out, dtype=args.dtype, progress=not args.no_progress,
         resume=args.resume)
     return 0
 
@@ -117,6 +119,9 @@ def add_compress(p: argparse.ArgumentParser) -> None:
                    help="held-out text: pydoc, bible or a text FILE (repeatable; LMs; default pydoc and bible)")
     p.add_argument("--eval-windows", default=None,
                    help="evaluation windows of 256 tokens per text, spread evenly, or 'all': the whole text (LMs; 40)")
+    p.add_argument("--eval-prompts", type=int, default=None,
+                   help="greedy-sample prompts cut from each held-out text's sentence openings, besides 4 fixed ones "
+                        "(LMs; 16; 0: the fixed four)")
     p.add_argument("--eval-sentences", type=int, default=None, help="held-out sentences (encoders; 1000)")
     p.add_argument("--distill-steps", type=int, default=None, help="distillation steps after compressing (0: none)")
     p.add_argument("--distill-loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")

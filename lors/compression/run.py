@@ -25,40 +25,44 @@ import torch
 
 from ..accounting import count_parameters
 from ..apply.budget import stack_linears
-from ..data.text import SPLIT_SEED, calibration_text, eval_text, token_windows
+from ..data.text import SPLIT_SEED, calibration_text, eval_text, sentence_openings, token_windows
 from .config import CompressConfig
-from .evaluate import (COLLAPSE, embed, embedding_agreement, greedy_samples, next_token_agreement, perplexity,
-                       repetition, token_batches)
+from .evaluate import (COLLAPSE, PROMPTS, embed, embedding_agreement, greedy_samples, next_token_agreement,
+                       perplexity, repetition, token_batches)
 from .export import save_pretrained
 from .pipeline import linear_params, as_batches, compress
 from .pretrained import base_source, is_causal_lm, load_causal_lm, load_encoder
 
 EVAL_TEXTS = ("pydoc", "bible")
+EVAL_PROMPTS = 16  # greedy-sample prompts cut from each evaluation text, besides the four fixed PROMPTS
 
 
 def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_file: Optional[str] = None,
         eval_texts: Optional[Sequence[str]] = None, eval_windows: Optional[int | str] = None,
-        eval_sentences: Optional[int] = None, out: Optional[str | Path] = None, dtype: Optional[str] = None,
+        eval_prompts: Optional[int] = None, eval_sentences: Optional[int] = None, out: Optional[str | Path] = None, dtype: Optional[str] = None,
         progress: bool = True, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Compress ``model`` as ``config`` says; returns ``{"rows", "history", "samples", "report", "model",
     "peak_memory_gb"}`` (the process's peak resident memory up to the end of the run).
 
     LMs: ``eval_texts`` (default pydoc and bible) scored on ``eval_windows`` windows each, spread evenly (default
-    40; ``"all"``: every window of the whole text);
+    40; ``"all"``: every window of the whole text); greedy samples from the four fixed :data:`PROMPTS` and
+    ``eval_prompts`` sentence openings of each evaluation text (default 16; 0: the fixed four only);
     encoders: ``eval_sentences`` held-out sentences (default 1000). ``dtype``: storage of the saved folder.
     """
     config = config or CompressConfig(budget=0.8)
     lm = is_causal_lm(model, gguf_file)
+    if eval_prompts is not None and eval_prompts < 0:
+        raise ValueError(f"eval_prompts must be >= 0, got {eval_prompts}")
     if lm and eval_sentences is not None:
         raise ValueError("eval_sentences is for sentence encoders; causal LMs take eval_texts / eval_windows")
-    if not lm and (eval_texts is not None or eval_windows is not None or gguf_file is not None):
-        raise ValueError("eval_texts, eval_windows and gguf_file are for causal LMs; "
+    if not lm and any(v is not None for v in (eval_texts, eval_windows, eval_prompts, gguf_file)):
+        raise ValueError("eval_texts, eval_windows, eval_prompts and gguf_file are for causal LMs; "
                          f"{model} is an encoder (eval_sentences)")
     cfg = config.resolve("lm" if lm else "encoder")
     torch.manual_seed(cfg.seed)
     if lm:
-        result = _run_lm(model, gguf_file, cfg, tuple(eval_texts or EVAL_TEXTS), eval_windows or 40, out,
-                         progress, resume, log)
+        result = _run_lm(model, gguf_file, cfg, tuple(eval_texts or EVAL_TEXTS), eval_windows or 40,
+                         EVAL_PROMPTS if eval_prompts is None else eval_prompts, out, progress, resume, log)
     else:
         result = _run_encoder(model, cfg, eval_sentences or 1000, out, progress, resume, log)
     result["peak_memory_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)  # Linux: KiB
@@ -72,18 +76,22 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
     return result
 
 
-def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out, progress, resume, log) -> dict:
+def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, eval_prompts, out, progress, resume,
+            log) -> dict:
     teacher, tokenizer = load_causal_lm(name, gguf_file, log=log, progress=progress)
     texts = calibration_text(cfg.calibration)
     calib = token_windows(tokenizer, texts, cfg.calibration_windows, cfg.window)
     held = token_windows(tokenizer, texts, min(16, cfg.calibration_windows), cfg.window, skip=1)
-    evals = {Path(t).stem if os.sep in t else t: token_windows(tokenizer, eval_text(t), eval_windows,
-                                                               cfg.window) for t in eval_texts}
+    held_texts = {Path(t).stem if os.sep in t else t: eval_text(t) for t in eval_texts}
+    evals = {k: token_windows(tokenizer, t, eval_windows, cfg.window) for k, t in held_texts.items()}
+    prompts = PROMPTS + tuple(p for t in held_texts.values() for p in
+                              (sentence_openings(t, eval_prompts) if eval_prompts else ()))
     container, targets, _ = stack_linears(teacher)
     base = linear_params(teacher, container, targets)
     log(f"{name}: {len(teacher.get_submodule(container))} blocks, {base:,} parameters in their linears; "
         f"calibration: {cfg.calibration} ({cfg.calibration_windows} x {cfg.window} tokens); evaluation: "
-        f"{', '.join(f'{k} ({len(v)} x {cfg.window})' for k, v in evals.items())}; recipe: {cfg.setting()}")
+        f"{', '.join(f'{k} ({len(v)} x {cfg.window})' for k, v in evals.items())}; {len(prompts)} greedy-sample "
+        f"prompts; recipe: {cfg.setting()}")
 
     def row(label, model, seconds=None):
         r = {"model": label, "linear_params": linear_params(model, container, targets, teacher)}
@@ -98,20 +106,20 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
         log("  " + ", ".join(f"{k}={v}" for k, v in r.items()))
         return r
 
-    rows, samples = [row("original", teacher)], {"original": greedy_samples(teacher, tokenizer)}
+    rows, samples = [row("original", teacher)], {"original": greedy_samples(teacher, tokenizer, prompts)}
     student, report = compress(teacher, calib, cfg, validation=held, log=log)
     rows.append(row(cfg.setting(), student, report.seconds))
     rows[-1]["shrinkage"] = report.shrinkage
-    samples[cfg.setting()] = greedy_samples(student, tokenizer)
+    samples[cfg.setting()] = greedy_samples(student, tokenizer, prompts)
     history = []
     if cfg.distill_steps > 0:
         history = _distill_lm(student, teacher, tokenizer, texts, cfg, out, progress, resume, log,
                               base_source(name, gguf_file)["sha256"] if cfg.distill_topk else None)
         rows.append(row(f"+ distillation ({cfg.distill_steps} steps)", student,
                         sum(h["epoch_time"] for h in history)))
-        samples[rows[-1]["model"]] = greedy_samples(student, tokenizer)
+        samples[rows[-1]["model"]] = greedy_samples(student, tokenizer, prompts)
     for r in rows:  # distinct bigrams of the greedy samples, against the original's (well below 1: they loop)
-        r.update(repetition(samples[r["model"]], samples["original"], tokenizer))
+        r.update(repetition(samples[r["model"]], samples["original"], tokenizer, prompts))
         if r["collapsed"]:
             log(f"  [{r['model']}] {r['collapsed_samples']} of {len(samples['original'])} greedy samples collapsed "
                 f"(distinct-2 under {COLLAPSE} of the original's); mean ratio {r['distinct2_vs_original']:.2f}")
@@ -120,7 +128,8 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, out,
             log(f"sample [{k}]: {text!r}")
     return {"rows": rows, "history": history, "samples": samples, "report": report.to_dict(), "model": student,
             "tokenizer": tokenizer, "evaluation": {"texts": list(eval_texts), "windows": eval_windows,
-                                                   "window": cfg.window, "split_seed": SPLIT_SEED}}
+                                                   "window": cfg.window, "split_seed": SPLIT_SEED,
+                                                   "prompts": list(prompts)}}
 
 
 def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, progress, resume, log,

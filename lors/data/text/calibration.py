@@ -13,6 +13,9 @@ Evaluation sources (``EVAL_SOURCES``), never used for calibration or training:
 * ``bible``: the held-out books of the King James Bible (:data:`BIBLE_HELD_OUT` of its characters);
 * any text file (``--eval-text FILE``).
 
+:func:`sentence_openings` cuts greedy-sample prompts from an evaluation text: the first words of sentences spread
+evenly through it, so a model's samples are judged on many held-out contexts, not on a few hand-picked ones.
+
 Every source is split by :func:`.split.split_documents` with the split seed (default
 :data:`.split.SPLIT_SEED`, never the compression's seed), so a held-out source never shares text with
 calibration and stays the same whatever else changes.
@@ -50,3 +53,20 @@ def eval_text(source: str, split_seed: int = SPLIT_SEED) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"evaluation text must be one of {EVAL_SOURCES} or a text file; {source} is neither")
     return path.read_text(encoding="utf-8")
+
+
+def sentence_openings(text: str, count: int, words: int = 8) -> list[str]:
+    """``count`` prompts from ``text``: the first ``words`` words of lines that open a sentence (an uppercase letter
+    first, after a blank line or a line ending in ``. : ; ? !``, at least ``words`` words long), taken evenly spread
+    from the first such line to the last. Deterministic: the same text gives the same prompts."""
+    if count < 1 or words < 1:
+        raise ValueError(f"count and words must be >= 1, got count={count}, words={words}")
+    lines, found, previous = text.splitlines(), [], ""
+    for line in lines:
+        if line[:1].isupper() and (not previous.strip() or previous.rstrip()[-1] in ".:;?!") \
+                and len(line.split()) >= words:
+            found.append(" ".join(line.split()[:words]))
+        previous = line
+    if len(found) < count:
+        raise ValueError(f"the text has {len(found)} sentence openings of >= {words} words; {count} were asked for")
+    return [found[i * (len(found) - 1) // max(count - 1, 1)] for i in range(count)]
