@@ -1,11 +1,12 @@
 """Where does a compressed LM's greedy looping come from? Put parts of the original back and re-score the samples.
 
-    OMP_NUM_THREADS=1 python benchmarks/collapse_probe.py runs/quality/sens80d [--base smollm2] [--per-block]
+    OMP_NUM_THREADS=1 python benchmarks/collapse_probe.py runs/quality/sens80d [--per-block] [--prompts 16]
 
 Loads a folder written by ``lors compress`` (``lors.from_pretrained``) and its base model, then, for each probe,
 copies the original's linears back into a fresh copy of the compressed model (all attention projections, all MLP
 projections, a third of the blocks, or, with ``--per-block``, one block at a time) and scores the greedy samples of
-the four fixed prompts (:data:`lors.compression.evaluate.PROMPTS`, 48 new tokens) as ``lors compress`` does:
+the prompts ``lors compress`` uses (:func:`lors.compression.evaluate.sample_prompts`: four fixed ones and
+``--prompts`` sentence openings of pydoc and the held-out Bible each; 48 new tokens) as ``lors compress`` does:
 distinct-2 of each continuation over the original's, and how many fall under one half ("collapsed"). A probe that
 brings the ratio back to ~1 names the part whose compression makes the samples loop. Prints one row a probe and
 writes ``collapse_probe.json`` into the folder.
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import lors
 from lors.apply.budget import stack_linears
-from lors.compression.evaluate import greedy_samples, repetition
+from lors.compression.evaluate import EVAL_PROMPTS, greedy_samples, repetition, sample_prompts
 from lors.compression.pretrained import load_causal_lm
+from lors.data.text import eval_text
 
 
 def restored(compressed, original, paths: list[str]):
@@ -53,21 +55,25 @@ def main() -> None:
     ap.add_argument("folder", help="a folder written by lors compress")
     ap.add_argument("--base", default="smollm2", help="the base model it was compressed from")
     ap.add_argument("--per-block", action="store_true", help="also restore one block at a time")
+    ap.add_argument("--prompts", type=int, default=EVAL_PROMPTS,
+                    help="sentence openings per held-out text besides the four fixed prompts (0: the four only)")
     args = ap.parse_args()
     original, tokenizer = load_causal_lm(args.base, progress=False)
     compressed = lors.from_pretrained(args.folder).eval()
     container, targets, _ = stack_linears(original)
     blocks = len(original.get_submodule(container))
-    reference = greedy_samples(original, tokenizer)
+    prompts = sample_prompts([eval_text("pydoc"), eval_text("bible")], args.prompts)
+    reference = greedy_samples(original, tokenizer, prompts)
     rows = []
     print(f"{'probe':<36}{'restored linears':>17}{'distinct-2 vs original':>24}{'collapsed':>11}{'s':>6}")
     for name, paths in probes(container, targets, blocks, args.per_block).items():
         start = time.time()
         model = restored(compressed, original, paths)
-        samples = greedy_samples(model, tokenizer)
-        score = repetition(samples, reference, tokenizer)
+        samples = greedy_samples(model, tokenizer, prompts)
+        score = repetition(samples, reference, tokenizer, prompts)
         rows.append({"probe": name, "restored": len(paths), **score, "samples": samples})
-        print(f"{name:<36}{len(paths):>17}{score['distinct2_vs_original']:>24.2f}{score['collapsed_samples']:>8} of 4"
+        print(f"{name:<36}{len(paths):>17}{score['distinct2_vs_original']:>24.2f}"
+              f"{score['collapsed_samples']:>6} of {len(prompts)}"
               f"{time.time() - start:>6.0f}", flush=True)
     (Path(args.folder) / "collapse_probe.json").write_text(json.dumps(rows, indent=1))
 

@@ -375,3 +375,14 @@ def test_repetition_flags_a_looping_sample_against_the_originals():
     assert got["distinct2_vs_original"] == pytest.approx((0.25 + 1.0) / 2, abs=1e-3)
     with pytest.raises(ValueError, match="one sample per prompt"):
         repetition(loops[:1], original, Words(), prompts)
+
+
+def test_sample_prompts_are_the_fixed_four_and_openings_of_each_held_out_text():
+    from lors.compression import sample_prompts
+
+    texts = [eval_text("pydoc"), eval_text("bible")]
+    both = sample_prompts(texts, 3)
+    assert both == PROMPTS + tuple(sentence_openings(texts[0], 3)) + tuple(sentence_openings(texts[1], 3))
+    assert len(set(both)) == 10 and sample_prompts(texts, 0) == PROMPTS
+    with pytest.raises(ValueError, match="per_text"):
+        sample_prompts(texts, -1)

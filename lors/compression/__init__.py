@@ -13,11 +13,11 @@ on-disk base models), :mod:`.run` (the whole job: load, compress, score, save).
 """
 from .config import CompressConfig
 from .evaluate import (distinct_n, embed, embedding_agreement, generate, greedy_sample, greedy_samples,
-                       next_token_agreement, perplexity, repetition)
+                       next_token_agreement, perplexity, repetition, sample_prompts)
 from .export import from_pretrained, save_pretrained
 from .pipeline import CompressReport, compress
 from .run import run
 
 __all__ = ["CompressConfig", "CompressReport", "compress", "distinct_n", "embed", "embedding_agreement",
            "from_pretrained", "generate", "greedy_sample", "greedy_samples", "next_token_agreement", "perplexity",
-           "repetition", "run", "save_pretrained"]
+           "repetition", "run", "sample_prompts", "save_pretrained"]

@@ -9,15 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.text import sentence_openings
 from ..tasks.lm import perplexity
 
 __all__ = ["distinct_n", "embed", "embedding_agreement", "generate", "greedy_sample", "greedy_samples",
-           "next_token_agreement", "perplexity", "repetition", "token_batches"]
+           "next_token_agreement", "perplexity", "repetition", "sample_prompts", "token_batches"]
 
 PROMPT = "The Python standard library"
 # Fixed prompts for the greedy samples every LM row is scored by: technical prose, scripture, narrative, a list.
 PROMPTS = (PROMPT, "And it came to pass, when the king", "Once upon a time, in a small village,",
            "The three most important things to know about")
+EVAL_PROMPTS = 16  # prompts cut from each held-out text's sentence openings, besides the four fixed PROMPTS
 COLLAPSE = 0.5  # a sample with under half the original's distinct-bigram ratio loops: "collapsed"
 
 
@@ -76,6 +78,15 @@ def distinct_n(tokens: list, n: int = 2) -> float:
     sample that loops ("library library library ..."); compare a compressed model's samples with the original's."""
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def sample_prompts(texts, per_text: int = EVAL_PROMPTS) -> tuple[str, ...]:
+    """The prompts a model's greedy samples are judged on: the four fixed :data:`PROMPTS` and ``per_text`` sentence
+    openings (8 words) spread over each held-out text in ``texts`` (:func:`lors.data.text.sentence_openings`).
+    Four prompts are too few to compare recipes by collapse; tens of held-out contexts are not."""
+    if per_text < 0:
+        raise ValueError(f"per_text must be >= 0, got {per_text}")
+    return PROMPTS + tuple(p for t in texts for p in (sentence_openings(t, per_text) if per_text else ()))
 
 
 def greedy_sample(model: nn.Module, tokenizer, prompt: str = PROMPT, tokens: int = 30) -> str:

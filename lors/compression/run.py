@@ -25,33 +25,33 @@ import torch
 
 from ..accounting import count_parameters
 from ..apply.budget import stack_linears
-from ..data.text import SPLIT_SEED, calibration_text, eval_text, sentence_openings, token_windows
+from ..data.text import SPLIT_SEED, calibration_text, eval_text, token_windows
 from .config import CompressConfig
-from .evaluate import (COLLAPSE, PROMPTS, embed, embedding_agreement, greedy_samples, next_token_agreement,
-                       perplexity, repetition, token_batches)
+from .evaluate import (COLLAPSE, EVAL_PROMPTS, embed, embedding_agreement, greedy_samples, next_token_agreement,
+                       perplexity, repetition, sample_prompts, token_batches)
 from .export import save_pretrained
 from .pipeline import linear_params, as_batches, compress
 from .pretrained import base_source, is_causal_lm, load_causal_lm, load_encoder
 
 EVAL_TEXTS = ("pydoc", "bible")
-EVAL_PROMPTS = 16  # greedy-sample prompts cut from each evaluation text, besides the four fixed PROMPTS
 
 
 def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_file: Optional[str] = None,
         eval_texts: Optional[Sequence[str]] = None, eval_windows: Optional[int | str] = None,
-        eval_prompts: Optional[int] = None, eval_sentences: Optional[int] = None, out: Optional[str | Path] = None, dtype: Optional[str] = None,
-        progress: bool = True, resume: bool = False, log: Callable[[str], None] = print) -> dict:
+        eval_prompts: Optional[int] = None, eval_sentences: Optional[int] = None, out: Optional[str | Path] = None,
+        dtype: Optional[str] = None, progress: bool = True, resume: bool = False,
+        log: Callable[[str], None] = print) -> dict:
     """Compress ``model`` as ``config`` says; returns ``{"rows", "history", "samples", "report", "model",
     "peak_memory_gb"}`` (the process's peak resident memory up to the end of the run).
 
     LMs: ``eval_texts`` (default pydoc and bible) scored on ``eval_windows`` windows each, spread evenly (default
-    40; ``"all"``: every window of the whole text); greedy samples from the four fixed :data:`PROMPTS` and
-    ``eval_prompts`` sentence openings of each evaluation text (default 16; 0: the fixed four only);
+    40; ``"all"``: every window of the whole text); greedy samples of the four fixed prompts and ``eval_prompts``
+    sentence openings of each evaluation text (:func:`~lors.compression.evaluate.sample_prompts`; default 16);
     encoders: ``eval_sentences`` held-out sentences (default 1000). ``dtype``: storage of the saved folder.
     """
     config = config or CompressConfig(budget=0.8)
     lm = is_causal_lm(model, gguf_file)
-    if eval_prompts is not None and eval_prompts < 0:
+    if eval_prompts is not None and eval_prompts < 0:  # checked before the model loads
         raise ValueError(f"eval_prompts must be >= 0, got {eval_prompts}")
     if lm and eval_sentences is not None:
         raise ValueError("eval_sentences is for sentence encoders; causal LMs take eval_texts / eval_windows")
@@ -84,8 +84,7 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, eval
     held = token_windows(tokenizer, texts, min(16, cfg.calibration_windows), cfg.window, skip=1)
     held_texts = {Path(t).stem if os.sep in t else t: eval_text(t) for t in eval_texts}
     evals = {k: token_windows(tokenizer, t, eval_windows, cfg.window) for k, t in held_texts.items()}
-    prompts = PROMPTS + tuple(p for t in held_texts.values() for p in
-                              (sentence_openings(t, eval_prompts) if eval_prompts else ()))
+    prompts = sample_prompts(held_texts.values(), eval_prompts)
     container, targets, _ = stack_linears(teacher)
     base = linear_params(teacher, container, targets)
     log(f"{name}: {len(teacher.get_submodule(container))} blocks, {base:,} parameters in their linears; "
