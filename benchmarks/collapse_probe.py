@@ -9,7 +9,7 @@ the prompts ``lors compress`` uses (:func:`lors.compression.evaluate.sample_prom
 ``--prompts`` sentence openings of pydoc and the held-out Bible each; 48 new tokens) as ``lors compress`` does:
 distinct-2 of each continuation over the original's, and how many fall under one half ("collapsed"). A probe that
 brings the ratio back to ~1 names the part whose compression makes the samples loop. Prints one row a probe and
-writes ``collapse_probe.json`` into the folder.
+writes ``collapse_probe[_as_is]_p<prompts>.json`` into the folder (``--as-is``: the compressed model only).
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("folder", help="a folder written by lors compress")
     ap.add_argument("--base", default="smollm2", help="the base model it was compressed from")
     ap.add_argument("--per-block", action="store_true", help="also restore one block at a time")
+    ap.add_argument("--as-is", action="store_true", help="score the compressed model only (no restoring)")
     ap.add_argument("--prompts", type=int, default=EVAL_PROMPTS,
                     help="sentence openings per held-out text besides the four fixed prompts (0: the four only)")
     args = ap.parse_args()
@@ -66,7 +67,10 @@ def main() -> None:
     reference = greedy_samples(original, tokenizer, prompts)
     rows = []
     print(f"{'probe':<36}{'restored linears':>17}{'distinct-2 vs original':>24}{'collapsed':>11}{'s':>6}")
-    for name, paths in probes(container, targets, blocks, args.per_block).items():
+    if args.as_is and args.per_block:
+        raise SystemExit("--as-is scores the compressed model only; it cannot be combined with --per-block")
+    chosen = {"compressed as is": []} if args.as_is else probes(container, targets, blocks, args.per_block)
+    for name, paths in chosen.items():
         start = time.time()
         model = restored(compressed, original, paths)
         samples = greedy_samples(model, tokenizer, prompts)
@@ -75,7 +79,7 @@ def main() -> None:
         print(f"{name:<36}{len(paths):>17}{score['distinct2_vs_original']:>24.2f}"
               f"{score['collapsed_samples']:>6} of {len(prompts)}"
               f"{time.time() - start:>6.0f}", flush=True)
-    (Path(args.folder) / "collapse_probe.json").write_text(json.dumps(rows, indent=1))
+    (Path(args.folder) / f"collapse_probe{'_as_is' if args.as_is else ''}_p{len(prompts)}.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
