@@ -5,7 +5,7 @@
 Each run folder holds the ``results.json`` that ``lors compress --model smollm2 ... --out FOLDER`` wrote; its rows
 (original, compressed, + distillation) are printed with the perplexity ratio to the original on every evaluation
 text, next-token agreement with the original (top-1 %, KL), the greedy sample's distinct-2 against the original's
-(``collapsed`` when under half), minutes and the run's peak memory. Prints Markdown; nothing is recomputed.
+(``collapsed k of N``: k of the run's N prompts under half), minutes and the run's peak memory. Prints Markdown; nothing is recomputed.
 """
 from __future__ import annotations
 
@@ -31,19 +31,19 @@ def table(runs: list[dict]) -> str:
         ["distinct-2", "min", "peak GB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
-        original = run["rows"][0]
+        original, prompts = run["rows"][0], len(run.get("evaluation", {}).get("prompts", ())) or 4  # older: 4
         for r in run["rows"][1:]:
             ppl = [f"{r[f'ppl_{t}']:.2f} (x{r[f'ppl_{t}'] / original[f'ppl_{t}']:.2f})" for t in texts]
             top1 = [f"{r.get(f'top1_{t}', float('nan')):.1f} %" for t in texts]
-            d2 = f"{r['distinct2_vs_original']:.2f}" + (f" collapsed {r.get('collapsed_samples', '')}".rstrip()
+            d2 = f"{r['distinct2_vs_original']:.2f}" + (f", collapsed {r['collapsed_samples']} of {prompts}"
                                                          if r.get("collapsed") else "")
             minutes = f"{r.get('seconds', 0) / 60:.1f}"
             lines.append("| " + " | ".join([run["name"], r["model"], f"{100 * r['fraction']:.1f} %", *ppl, *top1, d2,
                                             minutes, f"{run.get('peak_memory_gb', float('nan')):.1f}"]) + " |")
     base = runs[0]["rows"][0]
     lines.append("")
-    lines.append("original: " + ", ".join(f"{t} {base[f'ppl_{t}']:.2f}" for t in texts) +
-                 f"; evaluation {runs[0].get('evaluation', {})}")
+    evaluation = {k: (len(v) if k == "prompts" else v) for k, v in runs[0].get("evaluation", {}).items()}
+    lines.append("original: " + ", ".join(f"{t} {base[f'ppl_{t}']:.2f}" for t in texts) + f"; evaluation {evaluation}")
     return "\n".join(lines)
 
 
