@@ -79,7 +79,8 @@ def main() -> None:
         print(f"{name:<36}{len(paths):>17}{score['distinct2_vs_original']:>24.2f}"
               f"{score['collapsed_samples']:>6} of {len(prompts)}"
               f"{time.time() - start:>6.0f}", flush=True)
-    (Path(args.folder) / f"collapse_probe{'_as_is' if args.as_is else ''}_p{len(prompts)}.json").write_text(json.dumps(rows, indent=1))
+    name = f"collapse_probe{'_as_is' if args.as_is else ''}_p{len(prompts)}.json"
+    (Path(args.folder) / name).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

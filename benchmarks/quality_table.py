@@ -5,7 +5,8 @@
 Each run folder holds the ``results.json`` that ``lors compress --model smollm2 ... --out FOLDER`` wrote; its rows
 (original, compressed, + distillation) are printed with the perplexity ratio to the original on every evaluation
 text, next-token agreement with the original (top-1 %, KL), the greedy sample's distinct-2 against the original's
-(``collapsed k of N``: k of the run's N prompts under half), minutes and the run's peak memory. Prints Markdown; nothing is recomputed.
+(``collapsed k of N``: k of the run's N prompts under half), minutes and the run's peak memory. Prints Markdown;
+nothing is recomputed.
 """
 from __future__ import annotations
 

@@ -185,6 +185,8 @@ def test_sentence_openings_are_spread_sentence_starts_of_the_text():
     assert sentence_openings(text, 1, words=4) == lines[:1]
     with pytest.raises(ValueError, match="3 were asked for"):
         sentence_openings(text, 3, words=4)
+    assert sentence_openings(text, 3, words=4, exact=False) == lines  # a short text gives what it has
+    assert sentence_openings("no openings here", 2, exact=False) == []
     with pytest.raises(ValueError, match="count"):
         sentence_openings(text, 0)
     pydoc = eval_text("pydoc")

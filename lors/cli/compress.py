@@ -64,7 +64,8 @@ def cmd_compress(args) -> int:
             raise ConfigError(f"--eval-prompts must be >= 0, got {args.eval_prompts}")
     else:
         encoder_folder(args.model)
-        lm_only = [f for f in ("gguf_file", "eval_text", "eval_windows", "eval_prompts") if getattr(args, f) is not None]
+        lm_only = [f for f in ("gguf_file", "eval_text", "eval_windows", "eval_prompts")
+                   if getattr(args, f) is not None]
         if lm_only:
             raise ConfigError(f"{flag(lm_only[0])} applies to causal LMs only; {args.model} is an encoder")
         if args.eval_sentences is not None and args.eval_sentences < 10:
@@ -75,8 +76,8 @@ def cmd_compress(args) -> int:
     if args.resume and not (args.out and cfg.distill_steps > 0):
         raise ConfigError("--resume continues a distillation checkpointed in --out: give --out and --distill-steps")
     run(args.model, cfg, gguf_file=args.gguf_file, eval_texts=args.eval_text, eval_windows=args.eval_windows,
-        eval_prompts=args.eval_prompts, eval_sentences=args.eval_sentences, out=args.out, dtype=args.dtype, progress=not args.no_progress,
-        resume=args.resume)
+        eval_prompts=args.eval_prompts, eval_sentences=args.eval_sentences, out=args.out, dtype=args.dtype,
+        progress=not args.no_progress, resume=args.resume)
     return 0
 
 

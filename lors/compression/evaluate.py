@@ -82,11 +82,11 @@ def distinct_n(tokens: list, n: int = 2) -> float:
 
 def sample_prompts(texts, per_text: int = EVAL_PROMPTS) -> tuple[str, ...]:
     """The prompts a model's greedy samples are judged on: the four fixed :data:`PROMPTS` and ``per_text`` sentence
-    openings (8 words) spread over each held-out text in ``texts`` (:func:`lors.data.text.sentence_openings`).
-    Four prompts are too few to compare recipes by collapse; tens of held-out contexts are not."""
+    openings (8 words) spread over each held-out text in ``texts`` (:func:`lors.data.text.sentence_openings`; fewer
+    from a short text that has fewer). Four prompts are too few to compare recipes by collapse; tens are not."""
     if per_text < 0:
         raise ValueError(f"per_text must be >= 0, got {per_text}")
-    return PROMPTS + tuple(p for t in texts for p in (sentence_openings(t, per_text) if per_text else ()))
+    return PROMPTS + tuple(p for t in texts for p in (sentence_openings(t, per_text, exact=False) if per_text else ()))
 
 
 def greedy_sample(model: nn.Module, tokenizer, prompt: str = PROMPT, tokens: int = 30) -> str:

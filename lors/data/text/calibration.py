@@ -55,10 +55,11 @@ def eval_text(source: str, split_seed: int = SPLIT_SEED) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def sentence_openings(text: str, count: int, words: int = 8) -> list[str]:
+def sentence_openings(text: str, count: int, words: int = 8, exact: bool = True) -> list[str]:
     """``count`` prompts from ``text``: the first ``words`` words of lines that open a sentence (an uppercase letter
     first, after a blank line or a line ending in ``. : ; ? !``, at least ``words`` words long), taken evenly spread
-    from the first such line to the last. Deterministic: the same text gives the same prompts."""
+    from the first such line to the last. Deterministic: the same text gives the same prompts. A text with fewer
+    openings raises ``ValueError``, or with ``exact=False`` gives all it has."""
     if count < 1 or words < 1:
         raise ValueError(f"count and words must be >= 1, got count={count}, words={words}")
     lines, found, previous = text.splitlines(), [], ""
@@ -67,6 +68,10 @@ def sentence_openings(text: str, count: int, words: int = 8) -> list[str]:
                 and len(line.split()) >= words:
             found.append(" ".join(line.split()[:words]))
         previous = line
+    if not exact:
+        count = min(count, len(found))
+        if count == 0:
+            return []
     if len(found) < count:
         raise ValueError(f"the text has {len(found)} sentence openings of >= {words} words; {count} were asked for")
     return [found[i * (len(found) - 1) // max(count - 1, 1)] for i in range(count)]
