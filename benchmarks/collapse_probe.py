@@ -59,6 +59,10 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=EVAL_PROMPTS,
                     help="sentence openings per held-out text besides the four fixed prompts (0: the four only)")
     args = ap.parse_args()
+    if args.as_is and args.per_block:
+        raise SystemExit("--as-is scores the compressed model only; it cannot be combined with --per-block")
+    if args.prompts < 0:
+        raise SystemExit(f"--prompts must be >= 0, got {args.prompts}")
     original, tokenizer = load_causal_lm(args.base, progress=False)
     compressed = lors.from_pretrained(args.folder).eval()
     container, targets, _ = stack_linears(original)
@@ -67,8 +71,6 @@ def main() -> None:
     reference = greedy_samples(original, tokenizer, prompts)
     rows = []
     print(f"{'probe':<36}{'restored linears':>17}{'distinct-2 vs original':>24}{'collapsed':>11}{'s':>6}")
-    if args.as_is and args.per_block:
-        raise SystemExit("--as-is scores the compressed model only; it cannot be combined with --per-block")
     chosen = {"compressed as is": []} if args.as_is else probes(container, targets, blocks, args.per_block)
     for name, paths in chosen.items():
         start = time.time()
