@@ -35,10 +35,11 @@ def restored(compressed, original, paths: list[str]):
 
 
 def probes(container: str, targets: list[str], blocks: int, per_block: bool) -> dict[str, list[str]]:
-    """Probe name -> module paths to restore: attention, MLP, thirds of the stack, and optionally each block."""
+    """Probe name -> module paths to restore: attention (the submodules whose name holds "attn" or "attention"),
+    MLP (the rest), thirds of the stack, and optionally each block."""
     def paths(block_ids, kinds=None):
         return [f"{container}.{i}.{t}" for i in block_ids for t in targets if kinds is None or t.split(".")[0] in kinds]
-    attention = {t.split(".")[0] for t in targets if "attn" in t.split(".")[0]}
+    attention = {t.split(".")[0] for t in targets if any(a in t.split(".")[0] for a in ("attn", "attention"))}
     out = {"compressed as is": [], "attention restored (every block)": paths(range(blocks), attention),
            "MLP restored (every block)": paths(range(blocks), {t.split(".")[0] for t in targets} - attention)}
     third = -(-blocks // 3)

@@ -34,3 +34,11 @@ def test_probes_partition_the_stack_and_restoring_everything_is_the_original():
     partly = restored(compressed, original, attention)
     assert type(partly.get_submodule(mlp[0])) is type(compressed.get_submodule(mlp[0]))  # the copy, untouched
     assert type(compressed.get_submodule(attention[0])) is not torch.nn.Linear  # the compressed model unchanged
+
+
+def test_probes_find_attention_under_bert_names():
+    targets = ["attention.self.query", "attention.self.value", "attention.output.dense", "intermediate.dense",
+               "output.dense"]
+    p = probes("encoder.layer", targets, 2, per_block=False)
+    assert p["attention restored (every block)"] == [f"encoder.layer.{i}.{t}" for i in range(2) for t in targets[:3]]
+    assert p["MLP restored (every block)"] == [f"encoder.layer.{i}.{t}" for i in range(2) for t in targets[3:]]

@@ -84,6 +84,7 @@ def cmd_compress(args) -> int:
 def add_compress(p: argparse.ArgumentParser) -> None:
     from ..apply.budget import ALLOCATIONS, FORMS
     from ..compression.config import DISTILL_LOSSES, INITS, METHODS
+    from ..compression.evaluate import EVAL_PROMPTS, EVAL_WINDOWS
     from ..compression.export import DTYPES
     from ..data.text.calibration import CALIBRATION_SOURCES
 
@@ -119,10 +120,11 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-text", action="append", default=None,
                    help="held-out text: pydoc, bible or a text FILE (repeatable; LMs; default pydoc and bible)")
     p.add_argument("--eval-windows", default=None,
-                   help="evaluation windows of 256 tokens per text, spread evenly, or 'all': the whole text (LMs; 40)")
+                   help="evaluation windows of 256 tokens per text, spread evenly, or 'all': the whole text (LMs; "
+                        f"{EVAL_WINDOWS})")
     p.add_argument("--eval-prompts", type=int, default=None,
                    help="greedy-sample prompts cut from each held-out text's sentence openings, besides 4 fixed ones "
-                        "(LMs; 16; 0: the fixed four)")
+                        f"(LMs; {EVAL_PROMPTS}; 0: the fixed four)")
     p.add_argument("--eval-sentences", type=int, default=None, help="held-out sentences (encoders; 1000)")
     p.add_argument("--distill-steps", type=int, default=None, help="distillation steps after compressing (0: none)")
     p.add_argument("--distill-loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")

@@ -19,6 +19,7 @@ PROMPT = "The Python standard library"
 # Fixed prompts for the greedy samples every LM row is scored by: technical prose, scripture, narrative, a list.
 PROMPTS = (PROMPT, "And it came to pass, when the king", "Once upon a time, in a small village,",
            "The three most important things to know about")
+EVAL_WINDOWS = 40  # evaluation windows per held-out text by default (spread evenly; "all": the whole text)
 EVAL_PROMPTS = 16  # prompts cut from each held-out text's sentence openings, besides the four fixed PROMPTS
 COLLAPSE = 0.5  # a sample with under half the original's distinct-bigram ratio loops: "collapsed"
 

@@ -27,7 +27,7 @@ from ..accounting import count_parameters
 from ..apply.budget import stack_linears
 from ..data.text import SPLIT_SEED, calibration_text, eval_text, token_windows
 from .config import CompressConfig
-from .evaluate import (COLLAPSE, EVAL_PROMPTS, embed, embedding_agreement, greedy_samples, next_token_agreement,
+from .evaluate import (COLLAPSE, EVAL_PROMPTS, EVAL_WINDOWS, embed, embedding_agreement, greedy_samples, next_token_agreement,
                        perplexity, repetition, sample_prompts, token_batches)
 from .export import save_pretrained
 from .pipeline import linear_params, as_batches, compress
@@ -45,8 +45,9 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
     "peak_memory_gb"}`` (the process's peak resident memory up to the end of the run).
 
     LMs: ``eval_texts`` (default pydoc and bible) scored on ``eval_windows`` windows each, spread evenly (default
-    40; ``"all"``: every window of the whole text); greedy samples of the four fixed prompts and ``eval_prompts``
-    sentence openings of each evaluation text (:func:`~lors.compression.evaluate.sample_prompts`; default 16);
+    ``EVAL_WINDOWS``; ``"all"``: every window of the whole text); greedy samples of the four fixed prompts and
+    ``eval_prompts`` sentence openings of each evaluation text (:func:`~lors.compression.evaluate.sample_prompts`;
+    default ``EVAL_PROMPTS``);
     encoders: ``eval_sentences`` held-out sentences (default 1000). ``dtype``: storage of the saved folder.
     """
     config = config or CompressConfig(budget=0.8)
@@ -61,7 +62,7 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
     cfg = config.resolve("lm" if lm else "encoder")
     torch.manual_seed(cfg.seed)
     if lm:
-        result = _run_lm(model, gguf_file, cfg, tuple(eval_texts or EVAL_TEXTS), eval_windows or 40,
+        result = _run_lm(model, gguf_file, cfg, tuple(eval_texts or EVAL_TEXTS), eval_windows or EVAL_WINDOWS,
                          EVAL_PROMPTS if eval_prompts is None else eval_prompts, out, progress, resume, log)
     else:
         result = _run_encoder(model, cfg, eval_sentences or 1000, out, progress, resume, log)
