@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -29,10 +28,6 @@ from typing import Callable
 import torch
 
 TEXTS = ("pydoc", "bible")
-
-
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def folder_sha(folder: Path) -> str:
@@ -64,21 +59,6 @@ def whole_text_loss(model: torch.nn.Module, windows: torch.Tensor, chunk: int = 
             "seconds": round(time.time() - start, 1)}
 
 
-def cached_score(cache: Path, key: dict, score: Callable[[], dict]) -> dict:
-    """``score()`` stored in the JSON list ``cache`` under ``key`` (a dict of strings); returned from there when the
-    same key was scored before."""
-    entries = json.loads(cache.read_text()) if cache.is_file() else []
-    for e in entries:
-        if e["key"] == key:
-            return e["score"]
-    result = score()
-    entries = json.loads(cache.read_text()) if cache.is_file() else []  # another process may have written meanwhile
-    entries.append({"key": key, "score": result})
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(entries, indent=1))
-    return result
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="*", help="folders written by lors compress (none: score the base model only)")
@@ -94,14 +74,14 @@ def main() -> None:
         raise SystemExit(f"--window must be >= 2, got {args.window}")
 
     import lors
-    from lors.compression.pretrained import base_source, cache_dir, load_causal_lm
+    from lors.compression.pretrained import base_source, cache_dir, cached_json, load_causal_lm
     from lors.data.text import eval_text, token_windows
 
     base, tokenizer = load_causal_lm(args.base, progress=False)
     base_sha = base_source(args.base)["sha256"]
     texts = {t: eval_text(t) for t in args.texts.split(",")}
     windows = {t: token_windows(tokenizer, s, "all", args.window) for t, s in texts.items()}
-    text_keys = {t: {"text": t, "text_sha256": sha256_of(s.encode()), "window": str(args.window)}
+    text_keys = {t: {"text": t, "text_sha256": hashlib.sha256(s.encode()).hexdigest(), "window": str(args.window)}
                  for t, s in texts.items()}
     print("whole texts: " + ", ".join(f"{t} {len(w)} x {args.window} tokens ({len(texts[t]):,} characters)"
                                       for t, w in windows.items()), flush=True)
@@ -109,13 +89,13 @@ def main() -> None:
     def log(line):
         print(line, flush=True)
 
-    reference = {t: cached_score(cache_dir() / "full-text" / f"{args.base}.json", {"model": base_sha, **k},
+    reference = {t: cached_json(cache_dir() / "full-text" / f"{args.base}.json", {"model": base_sha, **k},
                                  lambda t=t: whole_text_loss(base, windows[t], log=log, label=f"{args.base} {t}: "))
                  for t, k in text_keys.items()}
     rows = [(args.base, reference)]
     for f in folders:
         model, sha = lors.from_pretrained(f).eval(), folder_sha(f)
-        rows.append((str(f), {t: cached_score(f / "full_text.json", {"model": sha, **k},
+        rows.append((str(f), {t: cached_json(f / "full_text.json", {"model": sha, **k},
                                               lambda t=t: whole_text_loss(model, windows[t], log=log,
                                                                           label=f"{f.name} {t}: "))
                               for t, k in text_keys.items()}))

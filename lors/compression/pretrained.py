@@ -64,6 +64,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LORS_CACHE", Path.home() / ".cache" / "lors"))
 
 
+def cached_json(path: Path, key: dict, compute):
+    """``compute()`` (anything JSON can hold) kept in the JSON list at ``path`` under ``key``: returned from there
+    when the same key was computed before, else computed and appended. For scores of a fixed model that every run
+    would otherwise recompute (the base model's perplexity and samples); the key must name everything the result
+    depends on (weights' digest, token ids' digest, lengths, versions)."""
+    path = Path(path)
+
+    def entries():
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    for e in entries():
+        if e["key"] == key:
+            return e["score"]
+    result = compute()
+    stored = entries()  # re-read: another process may have written meanwhile
+    stored.append({"key": key, "score": result})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stored, indent=1))
+    return result
+
+
+def digest(data: bytes) -> str:
+    """A short SHA-256 of ``data`` for cache keys (16 hex digits)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def causal_lm_files(name: str, gguf_file: Optional[str] = None) -> tuple[Path, Optional[str]]:
     """(folder, GGUF file or None) of ``"smollm2"`` or a model folder; checked, nothing loaded."""
     if name == "smollm2":

@@ -27,13 +27,20 @@ from ..accounting import count_parameters
 from ..apply.budget import stack_linears
 from ..data.text import SPLIT_SEED, calibration_text, eval_text, token_windows
 from .config import CompressConfig
-from .evaluate import (COLLAPSE, EVAL_PROMPTS, EVAL_WINDOWS, embed, embedding_agreement, greedy_samples, next_token_agreement,
-                       perplexity, repetition, sample_prompts, token_batches)
+from .evaluate import (COLLAPSE, EVAL_PROMPTS, EVAL_WINDOWS, embed, embedding_agreement, greedy_samples,
+                       next_token_agreement, perplexity, repetition, sample_prompts, token_batches)
 from .export import save_pretrained
 from .pipeline import linear_params, as_batches, compress
-from .pretrained import base_source, is_causal_lm, load_causal_lm, load_encoder
+from .pretrained import base_source, cache_dir, cached_json, digest, is_causal_lm, load_causal_lm, load_encoder
 
 EVAL_TEXTS = ("pydoc", "bible")
+SAMPLE_TOKENS = 48  # new tokens of every greedy sample
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_file: Optional[str] = None,
@@ -88,6 +95,11 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, eval
     prompts = sample_prompts(held_texts.values(), eval_prompts)
     container, targets, _ = stack_linears(teacher)
     base = linear_params(teacher, container, targets)
+    base_sha = base_source(name, gguf_file)["sha256"]
+    versions = {"torch": torch.__version__, "transformers": _transformers_version()}
+
+    def original(key: dict, compute):  # the base model's scores are the same on every run: computed once
+        return cached_json(cache_dir() / "original" / f"{base_sha[:16]}.json", {**key, **versions}, compute)
     log(f"{name}: {len(teacher.get_submodule(container))} blocks, {base:,} parameters in their linears; "
         f"calibration: {cfg.calibration} ({cfg.calibration_windows} x {cfg.window} tokens); evaluation: "
         f"{', '.join(f'{k} ({len(v)} x {cfg.window})' for k, v in evals.items())}; {len(prompts)} greedy-sample "
@@ -96,7 +108,9 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, eval
     def row(label, model, seconds=None):
         r = {"model": label, "linear_params": linear_params(model, container, targets, teacher)}
         r["fraction"] = r["linear_params"] / base
-        r.update({f"ppl_{k}": round(perplexity(model, w, cfg.batch_size)["ppl"], 3) for k, w in evals.items()})
+        for k, w in evals.items():
+            score = lambda: round(perplexity(model, w, cfg.batch_size)["ppl"], 3)  # noqa: E731
+            r[f"ppl_{k}"] = original({"ppl": digest(w.numpy().tobytes())}, score) if model is teacher else score()
         if model is not teacher:  # next-token agreement with the original: what samples feel first
             for k, w in evals.items():
                 agreement = next_token_agreement(model, teacher, w, cfg.batch_size)
@@ -106,18 +120,20 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, eval
         log("  " + ", ".join(f"{k}={v}" for k, v in r.items()))
         return r
 
-    rows, samples = [row("original", teacher)], {"original": greedy_samples(teacher, tokenizer, prompts)}
+    rows = [row("original", teacher)]
+    samples = {"original": original({"samples": digest(json.dumps(prompts).encode()), "tokens": SAMPLE_TOKENS},
+                                    lambda: greedy_samples(teacher, tokenizer, prompts, SAMPLE_TOKENS))}
     student, report = compress(teacher, calib, cfg, validation=held, log=log)
     rows.append(row(cfg.setting(), student, report.seconds))
     rows[-1]["shrinkage"] = report.shrinkage
-    samples[cfg.setting()] = greedy_samples(student, tokenizer, prompts)
+    samples[cfg.setting()] = greedy_samples(student, tokenizer, prompts, SAMPLE_TOKENS)
     history = []
     if cfg.distill_steps > 0:
         history = _distill_lm(student, teacher, tokenizer, texts, cfg, out, progress, resume, log,
-                              base_source(name, gguf_file)["sha256"] if cfg.distill_topk else None)
+                              base_sha if cfg.distill_topk else None)
         rows.append(row(f"+ distillation ({cfg.distill_steps} steps)", student,
                         sum(h["epoch_time"] for h in history)))
-        samples[rows[-1]["model"]] = greedy_samples(student, tokenizer, prompts)
+        samples[rows[-1]["model"]] = greedy_samples(student, tokenizer, prompts, SAMPLE_TOKENS)
     for r in rows:  # distinct bigrams of the greedy samples, against the original's (well below 1: they loop)
         r.update(repetition(samples[r["model"]], samples["original"], tokenizer, prompts))
         if r["collapsed"]:
