@@ -11,6 +11,7 @@ from safetensors.torch import save_model
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
+from torchrun_helper import DONE
 
 import lors
 
@@ -46,4 +47,5 @@ for _ in range(4):
     opt.step()
 save_model(net, str(out / f"rank{rank}.safetensors"))
 dist.barrier()  # no rank tears gloo down while the other still uses it (rare abort at exit)
+print(DONE, flush=True)
 dist.destroy_process_group()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 from safetensors.torch import save_file
+from torchrun_helper import DONE
 
 from lors.cli.config import load_config
 from lors.cli.experiment import build_experiment, run_training
@@ -19,4 +20,5 @@ rank = dist.get_rank()
 save_file({k: v.contiguous() for k, v in models[0].state_dict().items()}, str(out / f"rank{rank}.safetensors"))
 (out / f"rank{rank}.steps").write_text(str(len(exp.train_set)))
 dist.barrier()  # no rank tears gloo down while the other still uses it (rare abort at exit)
+print(DONE, flush=True)
 dist.destroy_process_group()

@@ -8,9 +8,13 @@ import sys
 import torch.distributed as dist
 
 from fsdp_setup import train
+from torchrun_helper import DONE
 
 run_dir, strategy, epochs, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 train(run_dir, strategy, epochs, resume=mode == "resume")
 if dist.is_initialized():
     dist.barrier()
+    print(DONE, flush=True)
     dist.destroy_process_group()
+else:
+    print(DONE, flush=True)

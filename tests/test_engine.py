@@ -1,6 +1,5 @@
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from lors.engine.trainer import lr_at
 from lors.models.vit import VisionTransformer, build_vit
 from lors.optim import param_groups
 from lors.tasks.classification import mix_batch
+from torchrun_helper import torchrun
 
 HERE = Path(__file__).resolve().parent
 TINY = ["model.dim=16", "model.depth=2", "model.heads=2", "model.mlp_dim=32", "model.patch_size=4",
@@ -160,20 +160,9 @@ def test_lct_schedule_factorises_after_warmup_and_resumes(tmp_path):
     assert len(more) == 4 and more[-1]["params"] == hist[-1]["params"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_cpu_processes_hold_identical_weights(tmp_path):
     overrides = TINY + ["train.epochs=2", "model.variant=lors", "model.rank=2", "train.device=cpu"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(HERE / "ddp_worker.py"), str(tmp_path),
-           *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    torchrun(HERE / "ddp_worker.py", tmp_path, *overrides)
     w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert w0.keys() == w1.keys() and "stacks.qkv.shared_weight" in w0
     for k in w0:

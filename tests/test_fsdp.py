@@ -1,7 +1,5 @@
 """Data-parallel training of a model whose shared LORS weights every block uses: FSDP and DDP over 2 gloo
 processes equal one process on the same global batch, and a sharded run's checkpoint loads unsharded and back."""
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,15 +12,11 @@ from lors.engine.checkpoint import load_trained, read_checkpoint
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from fsdp_setup import build_model, dataset, train  # noqa: E402
-from test_convert_ddp import free_port  # noqa: E402
+import torchrun_helper  # noqa: E402
 
 
 def torchrun(*args):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(HERE / "fsdp_worker.py"), *map(str, args)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE)))
-    assert r.returncode == 0, r.stderr[-4000:]
+    torchrun_helper.torchrun(HERE / "fsdp_worker.py", *args, env={"PYTHONPATH": str(HERE)})
 
 
 def assert_same_model(a: nn.Module, b: nn.Module, atol=1e-5):
