@@ -30,15 +30,6 @@ import torch
 TEXTS = ("pydoc", "bible")
 
 
-def folder_sha(folder: Path) -> str:
-    """SHA-256 of a compressed folder's weights (what a cached score belongs to)."""
-    h = hashlib.sha256()
-    with open(folder / "lors_model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def whole_text_loss(model: torch.nn.Module, windows: torch.Tensor, chunk: int = 32, batch_size: int = 8,
                     log: Callable[[str], None] = print, label: str = "") -> dict:
     """Summed next-token loss of ``model`` over every window (N, T), scored ``chunk`` windows at a time with a
@@ -74,7 +65,7 @@ def main() -> None:
         raise SystemExit(f"--window must be >= 2, got {args.window}")
 
     import lors
-    from lors.compression.pretrained import base_source, cache_dir, cached_json, load_causal_lm
+    from lors.compression.pretrained import base_source, cache_dir, cached_json, files_sha256, load_causal_lm
     from lors.data.text import eval_text, token_windows
 
     base, tokenizer = load_causal_lm(args.base, progress=False)
@@ -94,7 +85,7 @@ def main() -> None:
                  for t, k in text_keys.items()}
     rows = [(args.base, reference)]
     for f in folders:
-        model, sha = lors.from_pretrained(f).eval(), folder_sha(f)
+        model, sha = lors.from_pretrained(f).eval(), files_sha256([f / "lors_model.safetensors"])
         rows.append((str(f), {t: cached_json(f / "full_text.json", {"model": sha, **k},
                                               lambda t=t: whole_text_loss(model, windows[t], log=log,
                                                                           label=f"{f.name} {t}: "))

@@ -85,6 +85,16 @@ def cached_json(path: Path, key: dict, compute):
     return result
 
 
+def files_sha256(files) -> str:
+    """SHA-256 (hex) of the files' bytes read in order, in 4 MB chunks."""
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def digest(data: bytes) -> str:
     """A short SHA-256 of ``data`` for cache keys (16 hex digits)."""
     return hashlib.sha256(data).hexdigest()[:16]
@@ -114,14 +124,9 @@ def base_source(name: str, gguf_file: Optional[str] = None) -> dict:
         folder, gguf_file = causal_lm_files(name, gguf_file)
     files = [folder / gguf_file] if gguf_file else sorted(
         [*folder.glob("*.safetensors"), *folder.glob("*.bin")])
-    digest = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
     return {"base_model_name_or_path": name if name in ("smollm2", "minilm") else str(Path(name).resolve()),
             "folder": str(folder), "gguf_file": gguf_file, "weights": [f.name for f in files],
-            "sha256": digest.hexdigest()}
+            "sha256": files_sha256(files)}
 
 
 def load_causal_lm(name: str = "smollm2", gguf_file: Optional[str] = None, log=print, progress: bool = True):
