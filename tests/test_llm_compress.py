@@ -260,7 +260,8 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("LORS_CACHE", str(tmp_path / "cache"))
     folder, out = tiny_llama_folder(tmp_path), tmp_path / "small"
-    assert main(["compress", "--model", str(folder), "--budget", "0.5", "--form", "factors", "--shrinkage", "0",
+    assert main(["compress", "--model", str(folder), "--budget", "0.5", "--method", "lct", "--form", "factors",
+                 "--shrinkage", "0",
                  "--calibration", "stdlib", "--calibration-windows", "4", "--eval-text", "pydoc",
                  "--eval-windows", "4", "--eval-prompts", "2", "--distill-steps", "4", "--out", str(out),
                  "--no-progress"]) == 0
@@ -331,7 +332,7 @@ def test_compress_cli_chooses_the_shrinkage_on_held_out_calibration_text(tmp_pat
     report, row = results["report"], results["rows"][1]
     scores = {float(a): v for a, v in report["shrinkage_scores"].items()}
     assert set(scores) == set(SHRINKAGE_GRID) and report["shrinkage"] == min(scores, key=scores.get)
-    assert row["model"] == "lct pivoted one-shot + sensitivity allocation (60%)" and 0.55 < row["fraction"] <= 0.6
+    assert row["model"] == "modular pivoted one-shot + sensitivity allocation (60%)" and 0.55 < row["fraction"] <= 0.6
     # the original's perplexity and samples are cached per base model: a second run scores only the compressed one
     assert calls == {"greedy_samples": 2, "perplexity": 2}
     assert main([*flags, "--out", str(tmp_path / "again")]) == 0

@@ -46,7 +46,8 @@ def test_block_reconstruction_lowers_the_block_error_and_never_raises_it():
     teacher = tiny_llama()
     batches = [{"input_ids": tokens(4, s), "use_cache": False} for s in range(3)]
     student, _ = lors.compress(teacher, torch.cat([b["input_ids"] for b in batches]),
-                               CompressConfig(budget=0.4, form="factors", shrinkage=0.0, sequential=False))
+                               CompressConfig(method="lct", budget=0.4, form="factors", shrinkage=0.0,
+                                              sequential=False))
     block, inputs, targets = block_data(student, teacher, batches)
     start = block_error(block, inputs, targets)
     assert start > 1e-4  # something to reconstruct
@@ -85,7 +86,7 @@ def test_block_reconstruction_is_exact_when_nothing_is_removed():
 def test_compress_with_block_reconstruction_beats_the_closed_form_and_reports_every_block():
     teacher = tiny_llama()
     calib, held = tokens(12, 1), tokens(6, 2)
-    base = dict(budget=0.5, form="factors", shrinkage=0.0)
+    base = dict(method="lct", budget=0.5, form="factors", shrinkage=0.0)
     closed, _ = lors.compress(teacher, calib, CompressConfig(**base, recon_steps=0))
     trained, report = lors.compress(teacher, calib, CompressConfig(**base, recon_steps=40, recon_lr=3e-3))
     assert len(report.block_errors) == 3
@@ -522,3 +523,30 @@ def test_teacher_cache_is_keyed_by_the_token_ids(tmp_path, monkeypatch):
         for k in TOPK_KEYS:
             assert torch.equal(x[k], y[k]) and torch.allclose(z[k].float(), w[k].float())
         assert not torch.equal(x[TOPK_KEYS[1]], z[TOPK_KEYS[1]])  # other tokens, other teacher predictions
+
+
+def test_default_method_is_modular_below_the_threshold_for_lms_only():
+    """The default method: ``modular`` for causal-LM budgets under MODULAR_BELOW (it measured better at 60 %),
+    ``lct`` at and above it, for encoders, rank/epsilon sizes, spectrum allocation, and models whose fused MLP
+    modular cannot cut (Phi-3's ``gate_up_proj``); a method the user names is kept."""
+    import transformers as t
+
+    from lors.apply.modular import modular_applies
+    from lors.compression.config import MODULAR_BELOW
+
+    method = lambda kind, **f: CompressConfig(**f).resolve(kind).method  # noqa: E731
+    assert method("lm", budget=MODULAR_BELOW - 0.01) == "modular" and method("lm", budget=MODULAR_BELOW) == "lct"
+    assert method("encoder", budget=0.5) == "lct" and method("lm", rank=4) == "lct"
+    assert method("lm", budget=0.5, allocation="spectrum") == "lct"
+    assert method("lm", budget=0.5, method="lct") == "lct" and method("lm", budget=0.9, method="modular") == "modular"
+    assert CompressConfig(budget=0.5).method is None and "default" in CompressConfig(budget=0.5).setting()
+    fused = t.Phi3ForCausalLM(t.Phi3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))
+    assert modular_applies(tiny_llama()) and not modular_applies(fused)
+    assert CompressConfig(budget=0.5).resolve("lm", fused).method == "lct"
+    assert CompressConfig(budget=0.5).resolve("lm", tiny_llama()).method == "modular"
+    # through compress(): the fused model gets lct factors, the separate MLP whole neurons
+    _, report = lors.compress(fused, tokens(4, 1), CompressConfig.fast(budget=0.5))
+    assert report.config["method"] == "lct"
+    _, report = lors.compress(tiny_llama(), tokens(4, 1), CompressConfig.fast(budget=0.5))
+    assert report.config["method"] == "modular"

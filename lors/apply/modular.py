@@ -49,6 +49,20 @@ def mlp_parts(block: nn.Module, targets: Sequence[str]) -> tuple[list[str], str]
                      f"{list(targets)} (a fused gate_up is not supported)")
 
 
+def modular_applies(model: nn.Module) -> bool:
+    """Whether every block of ``model``'s stack has an MLP of separate linears that :func:`mlp_parts` recognises
+    (``False`` e.g. for a fused ``gate_up_proj``): what the default method (``CompressConfig.resolve``) checks."""
+    from .budget import stack_linears
+
+    container, targets, _ = stack_linears(model)
+    try:
+        for block in model.get_submodule(container):
+            mlp_parts(block, targets)
+    except ValueError:
+        return False
+    return True
+
+
 def neuron_scores(C: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     """The output energy of each neuron alone: ``E[h_j^2] ||D[:, j]||^2``."""
     return C.double().diagonal().clamp_min(0) * down.double().pow(2).sum(0)

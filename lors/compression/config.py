@@ -4,7 +4,10 @@ The defaults are the best recipe measured on SmolLM2-135M (BENCHMARKS.md): LCT f
 fitted to the layers' outputs (whitened SVD), refitted block by block on the compressed network's own inputs
 (``sequential``), with the calibration moments shrunk toward their diagonals by an amount chosen on held-out
 calibration text (``shrinkage="auto"``), and each block trained toward the original block's outputs right after
-its refit (``recon_steps``, :mod:`lors.apply.reconstruct`). :meth:`CompressConfig.fast` is the one-shot variant.
+its refit (``recon_steps``, :mod:`lors.apply.reconstruct`). For a causal LM kept below :data:`MODULAR_BELOW` of its
+linears the default method is ``"modular"`` (MoDeGPT-style: whole MLP neurons kept and ``down`` refitted, value-output
+features per head), which measured better there; above it, and for encoders, ``"lct"``.
+:meth:`CompressConfig.fast` is the one-shot variant.
 
 Settings that apply to one kind of model only (``"lm"``: causal LMs; ``"encoder"``: sentence encoders) default to
 ``None``; :meth:`CompressConfig.resolve` fills them for the kind at hand and refuses, with one line naming the
@@ -18,6 +21,7 @@ from typing import Optional, Union
 
 from ..apply.budget import ALLOCATIONS, FORMS
 from ..apply.budget import METHODS as BUDGET_METHODS
+from ..apply.modular import modular_applies
 from ..apply.reconstruct import RECON_LR
 from ..apply.sequential import RIDGE
 from ..data.text.calibration import CALIBRATION_SOURCES
@@ -27,6 +31,8 @@ KINDS = ("lm", "encoder")
 METHODS = (*BUDGET_METHODS, "modular")  # modular (MoDeGPT): MLP neurons, attention features per head
 INITS = ("calibrated", "svd")
 DISTILL_LOSSES = ("kl", "kl+hidden")
+MODULAR_BELOW = 0.7  # LM budgets below this default to "modular" (SmolLM2 60 %: x2.00 / x1.73 -> x1.76 / x1.75;
+                     # at 80 % lct is level or better: x1.24 / x1.20 against x1.23 / x1.24)
 SENSITIVITY_DEFAULT = "sensitivity"  # LM budgets: loss-aware ranks (SmolLM2 80 %, recon: x1.40 -> x1.24 pydoc)
 RECON_STEPS = 128  # block reconstruction by default (sequential lct / modular): SmolLM2 80 % x1.57 -> x1.40 (pydoc)
 FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMARKS.md)
@@ -51,8 +57,9 @@ class CompressConfig:
     error per layer).
     """
 
-    method: str = "lct"                     # lct (per-layer factors), lors (shared + residuals), basis (LMs),
-                                            # modular (MLP neurons + attention per head; budget)
+    method: Optional[str] = None            # lct (per-layer factors), lors (shared + residuals), basis (LMs),
+                                            # modular (MLP neurons + attention per head; budget). Default: modular
+                                            # for causal-LM budgets under MODULAR_BELOW, else lct
     budget: Optional[float] = None
     rank: Optional[int] = None
     epsilon: Optional[float] = None
@@ -93,7 +100,8 @@ class CompressConfig:
 
     def validate(self) -> "CompressConfig":
         """Check every field on its own and against the others; raises :class:`FieldError`."""
-        _choice(self, "method", METHODS)
+        if self.method is not None:
+            _choice(self, "method", METHODS)
         _choice(self, "init", INITS)
         if self.allocation is not None:
             _choice(self, "allocation", ALLOCATIONS)
@@ -128,6 +136,8 @@ class CompressConfig:
         return self
 
     def _check_combinations(self) -> None:
+        if self.method is None:  # lct or modular (resolve picks): both pass every check below the same way
+            return dataclasses.replace(self, method="lct")._check_combinations()
         if self.method == "modular" and self.budget is None:
             raise FieldError("method", "'modular' keeps a fraction of every MLP's neurons: give budget")
         if self.form == "pivoted" and (self.method not in ("lct", "modular") or self.budget is None):
@@ -164,9 +174,11 @@ class CompressConfig:
         if self.recon_lr is not None and self.recon_steps == 0:  # None: filled by resolve
             raise FieldError("recon_lr", "applies to block reconstruction only; set recon_steps > 0")
 
-    def resolve(self, kind: str) -> "CompressConfig":
+    def resolve(self, kind: str, model=None) -> "CompressConfig":
         """A copy with every kind-specific default filled for ``kind`` (``"lm"`` or ``"encoder"``); a field set
-        for the other kind, or ``method='basis'`` on an encoder, is refused."""
+        for the other kind, or ``method='basis'`` on an encoder, is refused. ``model``: the model to compress, when
+        known; the default method is ``"lct"`` for it if its MLPs are not ones ``"modular"`` can cut (a fused
+        ``gate_up_proj``)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if self.budget is None and self.rank is None and self.epsilon is None:
@@ -177,6 +189,11 @@ class CompressConfig:
                 other = "sentence encoders" if kind == "lm" else "causal LMs"
                 raise FieldError(name, f"applies to {other} only; this model is "
                                  f"{'a causal LM' if kind == 'lm' else 'an encoder'}")
+        if self.method is None:
+            modular = (kind == "lm" and self.budget is not None and self.budget < MODULAR_BELOW
+                       and self.init == "calibrated" and self.allocation != "spectrum"
+                       and (model is None or modular_applies(model)))
+            return dataclasses.replace(self, method="modular" if modular else "lct").resolve(kind)
         if kind == "encoder" and self.allocation == "sensitivity":
             raise FieldError("allocation", "'sensitivity' weighs layers by the LM loss's gradient; for encoders use "
                              "'uniform' or 'spectrum'")
@@ -204,7 +221,7 @@ class CompressConfig:
         """A short name of the recipe, e.g. ``'lct pivoted sequential (80%)'``."""
         size = (f"{self.budget:.0%}" if self.budget is not None else f"rank {self.rank}" if self.rank is not None
                 else f"epsilon {self.epsilon}")
-        parts = [self.method, self.form if self.form == "pivoted" else None,
+        parts = [self.method or "default", self.form if self.form == "pivoted" else None,
                  "svd" if self.init == "svd" else None, "sequential" if self.sequential else "one-shot",
                  f"+ block recon {self.recon_steps}" if self.recon_steps else None,
                  f"+ {self.allocation} allocation" if self.allocation not in (None, "uniform") else None]

@@ -105,7 +105,7 @@ def compress(model: nn.Module, calibration=None, config: Optional[CompressConfig
     if config is not None and fields:
         raise ValueError("give config= or its fields as keywords, not both")
     kind = model_kind(model)
-    cfg = (config or CompressConfig(**fields)).resolve(kind)
+    cfg = (config or CompressConfig(**fields)).resolve(kind, model)
     start = time.time()
     batches = as_batches(calibration, cfg.batch_size) if cfg.init == "calibrated" else None
     container, targets, paths = stack_linears(model)

@@ -66,13 +66,14 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
     if not lm and any(v is not None for v in (eval_texts, eval_windows, eval_prompts, gguf_file)):
         raise ValueError("eval_texts, eval_windows, eval_prompts and gguf_file are for causal LMs; "
                          f"{model} is an encoder (eval_sentences)")
-    cfg = config.resolve("lm" if lm else "encoder")
+    cfg = config.resolve("lm" if lm else "encoder")  # refuses a bad recipe before the model loads
     torch.manual_seed(cfg.seed)
     if lm:
-        result = _run_lm(model, gguf_file, cfg, tuple(eval_texts or EVAL_TEXTS), eval_windows or EVAL_WINDOWS,
+        result = _run_lm(model, gguf_file, config, tuple(eval_texts or EVAL_TEXTS), eval_windows or EVAL_WINDOWS,
                          EVAL_PROMPTS if eval_prompts is None else eval_prompts, out, progress, resume, log)
     else:
         result = _run_encoder(model, cfg, eval_sentences or 1000, out, progress, resume, log)
+    cfg = result.pop("config", cfg)  # as the model resolved it
     result["peak_memory_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)  # Linux: KiB
     if out:
         save_pretrained(result["model"], out, result.pop("tokenizer"), cfg, base_source(model, gguf_file), dtype)
@@ -84,9 +85,10 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
     return result
 
 
-def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, eval_prompts, out, progress, resume,
+def _run_lm(name, gguf_file, config: CompressConfig, eval_texts, eval_windows, eval_prompts, out, progress, resume,
             log) -> dict:
     teacher, tokenizer = load_causal_lm(name, gguf_file, log=log, progress=progress)
+    cfg = config.resolve("lm", teacher)  # the default method depends on the model's MLP layout
     texts = calibration_text(cfg.calibration)
     calib = token_windows(tokenizer, texts, cfg.calibration_windows, cfg.window)
     held = token_windows(tokenizer, texts, min(16, cfg.calibration_windows), cfg.window, skip=1)
@@ -143,7 +145,7 @@ def _run_lm(name, gguf_file, cfg: CompressConfig, eval_texts, eval_windows, eval
         for text in v:
             log(f"sample [{k}]: {text!r}")
     return {"rows": rows, "history": history, "samples": samples, "report": report.to_dict(), "model": student,
-            "tokenizer": tokenizer, "evaluation": {"texts": list(eval_texts), "windows": eval_windows,
+            "tokenizer": tokenizer, "config": cfg, "evaluation": {"texts": list(eval_texts), "windows": eval_windows,
                                                    "window": cfg.window, "split_seed": SPLIT_SEED,
                                                    "prompts": list(prompts)}}
 
