@@ -86,7 +86,8 @@ class CompressConfig:
     distill_steps: int = 0                  # end-to-end distillation after compressing (0: none)
     distill_loss: Optional[str] = None      # LMs: kl | kl+hidden (default kl)
     temperature: Optional[float] = None     # LMs: distillation temperature (default 1)
-    lr: Optional[float] = None              # distillation lr (default 1e-4 LMs, 5e-4 encoders)
+    lr: Optional[float] = None              # distillation lr (default 1e-4; MiniLM 50 %: 5e-4 lost 0.08 cosine
+                                            # in the first 100 steps, 1e-4 gained 0.01)
     distill_topk: Optional[int] = None      # LMs, kl: cache the teacher's top-k log-probs once (None: full logits)
     seed: int = 0
 
@@ -211,7 +212,7 @@ class CompressConfig:
                         recon_steps=recon, **(dict(recon_lr=RECON_LR) if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
-                                temperature=1.0, lr=1e-4) if lm else dict(calibration_sentences=256, lr=5e-4)))
+                                temperature=1.0, lr=1e-4) if lm else dict(calibration_sentences=256, lr=1e-4)))
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.distill_steps == 0:
             filled = {k: v for k, v in filled.items() if k not in ("lr", "distill_loss", "temperature")}
