@@ -129,7 +129,7 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-steps", type=int, default=None, help="distillation steps after compressing (0: none)")
     p.add_argument("--distill-loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")
     p.add_argument("--temperature", type=float, default=None, help="LM distillation temperature (1)")
-    p.add_argument("--lr", type=float, default=None, help="distillation learning rate (1e-4)")
+    p.add_argument("--lr", type=float, default=None, help="distillation learning rate (3e-5 LMs, 1e-4 encoders)")
     p.add_argument("--distill-topk", type=int, default=None, help="LM distillation: cache the teacher's top-k "
                    "log-probs once instead of running it every step (default: full logits)")
     p.add_argument("--recon-steps", type=int, default=None, help="block reconstruction: Adam steps per block toward "
