@@ -132,12 +132,12 @@ def test_compress_pivoted_keeps_the_budget_and_beats_factors_on_output_error():
 
     errors = {}
     for form in ("factors", "pivoted"):
-        student, report = lors.compress(teacher, calib, budget=0.5, form=form, shrinkage=0.0)
+        student, report = lors.compress(teacher, calib, method="lct", budget=0.5, form=form, shrinkage=0.0)
         kept = sum(p.numel() for path in paths for p in student.get_submodule(path).parameters())
         assert 0.45 < kept / dense <= 0.5 and report.params == kept
         errors[form] = error(student)
     assert errors["pivoted"] < errors["factors"]
-    cfg = CompressConfig(budget=0.5, sequential=False, allocation="uniform").resolve("lm")
+    cfg = CompressConfig(method="lct", budget=0.5, sequential=False, allocation="uniform").resolve("lm")
     best, scores = choose_shrinkage(teacher, moments, error, cfg, grid=(0.0, 0.5, 1.0))
     assert set(scores) == {0.0, 0.5, 1.0} and best == min(scores, key=scores.get)
     assert len(set(scores.values())) == 3  # the shrinkage changes the fit
