@@ -102,8 +102,9 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=float, default=None, help="relative output error per layer instead of --budget")
     p.add_argument("--fast", action="store_true", help="one-shot fit (no sequential refit, shrinkage 0.2)")
     p.add_argument("--method", default=None, choices=METHODS,
-                   help="lct (default; modular for LMs below 70 %% kept): per-layer factors; lors: shared weight + residuals; basis: shared basis (LMs); "
-                        "modular: MLP neurons kept and refitted, attention features kept per head (else lct)")
+                   help="default: modular for causal LMs below 70 %% kept, else lct. lct: per-layer factors; lors: "
+                        "shared weight + residuals; basis: shared basis (LMs); modular: MLP neurons kept and "
+                        "refitted, attention features kept per head (else lct)")
     p.add_argument("--form", default=None, choices=FORMS, help="lct: store rank r as U V (factors) or in "
                    "r (in + out - r) numbers (pivoted; default with --budget)")
     p.add_argument("--init", default=None, choices=INITS, help="calibrated (default): fit the outputs; svd: the weights")

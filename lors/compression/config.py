@@ -32,7 +32,7 @@ METHODS = (*BUDGET_METHODS, "modular")  # modular (MoDeGPT): MLP neurons, attent
 INITS = ("calibrated", "svd")
 DISTILL_LOSSES = ("kl", "kl+hidden")
 MODULAR_BELOW = 0.7  # LM budgets below this default to "modular" (SmolLM2 60 %: x2.00 / x1.73 -> x1.76 / x1.75;
-                     # at 80 % lct is level or better: x1.24 / x1.20 against x1.23 / x1.24)
+                     # 50 %: x2.81 / x2.10 -> x2.19 / x2.07; at 80 % lct is level: x1.24 / x1.20 against x1.23 / x1.24)
 SENSITIVITY_DEFAULT = "sensitivity"  # LM budgets: loss-aware ranks (SmolLM2 80 %, recon: x1.40 -> x1.24 pydoc)
 RECON_STEPS = 128  # block reconstruction by default (sequential lct / modular): SmolLM2 80 % x1.57 -> x1.40 (pydoc)
 LM_DISTILL_LR = 3e-5  # SmolLM2 modular 80 %, 120 steps: KL to the original 0.263 -> 0.244 pydoc (1e-4: -> 0.283),
