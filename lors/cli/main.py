@@ -8,6 +8,7 @@
     lors make-shapes OUT --train N --val M [--size 128] [--seed S]   synthetic COCO-format detection set
     lors compress --model smollm2|minilm|DIR --budget F [--fast] [--out DIR]   best measured recipe by
                   default; causal LMs scored by perplexity, encoders by embedding agreement
+    lors distill --model FOLDER --steps N [--topk K] [--out DIR]   distil a compressed folder further toward its base
 
 Every command accepts --no-progress (progress bars are also off when output is not a terminal) and
 --debug (or LORS_DEBUG=1): show the full traceback instead of the one-line "lors: error: ..." message.
@@ -24,7 +25,7 @@ from pathlib import Path
 from ..accounting import count_parameters, lct_block_estimate, reduction, report
 from ..errors import ConfigError
 from . import paper
-from .compress import add_compress, add_generate
+from .compress import add_compress, add_distill, add_generate
 from .config import config_from_dict, load_config
 from .config_upgrade import upgrade_saved_config
 
@@ -243,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compress(sub.add_parser("compress", help="compress a pretrained causal LM or encoder into a smaller, "
                                                  "self-contained model (best measured recipe by default)"))
+    add_distill(sub.add_parser("distill", help="distil a compressed model folder further toward its base model and "
+                                               "save the result as a new folder"))
     add_generate(sub.add_parser("generate", help="print text from a compressed model, a Hugging Face causal LM "
                                                  "or a trained lors GPT"))
 

@@ -9,15 +9,15 @@
 
 Pieces: :mod:`.config` (``CompressConfig``), :mod:`.pipeline` (``compress``), :mod:`.evaluate` (perplexity,
 embedding agreement, generation), :mod:`.export` (the self-contained folder), :mod:`.pretrained` (bundled and
-on-disk base models), :mod:`.run` (the whole job: load, compress, score, save).
+on-disk base models), :mod:`.run` (the whole jobs: load, compress, score, save; distil a saved folder further).
 """
 from .config import CompressConfig
 from .evaluate import (distinct_n, embed, embedding_agreement, generate, greedy_sample, greedy_samples,
                        next_token_agreement, perplexity, repetition, sample_prompts)
 from .export import from_pretrained, save_pretrained
 from .pipeline import CompressReport, compress
-from .run import run
+from .run import run, run_distill
 
 __all__ = ["CompressConfig", "CompressReport", "compress", "distinct_n", "embed", "embedding_agreement",
            "from_pretrained", "generate", "greedy_sample", "greedy_samples", "next_token_agreement", "perplexity",
-           "repetition", "run", "sample_prompts", "save_pretrained"]
+           "repetition", "run", "run_distill", "sample_prompts", "save_pretrained"]
