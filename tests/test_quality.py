@@ -256,6 +256,35 @@ def test_output_sensitivity_is_the_mean_squared_loss_gradient_at_each_layer_outp
     assert found[path] == pytest.approx(float(g.pow(2).sum()) / 32 / int(keep.sum()), rel=1e-5)
 
 
+def test_embedding_sensitivity_estimates_the_squared_jacobian_of_the_sentence_embedding():
+    """For encoders ``L = r . e`` with random directions r: the mean of ||dL/dy||^2 over draws is ||de/dy||_F^2, the
+    Gauss-Newton weight of an output error of layer y on the sentence embedding e; checked against the Jacobian
+    computed column by column."""
+    from lors.apply.budget import output_sensitivity
+
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    bert = transformers.BertModel(config, add_pooling_layer=False).eval()
+    batch = {"input_ids": tokens(1, 2)[:, :6], "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]])}
+    path = "encoder.layer.1.output.dense"
+    copies = {k: v.expand(4000, -1) for k, v in batch.items()}  # one sentence, a direction drawn for each copy
+    found = output_sensitivity(bert, [path], [copies], objective="embedding")[path]
+    delta = torch.zeros(1, 6, 16)
+
+    def embedding(d):
+        handle = bert.get_submodule(path).register_forward_hook(lambda m, a, out: out + d)
+        hidden = bert(**batch).last_hidden_state
+        handle.remove()
+        m = batch["attention_mask"].unsqueeze(-1).float()
+        return F.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)[0]
+
+    J = torch.autograd.functional.jacobian(embedding, delta)[:, 0, :4]  # (16, 4 real tokens, 16)
+    assert found == pytest.approx(float(J.pow(2).sum()) / 16, rel=0.08)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        output_sensitivity(bert, [path], [batch], objective="cosine")
+
+
 def test_sensitivity_allocation_meets_the_budget_and_follows_the_sensitivity():
     from lors.apply.budget import budget_ranks, stack_linears
     from lors.apply.calibration import input_moments
@@ -277,8 +306,7 @@ def test_sensitivity_allocation_meets_the_budget_and_follows_the_sensitivity():
         assert b[paths[0]] > a[paths[0]]
     with pytest.raises(ValueError, match="needs sensitivity"):
         budget_ranks(model, "lct", 0.4, moments, allocation="sensitivity")
-    with pytest.raises(FieldError, match="allocation 'sensitivity' weighs layers"):
-        CompressConfig(budget=0.5, allocation="sensitivity").resolve("encoder")
+    assert CompressConfig(budget=0.5, allocation="sensitivity").resolve("encoder").allocation == "sensitivity"
     student, report = lors.compress(tiny_llama(), tokens(8, 1), CompressConfig(budget=0.5, allocation="sensitivity",
                                                                                shrinkage=0.0, sequential=False))
     assert report.params <= 0.5 * report.dense_params

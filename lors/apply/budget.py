@@ -183,13 +183,27 @@ def _gains(container, targets, groups, weights, moments, method, form="factors",
     return candidates
 
 
-def output_sensitivity(model: nn.Module, paths: Sequence[str], batches: Sequence[dict]) -> dict[str, float]:
-    """``{path: E||dL/dy||^2 / d_out}`` per token for the linears at ``paths``: ``L`` the causal LM's next-token
-    cross-entropy on ``batches`` (dicts of ``input_ids``, optional ``attention_mask``; padded targets left out), ``y``
-    each layer's output. One backward pass per batch; the model's parameters get no gradients kept."""
+OBJECTIVES = ("lm", "embedding")
+
+
+def output_sensitivity(model: nn.Module, paths: Sequence[str], batches: Sequence[dict],
+                       objective: str = "lm") -> dict[str, float]:
+    """``{path: E||dL/dy||^2 / d_out}`` for the linears at ``paths``, ``y`` each layer's output, on ``batches``
+    (dicts of ``input_ids``, optional ``attention_mask``; padded positions left out). One backward pass per batch;
+    the model's parameters get no gradients kept. ``objective``:
+
+    * ``"lm"``: ``L`` the causal LM's next-token cross-entropy, per target token;
+    * ``"embedding"`` (sentence encoders): ``L = r . e`` per sentence, ``e`` the L2-normalised mean-pooled last
+      hidden state and ``r`` a standard normal direction drawn per sentence (fixed seed), so that the expectation is
+      ``||de/dy||_F^2``: how much an error in ``y`` moves the sentence embedding (``||e - e'||^2 = 2 (1 - cos)``),
+      the Gauss-Newton sensitivity of the embedding's squared error.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     sums = {p: 0.0 for p in paths}
-    tokens = 0
+    count = 0
     outputs: dict[str, torch.Tensor] = {}
+    directions = torch.Generator().manual_seed(0)
 
     def hook_for(p):
         def hook(module, args, out):
@@ -209,14 +223,21 @@ def output_sensitivity(model: nn.Module, paths: Sequence[str], batches: Sequence
             embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # a graph without weight grads
             kwargs = {k: v for k, v in batch.items() if k != "input_ids"}
             with torch.enable_grad():
-                logits = model(inputs_embeds=embeds, **kwargs).logits[:, :-1]
-                keep = mask[:, 1:].bool() if mask is not None else torch.ones_like(ids[:, 1:], dtype=torch.bool)
-                loss = torch.nn.functional.cross_entropy(logits[keep].float(), ids[:, 1:][keep], reduction="sum")
+                if objective == "lm":
+                    logits = model(inputs_embeds=embeds, **kwargs).logits[:, :-1]
+                    keep = mask[:, 1:].bool() if mask is not None else torch.ones_like(ids[:, 1:], dtype=torch.bool)
+                    loss = torch.nn.functional.cross_entropy(logits[keep].float(), ids[:, 1:][keep], reduction="sum")
+                    count += int(keep.sum())
+                else:
+                    hidden = model(inputs_embeds=embeds, **kwargs).last_hidden_state
+                    m = (mask if mask is not None else torch.ones_like(ids)).unsqueeze(-1).to(hidden.dtype)
+                    e = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+                    loss = (e * torch.randn(e.shape, generator=directions).to(e)).sum()
+                    count += e.shape[0]
                 loss.backward()
             for p, y in outputs.items():
                 g = y.grad if mask is None else y.grad[mask.bool()]
                 sums[p] += float(g.double().pow(2).sum()) / y.shape[-1]
-            tokens += int(keep.sum())
             outputs.clear()
     finally:
         for h in handles:
@@ -224,8 +245,9 @@ def output_sensitivity(model: nn.Module, paths: Sequence[str], batches: Sequence
         for q, f in zip(model.parameters(), flags):
             q.requires_grad_(f)
         model.train(was_training)
-    # the loss is summed over tokens, so dL/dy per token is the gradient of that token's own loss (and later ones')
-    return {p: s / max(tokens, 1) for p, s in sums.items()}
+    # LM: the loss is summed over tokens, so dL/dy per token is the gradient of that token's own loss (and later
+    # ones'); embedding: per sentence
+    return {p: s / max(count, 1) for p, s in sums.items()}
 
 
 def _basis_ranks(container, targets, groups, weights, share) -> dict[str, int]:

@@ -139,18 +139,17 @@ class CompressConfig:
         return self
 
     def _check_combinations(self) -> None:
-        if self.method is None:  # lct or modular (resolve picks): both pass every check below the same way
-            return dataclasses.replace(self, method="lct")._check_combinations()
+        factored = self.method in (None, "lct", "modular")  # None: the default method, lct or modular (resolve picks)
+        named = repr(self.method) if self.method else "the default method (lct or modular)"
         if self.method == "modular" and self.budget is None:
             raise FieldError("method", "'modular' keeps a fraction of every MLP's neurons: give budget")
-        if self.form == "pivoted" and (self.method not in ("lct", "modular") or self.budget is None):
+        if self.form == "pivoted" and (not factored or self.budget is None):
             raise FieldError("form", "'pivoted' needs method 'lct' or 'modular' and a budget "
                              f"(got method {self.method!r}{'' if self.budget is not None else ', no budget'})")
-        if self.group_size is not None and self.method in ("lct", "modular"):
-            raise FieldError("group_size", "applies to methods 'lors' and 'basis' (shared weights), "
-                             f"not {self.method!r}")
+        if self.group_size is not None and factored:
+            raise FieldError("group_size", f"applies to methods 'lors' and 'basis' (shared weights), not {named}")
         if self.fit_iterations is not None and self.method != "lors":
-            raise FieldError("fit_iterations", f"applies to method 'lors' only, not {self.method!r}")
+            raise FieldError("fit_iterations", f"applies to method 'lors' only, not {named}")
         if self.method == "basis" and (self.budget is None or self.allocation not in (None, "uniform")):
             raise FieldError("method", "'basis' needs a budget and allocation 'uniform'")
         if self.method == "modular" and self.allocation == "spectrum":
@@ -169,8 +168,8 @@ class CompressConfig:
                     raise FieldError(name, "applies to distillation only; set distill_steps > 0")
         if self.distill_topk is not None and self.distill_loss not in (None, "kl"):
             raise FieldError("distill_topk", f"caches logits for distill_loss 'kl', not {self.distill_loss!r}")
-        if (self.recon_steps or 0) > 0 and (self.method not in ("lct", "modular") or not self.sequential):
-            bad = "sequential" if self.method in ("lct", "modular") else "method"
+        if (self.recon_steps or 0) > 0 and (not factored or not self.sequential):
+            bad = "sequential" if factored else "method"
             raise FieldError("recon_steps", "trains each block after its sequential refit: needs method 'lct' or "
                              f"'modular' and "
                              f"sequential=True (got method {self.method!r}, sequential={self.sequential}; {bad})")
@@ -197,9 +196,6 @@ class CompressConfig:
                        and self.init == "calibrated" and self.allocation != "spectrum"
                        and (model is None or modular_applies(model)))
             return dataclasses.replace(self, method="modular" if modular else "lct").resolve(kind)
-        if kind == "encoder" and self.allocation == "sensitivity":
-            raise FieldError("allocation", "'sensitivity' weighs layers by the LM loss's gradient; for encoders use "
-                             "'uniform' or 'spectrum'")
         if kind == "encoder" and self.method == "basis":
             raise FieldError("method", "'basis' is for causal LMs; encoders take 'lct' or 'lors'")
         lm = kind == "lm"

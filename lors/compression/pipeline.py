@@ -112,7 +112,7 @@ def compress(model: nn.Module, calibration=None, config: Optional[CompressConfig
     moments = input_moments(model, paths, batches) if batches else None
     sensitivity = None
     if cfg.allocation == "sensitivity":
-        sensitivity = output_sensitivity(model, paths, batches)
+        sensitivity = output_sensitivity(model, paths, batches, "lm" if kind == "lm" else "embedding")
         if log:
             log(f"output sensitivity of {len(paths)} linears measured on {len(batches)} calibration batches")
     shrinkage, scores = cfg.shrinkage, {}
