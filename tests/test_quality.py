@@ -306,7 +306,6 @@ def test_sensitivity_allocation_meets_the_budget_and_follows_the_sensitivity():
         assert b[paths[0]] > a[paths[0]]
     with pytest.raises(ValueError, match="needs sensitivity"):
         budget_ranks(model, "lct", 0.4, moments, allocation="sensitivity")
-    assert CompressConfig(budget=0.5, allocation="sensitivity").resolve("encoder").allocation == "sensitivity"
     student, report = lors.compress(tiny_llama(), tokens(8, 1), CompressConfig(budget=0.5, allocation="sensitivity",
                                                                                shrinkage=0.0, sequential=False))
     assert report.params <= 0.5 * report.dense_params
@@ -496,10 +495,10 @@ def test_modular_sensitivity_allocation_meets_the_budget_and_follows_the_sensiti
     x = tokens(2, 5)
     with torch.no_grad():
         assert torch.equal(lors.from_pretrained(tmp_path / "m")(x).logits, student(x).logits)
-    # the default: sensitivity for calibrated lct / modular LM budgets, uniform where it cannot apply
+    # the default: sensitivity for calibrated lct / modular budgets (LMs and encoders), uniform where it cannot apply
     assert CompressConfig(budget=0.5).resolve("lm").allocation == "sensitivity"
     assert CompressConfig(budget=0.5, method="modular").resolve("lm").allocation == "sensitivity"
-    assert CompressConfig(budget=0.5).resolve("encoder").allocation == "uniform"
+    assert CompressConfig(budget=0.5).resolve("encoder").allocation == "sensitivity"  # the embedding's Gauss-Newton
     assert CompressConfig(budget=0.5, init="svd", sequential=False, shrinkage=0.0).resolve("lm").allocation == "uniform"
     assert CompressConfig(budget=0.5, method="lors").resolve("lm").allocation == "uniform"
     assert CompressConfig(rank=4).resolve("lm").allocation == "uniform"

@@ -165,7 +165,7 @@ def add_compress(p: argparse.ArgumentParser) -> None:
 
     p.description = ("Compress a pretrained model. With --model and --budget only, the best measured recipe runs: "
                      "LCT factors in pivoted storage (modular MLP neurons and per-head value features for causal LMs "
-                     "below 70 %% kept), whitened fit, ranks by loss sensitivity (LMs), sequential refit, shrinkage "
+                     "below 70 %% kept), whitened fit, ranks by loss sensitivity, sequential refit, shrinkage "
                      "chosen on held-out calibration text, block-wise reconstruction (--fast: one-shot, shrinkage "
                      "0.2, minutes faster, worse). lors distill continues a saved folder's distillation.")
     p.add_argument("--model", default="minilm",
@@ -189,7 +189,8 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shrinkage", default=None, help="shrink calibration moments toward their diagonal: a number in "
                    "[0, 1] or 'auto' (default: chosen on held-out calibration text)")
     p.add_argument("--allocation", default=None, choices=ALLOCATIONS,
-                   help="how --budget spreads over layers (default: sensitivity for causal LMs, else uniform)")
+                   help="how --budget spreads over layers (default with --budget: sensitivity, the error's effect "
+                        "on the LM loss or on the sentence embedding; uniform for --init svd)")
     p.add_argument("--group-size", type=int, default=None, help="lors/basis: share within groups of N blocks")
     p.add_argument("--calibration", default=None, choices=CALIBRATION_SOURCES, help="calibration text (LMs; mixed)")
     p.add_argument("--calibration-windows", type=int, default=None, help="calibration windows of 256 tokens (LMs; 64)")
