@@ -108,7 +108,8 @@ def test_compress_cli_default_recipe_and_flag_errors(tmp_path, capsys):
                          (["--budget", "0.6", "--out", str(out / "results.json")], "--out"),
                          (["--budget", "0.6", "--calibration-windows", "8"], "--calibration-windows"),  # LM-only
                          (["--budget", "0.6", "--eval-text", "pydoc"], "--eval-text"),
-                         (["--budget", "0.6", "--method", "basis"], "--method")):
+                         (["--budget", "0.6", "--method", "basis"], "--method"),
+                         (["--budget", "0.6", "--calibration-sentences", "100000"], "calibration_sentences must be at most")):
         assert main(["compress", "--model", str(folder), *flags]) == 2
         assert named in capsys.readouterr().err, flags
 

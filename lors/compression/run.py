@@ -346,6 +346,9 @@ def _run_encoder(name, cfg: CompressConfig, eval_sentences, out, progress, resum
     teacher, tokenizer = load_encoder(name, progress=progress)
     ev = _EncoderEvaluation(teacher, tokenizer, cfg, eval_sentences)
     n = cfg.calibration_sentences
+    if n > len(ev.train) - 128:  # 128 more are held out to choose the shrinkage on
+        raise ValueError(f"calibration_sentences must be at most {len(ev.train) - 128} (the {len(ev.train):,} "
+                         f"training sentences less 128 held out to choose the shrinkage), got {n}")
     calibration = token_batches(tokenizer, ev.train[:n], cfg.batch_size)
     validation = token_batches(tokenizer, ev.train[n:n + 128], cfg.batch_size)  # held-out calibration sentences
     log(f"{name}: encoder {ev.base:,} parameters; {len(ev.train):,} training / {len(ev.held):,} held-out sentences "
