@@ -194,7 +194,9 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=None, help="lors/basis: share within groups of N blocks")
     p.add_argument("--calibration", default=None, choices=CALIBRATION_SOURCES, help="calibration text (LMs; mixed)")
     p.add_argument("--calibration-windows", type=int, default=None, help="calibration windows of 256 tokens (LMs; 64)")
-    p.add_argument("--calibration-sentences", type=int, default=None, help="calibration sentences (encoders; 256)")
+    p.add_argument("--calibration-sentences", type=int, default=None,
+                   help="calibration sentences (encoders; 4096 of the 4,309 training sentences: more is better, 1024 "
+                        "is 2.6x faster)")
     add_eval_flags(p)
     p.add_argument("--distill-steps", type=int, default=None, help="distillation steps after compressing (0: none)")
     p.add_argument("--distill-loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")
