@@ -72,19 +72,40 @@ def test_distillation_reduces_the_student_teacher_loss():
     assert all(not p.requires_grad for p in teacher.parameters())
 
 
+def test_the_student_trains_without_dropout_unless_asked():
+    """By default the student runs in eval mode, as the teacher does: the first step's loss is the deterministic
+    gap; with ``dropout=True`` it is the gap under dropout (here p = 0.9, far from it)."""
+    data = batches(1)
+    b = data[0]
+    losses = {}
+    for dropout in (False, True):
+        student, teacher = student_teacher()
+        for m in student.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.9
+        with torch.no_grad():
+            losses["eval"] = distill_loss(student.eval()(**b), teacher(**b), b["attention_mask"]).item()
+        history = distill(student, teacher, data, steps=1, lr=1e-3, checkpoint_every=1, progress=False,
+                          log=lambda s: None, dropout=dropout)
+        losses[dropout] = history[0]["train_loss"]
+        assert not student.training
+    assert losses[False] == pytest.approx(losses["eval"], rel=1e-5)
+    assert abs(losses[True] - losses["eval"]) > 0.1 * losses["eval"]
+
+
 def test_resume_continues_exactly(tmp_path):
     data = batches()
     student, teacher = student_teacher()
     full = distill(student, teacher, data, steps=40, lr=3e-3, checkpoint_every=10, progress=False,
-                   log=lambda s: None, run_dir=tmp_path / "full")
+                   log=lambda s: None, run_dir=tmp_path / "full", dropout=True)  # dropout: randomness to restore
     # interrupted after 20 steps: a run with steps=40 whose process stopped after two chunks
     s2, t2 = student_teacher()
     with pytest.raises(_Stop):
         distill(s2, t2, data, steps=40, lr=3e-3, checkpoint_every=10, progress=False, log=lambda s: None,
-                run_dir=tmp_path / "cut", forward=_stop_after(25))
+                run_dir=tmp_path / "cut", forward=_stop_after(25), dropout=True)
     s3, t3 = student_teacher()
     resumed = distill(s3, t3, data, steps=40, lr=3e-3, checkpoint_every=10, progress=False, log=lambda s: None,
-                      run_dir=tmp_path / "cut", resume=True)
+                      run_dir=tmp_path / "cut", resume=True, dropout=True)
     drop_time = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_time", "samples_per_s")} for r in rows]
     assert drop_time(resumed) == drop_time(full)
     for (n, a), (_, b) in zip(student.state_dict().items(), s3.state_dict().items()):

@@ -174,18 +174,22 @@ class DistillTask:
 
     def __init__(self, teacher: nn.Module, loss: str = "mse+cosine",
                  forward: Callable[[nn.Module, object], torch.Tensor] = None,
-                 evaluate: Optional[Callable[[nn.Module], dict]] = None, temperature: float = 1.0):
+                 evaluate: Optional[Callable[[nn.Module], dict]] = None, temperature: float = 1.0,
+                 dropout: bool = False):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.teacher, self.kind, self.evaluate_fn, self.temperature = teacher, loss, evaluate, temperature
+        self.dropout = dropout
         self.forward = forward or default_forward(loss)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
 
     def loss(self, model: nn.Module, batch, device: torch.device):
+        if not self.dropout:  # the teacher runs in eval mode: the student matches that deterministic function
+            model.eval()
         batch = _to(batch, device)
         if isinstance(batch, dict) and TOPK_KEYS[0] in batch:  # cached teacher: no teacher forward
             if self.kind != "kl":
@@ -231,7 +235,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
             run_dir: Optional[str | Path] = None, checkpoint_every: int = 100, resume: bool = False, seed: int = 0,
             progress: bool = True, evaluate: Optional[Callable[[nn.Module], dict]] = None,
             forward: Optional[Callable[[nn.Module, object], torch.Tensor]] = None, temperature: float = 1.0,
-            log: Callable[[str], None] = print) -> list[dict]:
+            dropout: bool = False, log: Callable[[str], None] = print) -> list[dict]:
     """Train ``student`` to match ``teacher`` on ``batches`` for ``steps`` optimizer steps; returns the history.
 
     Args:
@@ -246,6 +250,8 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
             row, a checkpoint.
         resume: continue from ``run_dir/last.json`` (the student must be converted the same way).
         forward: ``forward(model, batch) -> output`` (default: :func:`default_forward` of ``loss``).
+        dropout: train the student with its dropout on (default off: the student runs in eval mode, as the teacher
+            does, and learns the teacher's deterministic function; MiniLM at 50 % lost agreement with dropout on).
 
     Returns one row per chunk: ``step`` (steps done), then the Trainer's row: ``epoch`` (= chunk), ``train_loss``
     (mean over the chunk), whatever ``evaluate`` returned, ``lr``, ``epoch_time``, ``samples_per_s``, ``params``.
@@ -261,7 +267,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
                          weight_decay=weight_decay, warmup_steps=max(1, steps // 20) if warmup_steps is None
                          else warmup_steps, clip_grad=clip_grad, seed=seed, progress=progress,
                          shared_lr_scale=shared_lr_scale, device=device.type)
-    task = DistillTask(teacher, loss, forward, evaluate, temperature)
+    task = DistillTask(teacher, loss, forward, evaluate, temperature, dropout)
     trainer = Trainer(config, task, run_dir=run_dir, callbacks=[CsvLogger(run_dir)] if run_dir else [], log=log,
                       checkpoints=run_dir is not None,
                       epoch_seed=lambda chunk: seed * 100_003 + chunk * checkpoint_every)  # keyed by its first step
