@@ -62,9 +62,11 @@ def test_budget_ranks_hit_the_fraction(tmp_path, method):
         lors.compress(model, None, one_shot(method=method, budget=0.01, init="svd"))
 
 
-def test_compress_cli_on_a_model_folder_saves_and_reloads(tmp_path, capsys):
+def test_compress_cli_on_a_model_folder_saves_and_reloads(tmp_path, capsys, monkeypatch):
     from lors.cli.main import main
+    from lors.compression import config
 
+    monkeypatch.setattr(config, "CALIBRATION_SENTENCES", 10 ** 6)  # a default beyond what any split holds
     folder = tiny_bert_folder(tmp_path)
     out = tmp_path / "small"
     assert main(["compress", "--model", str(folder), "--method", "lors", "--budget", "0.6", "--fast",
@@ -80,6 +82,9 @@ def test_compress_cli_on_a_model_folder_saves_and_reloads(tmp_path, capsys):
     again = embedding_agreement(embed(base, held), embed(restored, held))
     final = __import__("json").loads((out / "results.json").read_text())["rows"][-1]
     assert again["cos_mean"] == pytest.approx(final["cos_mean"], abs=1e-6)  # the reloaded model is the one scored
+    # a default beyond the training split takes all it holds less 128 (held out for the shrinkage) and records it
+    used = __import__("json").loads((out / "lors.json").read_text())["compress_config"]["calibration_sentences"]
+    assert used == len(held_out_sentences(0)[0]) - 128
     assert main(["compress", "--model", str(folder), "--budget", "1.5"]) == 2
     assert "--budget" in capsys.readouterr().err
 

@@ -22,7 +22,8 @@ def flag(field: str) -> str:
 
 
 def compress_config(args):
-    """The :class:`CompressConfig` the flags describe (resolved for the model kind), or a ConfigError naming the
+    """The :class:`CompressConfig` the flags describe (checked by resolving it for the model kind; returned
+    unresolved, so that defaults that depend on the model or its data stay defaults), or a ConfigError naming the
     flag."""
     from ..compression.config import CompressConfig, FieldError
 
@@ -37,7 +38,8 @@ def compress_config(args):
         fields["sequential"] = args.sequential
     try:
         cfg = CompressConfig.fast(**fields) if args.fast else CompressConfig(**fields)
-        return cfg.resolve(args.kind)
+        cfg.resolve(args.kind)  # refused here, before the model loads; run() resolves it again with the model
+        return cfg
     except FieldError as e:
         raise ConfigError(f"{flag(e.field)} {e.detail}") from None
 
@@ -195,8 +197,8 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", default=None, choices=CALIBRATION_SOURCES, help="calibration text (LMs; mixed)")
     p.add_argument("--calibration-windows", type=int, default=None, help="calibration windows of 256 tokens (LMs; 64)")
     p.add_argument("--calibration-sentences", type=int, default=None,
-                   help="calibration sentences (encoders; 4096 of the 4,309 training sentences: more is better, 1024 "
-                        "is 2.6x faster)")
+                   help="calibration sentences (encoders; 4096, or all the training split holds less 128: more is "
+                        "better, 1024 is 2.6x faster)")
     add_eval_flags(p)
     p.add_argument("--distill-steps", type=int, default=None, help="distillation steps after compressing (0: none)")
     p.add_argument("--distill-loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")

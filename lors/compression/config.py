@@ -41,7 +41,8 @@ LM_DISTILL_LR = 3e-5  # SmolLM2 modular 80 %, 120 steps: KL to the original 0.26
 FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMARKS.md)
 LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature", "distill_topk")
 ENCODER_ONLY = ("calibration_sentences",)
-CALIBRATION_SENTENCES = 4096  # MiniLM 50 %: 256 -> 0.885 mean cosine, 1024 -> 0.920, 4096 -> 0.931 (19 min, 6.9 GB)
+CALIBRATION_SENTENCES = 4096  # MiniLM 50 %: 256 -> 0.885 mean cosine, 1024 -> 0.920, 4096 -> 0.931 (19 min, 6.9 GB);
+                              # lors compress takes all the training split holds (less 128) when that is fewer
 
 
 class FieldError(ConfigError):

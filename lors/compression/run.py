@@ -14,6 +14,7 @@ optionally distils the compressed model toward the original, and with ``out`` wr
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -66,7 +67,8 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
         result = _run_lm(model, gguf_file, config, tuple(eval_texts or EVAL_TEXTS), eval_windows or EVAL_WINDOWS,
                          EVAL_PROMPTS if eval_prompts is None else eval_prompts, out, progress, resume, log)
     else:
-        result = _run_encoder(model, cfg, eval_sentences or 1000, out, progress, resume, log)
+        result = _run_encoder(model, cfg, eval_sentences or 1000, out, progress, resume, log,
+                              explicit=config.calibration_sentences is not None)
     return _finish(result, result.pop("config", cfg), base_source(model, gguf_file), out, dtype, lm, log)
 
 
@@ -342,13 +344,16 @@ class _EncoderEvaluation:
         return {"model": label, "encoder_params": count, "fraction": count / self.base, **self.agreement(model)}
 
 
-def _run_encoder(name, cfg: CompressConfig, eval_sentences, out, progress, resume, log) -> dict:
+def _run_encoder(name, cfg: CompressConfig, eval_sentences, out, progress, resume, log, explicit=True) -> dict:
     teacher, tokenizer = load_encoder(name, progress=progress)
     ev = _EncoderEvaluation(teacher, tokenizer, cfg, eval_sentences)
-    n = cfg.calibration_sentences
-    if n > len(ev.train) - 128:  # 128 more are held out to choose the shrinkage on
-        raise ValueError(f"calibration_sentences must be at most {len(ev.train) - 128} (the {len(ev.train):,} "
-                         f"training sentences less 128 held out to choose the shrinkage), got {n}")
+    n, most = cfg.calibration_sentences, len(ev.train) - 128  # 128 more are held out to choose the shrinkage on
+    if n > most and explicit:
+        raise ValueError(f"calibration_sentences must be at most {most} (the {len(ev.train):,} training sentences "
+                         f"less 128 held out to choose the shrinkage), got {n}")
+    if n > most:  # the default asks for more than this environment's sentence sources hold: take them all
+        n = most
+        cfg = dataclasses.replace(cfg, calibration_sentences=n)
     calibration = token_batches(tokenizer, ev.train[:n], cfg.batch_size)
     validation = token_batches(tokenizer, ev.train[n:n + 128], cfg.batch_size)  # held-out calibration sentences
     log(f"{name}: encoder {ev.base:,} parameters; {len(ev.train):,} training / {len(ev.held):,} held-out sentences "
@@ -362,7 +367,7 @@ def _run_encoder(name, cfg: CompressConfig, eval_sentences, out, progress, resum
         rows.append(ev.row(f"+ distillation ({cfg.distill_steps} steps)", student))
     log(format_encoder_rows(rows))
     return {"rows": rows, "history": history, "samples": {}, "report": report.to_dict(), "model": student,
-            "tokenizer": tokenizer}
+            "tokenizer": tokenizer, "config": cfg}
 
 
 def _distill_encoder(student, teacher, ev: _EncoderEvaluation, cfg: CompressConfig, out, progress, resume,
