@@ -42,7 +42,7 @@ FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMAR
 LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature", "distill_topk")
 ENCODER_ONLY = ("calibration_sentences",)
 CALIBRATION_SENTENCES = 4096  # MiniLM 50 %: 256 -> 0.885 mean cosine, 1024 -> 0.920, 4096 -> 0.931 (19 min, 6.9 GB);
-                              # lors compress takes all the training split holds (less 128) when that is fewer
+                              # lors compress (run.py) takes all the training split holds (less 128) when fewer
 
 
 class FieldError(ConfigError):
@@ -86,7 +86,8 @@ class CompressConfig:
     calibration: Optional[str] = None       # LMs: calibration text source (default mixed)
     calibration_windows: Optional[int] = None  # LMs: calibration windows (default 64)
     window: Optional[int] = None            # LMs: tokens per window (default 256)
-    calibration_sentences: Optional[int] = None  # encoders: calibration sentences (default CALIBRATION_SENTENCES)
+    calibration_sentences: Optional[int] = None  # encoders: calibration sentences (default: lors compress takes
+                                                 # CALIBRATION_SENTENCES, or all its training split holds less 128)
     batch_size: Optional[int] = None        # calibration / distillation batch (default 4 LMs, 32 encoders)
     distill_steps: int = 0                  # end-to-end distillation after compressing (0: none)
     distill_loss: Optional[str] = None      # LMs: kl | kl+hidden (default kl)
@@ -213,7 +214,7 @@ class CompressConfig:
                         recon_steps=recon, **(dict(recon_lr=RECON_LR) if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
-                                temperature=1.0, lr=LM_DISTILL_LR) if lm else dict(calibration_sentences=CALIBRATION_SENTENCES, lr=1e-4)))
+                                temperature=1.0, lr=LM_DISTILL_LR) if lm else dict(lr=1e-4)))
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.distill_steps == 0:
             filled = {k: v for k, v in filled.items() if k not in ("lr", "distill_loss", "temperature")}

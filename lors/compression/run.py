@@ -27,7 +27,8 @@ import torch
 from ..accounting import count_parameters
 from ..apply.budget import stack_linears
 from ..data.text import SPLIT_SEED, calibration_text, eval_text, token_windows
-from .config import CompressConfig
+from . import config as defaults
+from .config import CompressConfig, FieldError
 from .evaluate import (COLLAPSE, EVAL_PROMPTS, EVAL_WINDOWS, embed, embedding_agreement, greedy_samples,
                        next_token_agreement, perplexity, repetition, sample_prompts, token_batches)
 from .export import save_pretrained
@@ -67,8 +68,7 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
         result = _run_lm(model, gguf_file, config, tuple(eval_texts or EVAL_TEXTS), eval_windows or EVAL_WINDOWS,
                          EVAL_PROMPTS if eval_prompts is None else eval_prompts, out, progress, resume, log)
     else:
-        result = _run_encoder(model, cfg, eval_sentences or 1000, out, progress, resume, log,
-                              explicit=config.calibration_sentences is not None)
+        result = _run_encoder(model, cfg, eval_sentences or 1000, out, progress, resume, log)
     return _finish(result, result.pop("config", cfg), base_source(model, gguf_file), out, dtype, lm, log)
 
 
@@ -89,7 +89,6 @@ def run_distill(folder: str | Path, steps: int, lr: Optional[float] = None, topk
     base whose weights differ from the recorded sha256 is refused). Returns ``{"rows", "history", "samples",
     "model", "peak_memory_gb", "start"}``; rows are the original, the folder as loaded, and the distilled model.
     """
-    from .config import FieldError
     from .export import from_pretrained, read_meta
 
     meta = read_meta(folder)
@@ -344,16 +343,16 @@ class _EncoderEvaluation:
         return {"model": label, "encoder_params": count, "fraction": count / self.base, **self.agreement(model)}
 
 
-def _run_encoder(name, cfg: CompressConfig, eval_sentences, out, progress, resume, log, explicit=True) -> dict:
+def _run_encoder(name, cfg: CompressConfig, eval_sentences, out, progress, resume, log) -> dict:
     teacher, tokenizer = load_encoder(name, progress=progress)
     ev = _EncoderEvaluation(teacher, tokenizer, cfg, eval_sentences)
     n, most = cfg.calibration_sentences, len(ev.train) - 128  # 128 more are held out to choose the shrinkage on
-    if n > most and explicit:
+    if n is None:  # the default: CALIBRATION_SENTENCES, or all the split holds (it depends on the installed sources)
+        n = min(defaults.CALIBRATION_SENTENCES, most)
+        cfg = dataclasses.replace(cfg, calibration_sentences=n)
+    elif n > most:
         raise ValueError(f"calibration_sentences must be at most {most} (the {len(ev.train):,} training sentences "
                          f"less 128 held out to choose the shrinkage), got {n}")
-    if n > most:  # the default asks for more than this environment's sentence sources hold: take them all
-        n = most
-        cfg = dataclasses.replace(cfg, calibration_sentences=n)
     calibration = token_batches(tokenizer, ev.train[:n], cfg.batch_size)
     validation = token_batches(tokenizer, ev.train[n:n + 128], cfg.batch_size)  # held-out calibration sentences
     log(f"{name}: encoder {ev.base:,} parameters; {len(ev.train):,} training / {len(ev.held):,} held-out sentences "
