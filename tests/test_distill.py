@@ -134,3 +134,21 @@ def _stop_after(n_calls):
         return outputs(model, batch)
 
     return forward
+
+
+def test_bf16_mixed_trains_like_fp32_and_keeps_fp32_weights():
+    """bf16-mixed runs the forward and backward matmuls in bfloat16: the first step's loss is the fp32 loss to
+    bfloat16's precision (not the same number), the weights and gradients stay float32, and it learns as fp32 does."""
+    data = batches(4)
+    runs = {}
+    for precision in ("fp32", "bf16-mixed"):
+        student, teacher = student_teacher()
+        history = distill(student, teacher, data, steps=40, lr=3e-3, checkpoint_every=1, progress=False,
+                          log=lambda s: None, precision=precision)
+        runs[precision] = [h["train_loss"] for h in history]
+        assert all(p.dtype == torch.float32 for p in student.parameters())
+    fp32, bf16 = runs["fp32"], runs["bf16-mixed"]
+    assert fp32[0] != bf16[0] and bf16[0] == pytest.approx(fp32[0], rel=0.02)
+    assert bf16[-1] < 0.5 * bf16[0] and bf16[-1] == pytest.approx(fp32[-1], rel=0.1)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        distill(*student_teacher(), data, steps=1, precision="fp16")

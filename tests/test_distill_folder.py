@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import lors
+from lors.engine.trainer import native_bf16
 
 transformers = pytest.importorskip("transformers")
 
@@ -45,7 +46,7 @@ def test_distilling_a_saved_folder_moves_it_toward_the_base_and_records_the_chai
     base_folder, base, tokenizer = sharp_llama_folder(tmp_path)
     small = compressed_folder(tmp_path, base_folder, base, tokenizer)
     out, again = tmp_path / "distilled", tmp_path / "again"
-    flags = ["--lr", "3e-3", "--eval-windows", "4", "--eval-prompts", "1", "--no-progress"]
+    flags = ["--lr", "1e-3", "--precision", "fp32", "--eval-windows", "4", "--eval-prompts", "1", "--no-progress"]
     assert main(["distill", "--model", str(small), "--steps", "6", *flags, "--out", str(out)]) == 0
     assert "tokens/s" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
@@ -62,15 +63,17 @@ def test_distilling_a_saved_folder_moves_it_toward_the_base_and_records_the_chai
     x = torch.randint(0, base.config.vocab_size, (1, 12))
     assert not torch.allclose(start_model(x).logits, distilled(x).logits)
     meta = json.loads((out / "lors.json").read_text())
-    assert meta["compress_config"]["distill_steps"] == 6 and meta["compress_config"]["lr"] == 3e-3
+    assert meta["compress_config"]["distill_steps"] == 6 and meta["compress_config"]["lr"] == 1e-3
     first = meta["source"]["distillations"]
-    assert [(d["from"], d["steps"], d["lr"]) for d in first] == [(str(small.resolve()), 6, 3e-3)]
+    assert [(d["from"], d["steps"], d["lr"]) for d in first] == [(str(small.resolve()), 6, 1e-3)]
     assert meta["source"]["sha256"] == json.loads((small / "lors.json").read_text())["source"]["sha256"]
     # a distilled folder distils again: the chain grows, the defaults (LM lr 3e-5, cached top-k) apply
     assert main(["distill", "--model", str(out), "--steps", "2", "--topk", "8", "--eval-windows", "2",
                  "--eval-prompts", "0", "--no-progress", "--out", str(again)]) == 0
     chain = json.loads((again / "lors.json").read_text())["source"]["distillations"]
-    assert [(d["steps"], d["lr"], d["topk"]) for d in chain] == [(6, 3e-3, None), (2, 3e-5, 8)]
+    native = "bf16-mixed" if native_bf16("cpu") else "fp32"  # the LM default where the CPU multiplies bfloat16
+    assert [(d["steps"], d["lr"], d["topk"], d["precision"]) for d in chain] == [(6, 1e-3, None, "fp32"),
+                                                                                 (2, 3e-5, 8, native)]
     assert json.loads((again / "results.json").read_text())["rows"][1]["model"] == "distilled (as saved)"
 
 
@@ -97,6 +100,8 @@ def test_distill_refuses_bad_flags_and_a_foreign_base(tmp_path, capsys, monkeypa
     anonymous = compressed_folder(tmp_path, base_folder, base, tokenizer, source=False)
     with pytest.raises(ValueError, match="give base"):
         run_distill(anonymous, 2)
+    with pytest.raises(ValueError, match="distill_precision must be one of 'fp32', 'bf16-mixed'"):
+        run_distill(small, 2, precision="fp16")
 
 
 def test_distilling_an_encoder_folder(tmp_path, capsys):

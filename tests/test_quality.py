@@ -172,6 +172,43 @@ def test_distill_topk_fields_are_refused_where_they_cannot_apply():
         CompressConfig(budget=0.5, distill_steps=2, distill_topk=8).resolve("encoder")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_distill_precision_defaults_to_bf16_mixed_for_lms_where_the_hardware_multiplies_bfloat16(native,
+                                                                                                 monkeypatch):
+    import lors.compression.config as config
+
+    monkeypatch.setattr(config, "native_bf16", lambda device="cpu": native)
+    lm = CompressConfig(budget=0.5, distill_steps=2).resolve("lm")
+    assert lm.distill_precision == ("bf16-mixed" if native else "fp32")
+    assert CompressConfig(budget=0.5, distill_steps=2).resolve("encoder").distill_precision == "fp32"  # not measured
+    assert CompressConfig(budget=0.5).resolve("lm").distill_precision is None  # no distillation, no precision
+    explicit = CompressConfig(budget=0.5, distill_steps=2, distill_precision="fp32").resolve("lm")
+    assert explicit.distill_precision == "fp32"
+
+
+def test_distill_precision_is_refused_where_it_cannot_apply():
+    with pytest.raises(FieldError, match="distill_precision applies to distillation only"):
+        CompressConfig(budget=0.5, distill_precision="bf16-mixed")
+    with pytest.raises(FieldError, match="distill_precision must be one of 'fp32', 'bf16-mixed'; got 'fp16'"):
+        CompressConfig(budget=0.5, distill_steps=2, distill_precision="fp16")
+
+
+def test_distillation_batches_never_ask_the_sources_for_more_windows_than_they_hold():
+    """A long distillation takes every window the smallest source allows (equal shares), then repeats them; a short
+    one takes a step's batch of windows per step."""
+    from lors.compression.run import distill_batches
+
+    tokenizer = lambda text, add_special_tokens: {"input_ids": list(text.encode())}  # noqa: E731  bytes as ids
+    texts = ["a" * 400, "b" * 160, "c" * 1000]  # 25, 10 and 62 windows of 16 tokens: 3 x 10 in equal shares
+    for steps, windows in ((3, 6), (1000, 30)):
+        cfg = CompressConfig(budget=0.5, distill_steps=steps, window=16, batch_size=2).resolve("lm")
+        batches, key = distill_batches(tokenizer, texts, cfg, "sha")
+        assert sum(len(b["input_ids"]) for b in batches) == key["windows"] == windows
+        assert set(b["input_ids"].shape[1] for b in batches) == {16} and key["base"] == "sha"
+    firsts = [chr(int(w[0])) for b in batches for w in b["input_ids"]]
+    assert firsts.count("a") == firsts.count("b") == firsts.count("c") == 10
+
+
 # ---------------------------------------------------------------- modular decomposition (MoDeGPT type I)
 
 def test_neuron_refit_is_exact_when_the_dropped_neurons_are_combinations_of_the_kept_ones():

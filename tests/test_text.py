@@ -193,3 +193,22 @@ def test_sentence_openings_are_spread_sentence_starts_of_the_text():
     held, flat = sentence_openings(pydoc, 16), " ".join(pydoc.split())  # distinct, from the held-out text, stable
     assert len(set(held)) == 16 and all(len(p.split()) == 8 and p in flat for p in held)
     assert held == sentence_openings(pydoc, 16) and held[0] == sentence_openings(pydoc, 1)[0]
+
+
+def test_window_capacity_is_the_largest_count_token_windows_gives():
+    from lors.data.text import token_windows, window_capacity
+
+    tokenizer = lambda text, add_special_tokens: {"input_ids": list(text.encode())}  # noqa: E731  bytes as ids
+    texts = ["abcdefghijklmnopqrstuvwxyz", "0123456789ABCDEFGHIJ"]  # 8 and 6 slots of 3 tokens
+    for skip, capacity in ((0, 6), (1, 6), (None, 12)):  # equal shares: the smaller text's 3 (or 6) slots each
+        assert window_capacity(tokenizer, texts, 3, skip=skip) == capacity
+        windows = token_windows(tokenizer, texts, capacity, 3, skip=skip)
+        assert len({tuple(w) for w in windows.tolist()}) == capacity  # all different windows
+        with pytest.raises(ValueError, match="holds fewer than"):
+            token_windows(tokenizer, texts, capacity + 2, 3, skip=skip)
+    texts = [texts[0][:18], texts[1][:18]]  # 6 slots each: the halves and the whole are exact
+    even, odd = (set(map(tuple, token_windows(tokenizer, texts, 6, 3, skip=s).tolist())) for s in (0, 1))
+    every = set(map(tuple, token_windows(tokenizer, texts, 12, 3, skip=None).tolist()))
+    assert not even & odd and even | odd == every  # skip None: both halves, each window once
+    with pytest.raises(ValueError, match="skip must be 0, 1 or None"):
+        token_windows(tokenizer, texts, 2, 3, skip=2)

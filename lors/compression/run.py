@@ -26,7 +26,7 @@ import torch
 
 from ..accounting import count_parameters
 from ..apply.budget import stack_linears
-from ..data.text import SPLIT_SEED, calibration_text, eval_text, token_windows
+from ..data.text import SPLIT_SEED, calibration_text, eval_text, token_windows, window_capacity
 from . import config as defaults
 from .config import CompressConfig, FieldError
 from .evaluate import (COLLAPSE, EVAL_PROMPTS, EVAL_WINDOWS, embed, embedding_agreement, greedy_samples,
@@ -74,7 +74,7 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
 
 def run_distill(folder: str | Path, steps: int, lr: Optional[float] = None, topk: Optional[int] = None,
                 loss: Optional[str] = None, temperature: Optional[float] = None, seed: Optional[int] = None,
-                base: Optional[str] = None, eval_texts: Optional[Sequence[str]] = None,
+                precision: Optional[str] = None, base: Optional[str] = None, eval_texts: Optional[Sequence[str]] = None,
                 eval_windows: Optional[int | str] = None, eval_prompts: Optional[int] = None,
                 eval_sentences: Optional[int] = None, out: Optional[str | Path] = None, dtype: Optional[str] = None,
                 progress: bool = True, resume: bool = False, log: Callable[[str], None] = print) -> dict:
@@ -84,7 +84,8 @@ def run_distill(folder: str | Path, steps: int, lr: Optional[float] = None, topk
     the budget allows.
 
     The recipe is the folder's recorded ``compress_config`` with the distillation fields replaced: ``lr``,
-    ``topk`` (cached teacher top-k, LMs), ``loss`` and ``temperature`` (LMs) take their defaults unless given;
+    ``topk`` (cached teacher top-k, LMs), ``loss`` and ``temperature`` (LMs) and ``precision`` (``fp32`` /
+    ``bf16-mixed``) take their defaults unless given;
     ``seed`` is the recorded one unless given. ``base``: the base model (default: the one the folder records; a
     base whose weights differ from the recorded sha256 is refused). Returns ``{"rows", "history", "samples",
     "model", "peak_memory_gb", "start"}``; rows are the original, the folder as loaded, and the distilled model.
@@ -108,7 +109,8 @@ def run_distill(folder: str | Path, steps: int, lr: Optional[float] = None, topk
     if not isinstance(steps, int) or steps < 1:
         raise FieldError("distill_steps", f"must be a positive integer, got {steps!r}")
     fields = {**recorded, "lr": lr, "distill_topk": topk, "distill_loss": loss, "temperature": temperature,
-              "distill_steps": steps, "seed": recorded.get("seed", 0) if seed is None else seed}
+              "distill_precision": precision, "distill_steps": steps,
+              "seed": recorded.get("seed", 0) if seed is None else seed}
     cfg = CompressConfig.from_dict(fields).resolve("lm" if lm else "encoder")
     now = base_source(name, gguf_file)
     if source.get("sha256") and now["sha256"] != source["sha256"]:
@@ -138,7 +140,8 @@ def run_distill(folder: str | Path, steps: int, lr: Optional[float] = None, topk
         result = {"rows": rows, "history": history, "samples": {}, "model": student, "tokenizer": tokenizer}
     result["start"] = str(folder)
     step = {"from": str(Path(folder).resolve()), "steps": steps, "lr": cfg.lr, "topk": cfg.distill_topk,
-            "loss": cfg.distill_loss, "temperature": cfg.temperature, "seed": cfg.seed}
+            "loss": cfg.distill_loss, "temperature": cfg.temperature, "precision": cfg.distill_precision,
+            "seed": cfg.seed}
     source = {**now, "distillations": [*source.get("distillations", []), step]}
     return _finish(result, cfg, source, out, dtype, lm, log)
 
@@ -258,19 +261,18 @@ def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pr
                 base_sha: Optional[str] = None) -> list:
     from ..tasks.distill import distill
 
-    windows = token_windows(tokenizer, texts, min(cfg.distill_steps * cfg.batch_size, 2_000), cfg.window, skip=1)
-    train = [{"input_ids": b["input_ids"]} for b in as_batches(windows, cfg.batch_size)]  # the loss calls the model
+    train, key = distill_batches(tokenizer, texts, cfg, base_sha)
     if cfg.distill_topk:
-        key = dict(base=base_sha, calibration=cfg.calibration, window=cfg.window,
-                   windows=len(windows), batch_size=cfg.batch_size, k=cfg.distill_topk, temperature=cfg.temperature)
         train = cached_teacher(teacher, train, key, log)
     student.get_input_embeddings().weight.requires_grad_(False)  # tied to the head; too few tokens to move it
+    repeats = f"; each seen {cfg.distill_steps / len(train):.1f} times" if cfg.distill_steps > len(train) else ""
     log(f"distillation: {cfg.distill_steps} steps x {cfg.batch_size} x {cfg.window} tokens ({cfg.distill_loss}, "
-        f"T={cfg.temperature}, lr {cfg.lr}) on {len(train)} batches of the calibration sources (windows disjoint "
-        "from calibration)")
+        f"T={cfg.temperature}, lr {cfg.lr}, {cfg.distill_precision}) on {len(train)} batches of the calibration "
+        f"sources{repeats}")
     history = distill(student, teacher, train, cfg.distill_steps, lr=cfg.lr, loss=cfg.distill_loss,
                       temperature=cfg.temperature, checkpoint_every=50, progress=progress, seed=cfg.seed,
-                      resume=resume, run_dir=Path(out) / "distill" if out else None, log=log)
+                      resume=resume, run_dir=Path(out) / "distill" if out else None,
+                      precision=cfg.distill_precision, log=log)
     previous = 0
     for h in history:  # from the epoch's steps and time (samples_per_s is rounded to 0.1)
         h["tokens_per_s"] = round((h["step"] - previous) * cfg.batch_size * cfg.window / max(h["epoch_time"], 1e-9), 1)
@@ -279,6 +281,19 @@ def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pr
     log(f"distillation: {cfg.distill_steps * cfg.batch_size * cfg.window / max(seconds, 1e-9):.0f} tokens/s on "
         f"average, {seconds / 60:.1f} min")
     return history
+
+
+def distill_batches(tokenizer, texts, cfg: CompressConfig, base_sha: Optional[str] = None) -> tuple[list, dict]:
+    """(the distillation batches of a causal LM, the key of their teacher cache): one batch a step, of windows
+    spread over every slot of the calibration sources in equal shares (the calibration windows may be among them),
+    up to as many as the smallest source holds (:func:`window_capacity`; SmolLM2 and the mixed sources: 243
+    batches), so a longer run sees them again."""
+    count = min(cfg.distill_steps * cfg.batch_size, window_capacity(tokenizer, texts, cfg.window, skip=None))
+    windows = token_windows(tokenizer, texts, count, cfg.window, skip=None)
+    batches = [{"input_ids": b["input_ids"]} for b in as_batches(windows, cfg.batch_size)]  # the loss calls the model
+    key = dict(base=base_sha, calibration=cfg.calibration, window=cfg.window, windows=len(windows),
+               batch_size=cfg.batch_size, k=cfg.distill_topk, temperature=cfg.temperature)
+    return batches, key
 
 
 def cached_teacher(teacher, batches: list[dict], key: dict, log) -> list[dict]:
@@ -376,7 +391,8 @@ def _distill_encoder(student, teacher, ev: _EncoderEvaluation, cfg: CompressConf
     evaluate = lambda m: {k: round(v, 5) for k, v in ev.agreement(m).items()}  # noqa: E731
     return distill(student, teacher, token_batches(ev.tokenizer, ev.train, cfg.batch_size), cfg.distill_steps,
                    lr=cfg.lr, checkpoint_every=100, evaluate=evaluate, progress=progress, seed=cfg.seed,
-                   resume=resume, run_dir=Path(out) / "distill" if out else None, log=log)
+                   resume=resume, run_dir=Path(out) / "distill" if out else None, precision=cfg.distill_precision,
+                   log=log)
 
 
 def format_encoder_rows(rows: list[dict]) -> str:

@@ -47,6 +47,29 @@ def autocast_for(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+PRECISIONS = ("fp32", "bf16-mixed")  # bf16-mixed: matmuls in bfloat16 under autocast, weights and optimizer fp32
+
+
+def precision_context(device: torch.device, precision: str):
+    """The autocast a ``precision`` of :data:`PRECISIONS` asks for on ``device`` (``fp32``: none)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
+
+
+def native_bf16(device: Union[str, torch.device] = "cpu") -> bool:
+    """Whether ``device`` multiplies bfloat16 natively (a CUDA GPU that supports it; an x86 CPU with AVX512-BF16 or
+    AMX), i.e. whether ``bf16-mixed`` is faster there than ``fp32`` rather than emulated."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no cheap way to tell, so no
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def show_progress(enabled: bool) -> bool:
     """Progress bars only when asked for and both stdout and stderr are terminals (no bar redraws in logs)."""
     return enabled and sys.stdout.isatty() and sys.stderr.isatty()

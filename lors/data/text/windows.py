@@ -86,12 +86,22 @@ def _token_ids(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
-def token_windows(tokenizer, texts: list[str] | str, count: int | str, length: int, skip: int = 0) -> torch.Tensor:
+def window_capacity(tokenizer, texts: list[str] | str, length: int, skip: Optional[int] = 0) -> int:
+    """The largest ``count`` :func:`token_windows` gives for ``texts`` and ``skip``: equal shares of every text's
+    ``length``-token slots, one in two of them with ``skip`` 0 or 1, all of them with ``skip=None``."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    step = 1 if skip is None else 2
+    return len(texts) * min(_token_ids(tokenizer, t).numel() // length // step for t in texts)
+
+
+def token_windows(tokenizer, texts: list[str] | str, count: int | str, length: int,
+                  skip: Optional[int] = 0) -> torch.Tensor:
     """``count`` windows of ``length`` token ids (count, length) of a Hugging Face tokenizer, spread evenly over
     each text.
 
     With several texts each gives an equal share (interleaved). ``skip`` takes the windows that lie
-    between those of a call with ``skip=0`` (``skip=1``: a disjoint second set, e.g. held-out calibration).
+    between those of a call with ``skip=0`` (``skip=1``: a disjoint second set, e.g. held-out calibration);
+    ``skip=None`` spreads them over every slot (twice as many fit; they may be any of the other two's).
     ``count="all"``: every consecutive window of every text, in order (the whole text but its last
     ``< length`` tokens), e.g. to score a whole evaluation text.
     """
@@ -103,14 +113,16 @@ def token_windows(tokenizer, texts: list[str] | str, count: int | str, length: i
                           for ids in (_token_ids(tokenizer, t) for t in texts)])
     if isinstance(count, str) or count < 1 or length < 2:
         raise ValueError(f"need count >= 1 (or 'all') and length >= 2, got {count!r} and {length}")
+    if skip not in (None, 0, 1):
+        raise ValueError(f"skip must be 0, 1 or None, got {skip!r}")
     shares = [count // len(texts) + (i < count % len(texts)) for i in range(len(texts))]
-    per_text = []
+    step, per_text = (1 if skip is None else 2), []
     for text, share in zip(texts, shares):
         ids = _token_ids(tokenizer, text)
         slots = ids.numel() // length
-        if slots < 2 * share:
-            raise ValueError(f"a text of {ids.numel():,} tokens holds fewer than {2 * share} windows of {length}")
-        picks = torch.linspace(0, slots - 2, share).round().long() // 2 * 2 + skip  # even slots; skip=1: odd
+        if slots < step * share:
+            raise ValueError(f"a text of {ids.numel():,} tokens holds fewer than {step * share} windows of {length}")
+        picks = torch.linspace(0, slots - step, share).round().long() // step * step + (skip or 0)  # even / odd
         per_text.append(ids[: slots * length].view(slots, length)[picks])
     order = [w for group in zip(*[list(p) for p in per_text]) for w in group]  # interleave the sources
     rest = [w for p in per_text for w in list(p)[min(shares):]]
