@@ -3,11 +3,12 @@
     python benchmarks/distill_speed.py --model runs/quality/mod60 --steps 12 --threads 2
 
 Builds the distillation batches exactly as ``lors distill`` does (windows of the calibration sources, 4 x 256 tokens
-a step, the teacher's cached top-64; the cache must exist: any ``lors compress --distill-topk 64`` or ``lors
-distill --topk 64`` run with at least ``--steps`` steps writes it), then runs :func:`lors.tasks.distill.distill` for
-``--steps`` steps in each precision, each from a fresh load of the folder, in the order fp32, bf16-mixed, fp32,
-bf16-mixed (so drift of the machine shows), and prints tokens/s per run, the ratio, and the training loss of every
-run: the same steps on the same data, so the losses should agree to a few parts in a thousand.
+a step, with the teacher's cached top-64 of all the batches the sources hold; the cache must exist: any ``lors
+compress --distill-topk 64`` or ``lors distill --topk 64`` run of 244 steps or more writes it), then runs
+:func:`lors.tasks.distill.distill` for ``--steps`` steps in each precision, each from a fresh load of the folder, in
+the order fp32, bf16-mixed, fp32, bf16-mixed (so drift of the machine shows), and prints tokens/s per run, the
+ratio, and the training loss of every run: the same steps on the same data, so the losses should agree to a few
+parts in a thousand.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def main() -> None:
     from lors.tasks.distill import distill
 
     meta = read_meta(args.model)
-    cfg = CompressConfig.from_dict({**meta["compress_config"], "distill_steps": max(120, args.steps),
+    cfg = CompressConfig.from_dict({**meta["compress_config"], "distill_steps": 10_000,  # every batch
                                     "distill_topk": args.topk}).resolve("lm")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     batches, key = distill_batches(tokenizer, calibration_text(cfg.calibration), cfg,
@@ -46,7 +47,7 @@ def main() -> None:
 
     def no_teacher(*_):
         raise RuntimeError("the teacher's top-k is not cached for these batches: run lors distill --topk "
-                           f"{args.topk} --steps {cfg.distill_steps} on a folder of this base model first")
+                           f"{args.topk} --steps 244 (or more) on a folder of this base model first")
 
     import lors.tasks.distill as distill_module
     distill_module.cache_topk = no_teacher  # never run a teacher here: the cached top-k or nothing
