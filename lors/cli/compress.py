@@ -148,7 +148,7 @@ def add_distill(p: argparse.ArgumentParser) -> None:
                      "new folder: compress once, distil as long as the time allows.")
     p.add_argument("--model", required=True, help="a folder written by lors compress --out (or lors distill --out)")
     p.add_argument("--steps", type=int, required=True, help="distillation steps (batches of the calibration "
-                   "sources; LMs: 4 x 256 tokens a step, SmolLM2's sources hold 243 batches, more steps repeat them)")
+                   "sources; LMs: 4 x 256 tokens a step, SmolLM2's sources hold 244 batches, more steps repeat them)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (3e-5 LMs, 1e-4 encoders)")
     p.add_argument("--topk", type=int, default=None, help="LMs: cache the teacher's top-k log-probs once instead of "
                    "running it every step (default: full logits)")

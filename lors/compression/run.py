@@ -286,7 +286,7 @@ def _distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pr
 def distill_batches(tokenizer, texts, cfg: CompressConfig, base_sha: Optional[str] = None) -> tuple[list, dict]:
     """(the distillation batches of a causal LM, the key of their teacher cache): one batch a step, of windows
     spread over every slot of the calibration sources in equal shares (the calibration windows may be among them),
-    up to as many as the smallest source holds (:func:`window_capacity`; SmolLM2 and the mixed sources: 243
+    up to as many as the smallest source holds (:func:`window_capacity`; SmolLM2 and the mixed sources: 244
     batches), so a longer run sees them again."""
     count = min(cfg.distill_steps * cfg.batch_size, window_capacity(tokenizer, texts, cfg.window, skip=None))
     windows = token_windows(tokenizer, texts, count, cfg.window, skip=None)
