@@ -34,7 +34,7 @@ def main() -> None:
     from lors.compression.config import CompressConfig
     from lors.compression.export import read_meta
     from lors.compression.pretrained import base_source
-    from lors.compression.run import cached_teacher, distill_batches
+    from lors.compression.lm_distill import cached_teacher, distill_batches
     from lors.data.text import calibration_text
     from lors.tasks.distill import distill
 

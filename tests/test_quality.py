@@ -196,7 +196,7 @@ def test_distill_precision_is_refused_where_it_cannot_apply():
 def test_distillation_batches_never_ask_the_sources_for_more_windows_than_they_hold():
     """A long distillation takes every window the smallest source allows (equal shares), then repeats them; a short
     one takes a step's batch of windows per step."""
-    from lors.compression.run import distill_batches
+    from lors.compression.lm_distill import distill_batches
 
     tokenizer = lambda text, add_special_tokens: {"input_ids": list(text.encode())}  # noqa: E731  bytes as ids
     texts = ["a" * 400, "b" * 160, "c" * 1000]  # 25, 10 and 62 windows of 16 tokens: 3 x 10 in equal shares
@@ -573,7 +573,7 @@ def test_teacher_cache_is_keyed_by_the_token_ids(tmp_path, monkeypatch):
     """Equal batches reuse the cached top-k; batches of other tokens under the same key compute their own."""
     from test_llm_compress import tiny_llama
 
-    from lors.compression.run import cached_teacher
+    from lors.compression.lm_distill import cached_teacher
     from lors.tasks.distill import TOPK_KEYS, cache_topk
 
     monkeypatch.setenv("LORS_CACHE", str(tmp_path))

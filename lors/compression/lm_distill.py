@@ -1,0 +1,85 @@
+"""End-to-end distillation of a compressed causal LM toward its base: the batches (windows of the calibration
+sources, :func:`distill_batches`), the teacher's top-k log-probs cached once per teacher and data
+(:func:`cached_teacher`), and the loop that trains on them (:func:`distill_lm`, what ``lors compress
+--distill-steps`` and ``lors distill`` run)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..data.text import token_windows, window_capacity
+from .config import CompressConfig
+from .pipeline import as_batches
+
+
+def distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, progress, resume, log,
+                base_sha: Optional[str] = None) -> list:
+    from ..tasks.distill import distill
+
+    train, key = distill_batches(tokenizer, texts, cfg, base_sha)
+    if cfg.distill_topk:
+        train = cached_teacher(teacher, train, key, log)
+    student.get_input_embeddings().weight.requires_grad_(False)  # tied to the head; too few tokens to move it
+    repeats = f"; each seen {cfg.distill_steps / len(train):.1f} times" if cfg.distill_steps > len(train) else ""
+    log(f"distillation: {cfg.distill_steps} steps x {cfg.batch_size} x {cfg.window} tokens ({cfg.distill_loss}, "
+        f"T={cfg.temperature}, lr {cfg.lr}, {cfg.distill_precision}) on {len(train)} batches of the calibration "
+        f"sources{repeats}")
+    history = distill(student, teacher, train, cfg.distill_steps, lr=cfg.lr, loss=cfg.distill_loss,
+                      temperature=cfg.temperature, checkpoint_every=50, progress=progress, seed=cfg.seed,
+                      resume=resume, run_dir=Path(out) / "distill" if out else None,
+                      precision=cfg.distill_precision, log=log)
+    previous = 0
+    for h in history:  # from the epoch's steps and time (samples_per_s is rounded to 0.1)
+        h["tokens_per_s"] = round((h["step"] - previous) * cfg.batch_size * cfg.window / max(h["epoch_time"], 1e-9), 1)
+        previous = h["step"]
+    seconds = sum(h["epoch_time"] for h in history)
+    log(f"distillation: {cfg.distill_steps * cfg.batch_size * cfg.window / max(seconds, 1e-9):.0f} tokens/s on "
+        f"average, {seconds / 60:.1f} min")
+    return history
+
+
+def distill_batches(tokenizer, texts, cfg: CompressConfig, base_sha: Optional[str] = None) -> tuple[list, dict]:
+    """(the distillation batches of a causal LM, the key of their teacher cache): one batch a step, of windows
+    spread over every slot of the calibration sources in equal shares (the calibration windows may be among them),
+    up to as many as the smallest source holds (:func:`window_capacity`; SmolLM2 and the mixed sources: 244
+    batches), so a longer run sees them again."""
+    count = min(cfg.distill_steps * cfg.batch_size, window_capacity(tokenizer, texts, cfg.window, skip=None))
+    windows = token_windows(tokenizer, texts, count, cfg.window, skip=None)
+    batches = [{"input_ids": b["input_ids"]} for b in as_batches(windows, cfg.batch_size)]  # the loss calls the model
+    key = dict(base=base_sha, calibration=cfg.calibration, window=cfg.window, windows=len(windows),
+               batch_size=cfg.batch_size, k=cfg.distill_topk, temperature=cfg.temperature)
+    return batches, key
+
+
+def cached_teacher(teacher, batches: list[dict], key: dict, log) -> list[dict]:
+    """``batches`` with the teacher's top-k log-probs (:func:`lors.tasks.distill.cache_topk`), computed once per
+    ``key`` (base weights, windows, k, temperature) and kept as safetensors in the cache folder, so every
+    student of the same teacher and data reuses them. The key also holds a digest of the batches' token ids: a change
+    of the text sources can never reuse a stale cache."""
+    from safetensors.torch import load_file, save_file
+
+    from ..tasks.distill import TOPK_KEYS, cache_topk
+    from .pretrained import cache_dir
+
+    tokens = torch.cat([b["input_ids"] for b in batches]).numpy().tobytes()
+    key = {**key, "text": hashlib.sha256(tokens).hexdigest()[:16]}
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "teacher-topk" / f"{name}.safetensors"
+    if path.is_file():
+        tensors = load_file(str(path))
+        if len(tensors) == 2 * len(batches) and all(tensors[f"{TOPK_KEYS[1]}.{i}"].shape[:2] == b["input_ids"].shape
+                                                    for i, b in enumerate(batches)):
+            log(f"teacher top-{key['k']}: cached ({path})")
+            return [{**b, **{k: tensors[f"{k}.{i}"] for k in TOPK_KEYS}} for i, b in enumerate(batches)]
+    start = time.time()
+    cached = cache_topk(teacher, batches, key["k"], key["temperature"], log=log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f"{k}.{i}": b[k].contiguous() for i, b in enumerate(cached) for k in TOPK_KEYS}, str(path),
+              metadata={"key": json.dumps(key, sort_keys=True)})
+    log(f"teacher top-{key['k']}: {len(batches)} batches in {time.time() - start:.0f} s, cached in {path}")
+    return cached
