@@ -106,7 +106,7 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
 
 DISTILL_FLAGS = {"distill_steps": "--steps", "distill_topk": "--topk", "distill_loss": "--loss",
                  "distill_precision": "--precision"}
-PRECISION_HELP = ("bf16-mixed: matmuls in bfloat16, weights and optimizer fp32 (1.45x the tokens/s of fp32 on "
+PRECISION_HELP = ("bf16-mixed: matmuls in bfloat16, weights and optimizer fp32 (faster than fp32 on "
                   "AVX512-BF16 CPUs); default: bf16-mixed for LMs where the hardware has native bfloat16, else fp32")
 
 

@@ -260,8 +260,8 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, steps: in
         dropout: train the student with its dropout on (default off: the student runs in eval mode, as the teacher
             does, and learns the teacher's deterministic function; MiniLM at 50 % lost agreement with dropout on).
         precision: ``"fp32"`` or ``"bf16-mixed"`` (forward and backward matmuls in bfloat16 under autocast; the
-            weights, their gradients, the optimizer and the loss stay fp32): 1.45x the tokens/s of fp32 for SmolLM2
-            on a CPU with AVX512-BF16 (``benchmarks/distill_speed.py``); emulated, hence slower, without it.
+            weights, their gradients, the optimizer and the loss stay fp32): faster than fp32 for SmolLM2 on a CPU
+            with AVX512-BF16 (``benchmarks/distill_speed.py``, BENCHMARKS.md); emulated, hence slower, without it.
 
     Returns one row per chunk: ``step`` (steps done), then the Trainer's row: ``epoch`` (= chunk), ``train_loss``
     (mean over the chunk), whatever ``evaluate`` returned, ``lr``, ``epoch_time``, ``samples_per_s``, ``params``.
