@@ -39,8 +39,9 @@ SENSITIVITY_DEFAULT = "sensitivity"  # loss-aware ranks (SmolLM2 80 %, recon: x1
 RECON_STEPS = 128  # block reconstruction by default (sequential lct / modular): SmolLM2 80 % x1.57 -> x1.40 (pydoc)
 LM_DISTILL_LR = 3e-5  # SmolLM2 modular 80 %, 120 steps: KL to the original 0.263 -> 0.244 pydoc (1e-4: -> 0.283),
                       # same perplexity (x1.18 / x1.14 against x1.19 / x1.13)
-# LM distillation precision where the CPU / GPU multiplies bfloat16 natively (SmolLM2 60 %: more tokens/s than
-# fp32 on 2 AVX512-BF16 cores, the same training loss to 0.2 %; BENCHMARKS.md); fp32 elsewhere and for encoders (not measured)
+# LM distillation precision where the CPU / GPU multiplies bfloat16 natively (SmolLM2 60 % / 80 %: 1.42x / 1.47x the
+# tokens/s of fp32 on 2 AVX512-BF16 cores, training loss equal to 0.35 %; BENCHMARKS.md); fp32 elsewhere and for
+# encoders (not measured)
 LM_DISTILL_PRECISION = "bf16-mixed"
 FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMARKS.md)
 LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature", "distill_topk")

@@ -18,7 +18,10 @@ from .pipeline import as_batches
 
 
 def distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, progress, resume, log,
-                base_sha: Optional[str] = None) -> list:
+               base_sha: Optional[str] = None) -> list:
+    """Distil ``student`` toward ``teacher`` for ``cfg.distill_steps`` steps on :func:`distill_batches` of ``texts``
+    (with the teacher's cached top-k when ``cfg.distill_topk``), the embeddings frozen; returns the loop's history,
+    one row per 50 steps, with ``tokens_per_s`` added."""
     from ..tasks.distill import distill
 
     train, key = distill_batches(tokenizer, texts, cfg, base_sha)
