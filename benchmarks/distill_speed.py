@@ -3,8 +3,8 @@
     python benchmarks/distill_speed.py --model runs/quality/mod60 --steps 12 --threads 2
 
 Builds the distillation batches exactly as ``lors distill`` does (windows of the calibration sources, 4 x 256 tokens
-a step, with the teacher's cached top-64 of all the batches the sources hold; the cache must exist: any ``lors
-compress --distill-topk 64`` or ``lors distill --topk 64`` run of 244 steps or more writes it), then runs
+a step, with the teacher's cached top-64 of the first ``--cache-steps`` batches; the cache must exist: a ``lors
+distill --topk 64 --steps 470`` run in the default precision writes it), then runs
 :func:`lors.tasks.distill.distill` for ``--steps`` steps in each precision, each from a fresh load of the folder, in
 the order fp32, bf16-mixed, fp32, bf16-mixed (so drift of the machine shows), and prints tokens/s per run, the
 ratio, and the training loss of every run: the same steps on the same data, so the losses should agree to a few
@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--topk", type=int, default=64)
+    ap.add_argument("--cache-steps", type=int, default=470, help="the steps of the run that wrote the cache")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -39,7 +40,7 @@ def main() -> None:
     from lors.tasks.distill import distill
 
     meta = read_meta(args.model)
-    cfg = CompressConfig.from_dict({**meta["compress_config"], "distill_steps": 10_000,  # every batch
+    cfg = CompressConfig.from_dict({**meta["compress_config"], "distill_steps": args.cache_steps,
                                     "distill_topk": args.topk}).resolve("lm")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     batches, key = distill_batches(tokenizer, calibration_text(cfg.calibration), cfg,
@@ -47,11 +48,11 @@ def main() -> None:
 
     def no_teacher(*_):
         raise RuntimeError("the teacher's top-k is not cached for these batches: run lors distill --topk "
-                           f"{args.topk} --steps 244 (or more) on a folder of this base model first")
+                           f"{args.topk} --steps {args.cache_steps} on a folder of this base model first")
 
     import lors.tasks.distill as distill_module
     distill_module.cache_topk = no_teacher  # never run a teacher here: the cached top-k or nothing
-    batches = cached_teacher(nn.Identity(), batches, key, print)
+    batches = cached_teacher(nn.Identity(), batches, key, print, cfg.distill_precision)
     tokens = args.steps * cfg.batch_size * cfg.window
     results = {}
     for precision in ("fp32", "bf16-mixed", "fp32", "bf16-mixed"):

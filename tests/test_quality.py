@@ -140,13 +140,14 @@ def test_topk_kl_equals_the_full_kl_when_k_is_the_vocabulary():
         assert topk_kl_loss(t, values, index, mask, temperature).item() == pytest.approx(0, abs=1e-6)
 
 
-def test_cached_topk_distillation_equals_full_distillation_when_k_is_the_vocabulary():
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+def test_cached_topk_distillation_equals_full_distillation_when_k_is_the_vocabulary(precision):
     teacher = tiny_llama(0)
     batches = [{"input_ids": tokens(2, s)} for s in range(3)]
-    cached = cache_topk(teacher, batches, k=VOCAB, temperature=2.0)
+    cached = cache_topk(teacher, batches, k=VOCAB, temperature=2.0, precision=precision)
     assert cached[0][TOPK_KEYS[0]].shape == (2, 16, VOCAB) and cached[0][TOPK_KEYS[1]].dtype == torch.int32
     assert TOPK_KEYS[0] not in batches[0]  # the input batches are not changed
-    full_task, cached_task = DistillTask(teacher, "kl", temperature=2.0), DistillTask(teacher, "kl", temperature=2.0)
+    full_task, cached_task = (DistillTask(teacher, "kl", temperature=2.0, precision=precision) for _ in range(2))
     students = [tiny_llama(1), tiny_llama(1)]
     for student, task, data in zip(students, (full_task, cached_task), (batches, cached)):
         optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
@@ -194,19 +195,21 @@ def test_distill_precision_is_refused_where_it_cannot_apply():
 
 
 def test_distillation_batches_never_ask_the_sources_for_more_windows_than_they_hold():
-    """A long distillation takes every window the smallest source allows (equal shares), then repeats them; a short
-    one takes a step's batch of windows per step."""
+    """A long distillation takes every window of every source (the smallest one runs out first, the others make up
+    the rest), then repeats them; a short one takes a step's batch of windows per step in equal shares."""
     from lors.compression.lm_distill import distill_batches
 
     tokenizer = lambda text, add_special_tokens: {"input_ids": list(text.encode())}  # noqa: E731  bytes as ids
-    texts = ["a" * 400, "b" * 160, "c" * 1000]  # 25, 10 and 62 windows of 16 tokens: 3 x 10 in equal shares
-    for steps, windows in ((3, 6), (1000, 30)):
+    texts = ["a" * 400, "b" * 160, "c" * 1000]  # 25, 10 and 62 windows of 16 tokens: 97 in all
+    for steps, windows, counts in ((3, 6, (2, 2, 2)), (20, 40, (15, 10, 15)), (1000, 97, (25, 10, 62))):
         cfg = CompressConfig(budget=0.5, distill_steps=steps, window=16, batch_size=2).resolve("lm")
         batches, key = distill_batches(tokenizer, texts, cfg, "sha")
         assert sum(len(b["input_ids"]) for b in batches) == key["windows"] == windows
         assert set(b["input_ids"].shape[1] for b in batches) == {16} and key["base"] == "sha"
-    firsts = [chr(int(w[0])) for b in batches for w in b["input_ids"]]
-    assert firsts.count("a") == firsts.count("b") == firsts.count("c") == 10
+        firsts = [chr(int(w[0])) for b in batches for w in b["input_ids"]]
+        assert tuple(firsts.count(c) for c in "abc") == counts
+        half = firsts[: len(firsts) // 2]  # interleaved in proportion: each source fills half its share early
+        assert all(abs(half.count(c) - n / 2) <= 1 for c, n in zip("abc", counts))
 
 
 # ---------------------------------------------------------------- modular decomposition (MoDeGPT type I)
@@ -591,6 +594,13 @@ def test_teacher_cache_is_keyed_by_the_token_ids(tmp_path, monkeypatch):
         for k in TOPK_KEYS:
             assert torch.equal(x[k], y[k]) and torch.allclose(z[k].float(), w[k].float())
         assert not torch.equal(x[TOPK_KEYS[1]], z[TOPK_KEYS[1]])  # other tokens, other teacher predictions
+    # a bf16-mixed student gets a teacher run under the same autocast: its own cache, values near fp32's
+    half = cached_teacher(teacher, a, key, lines.append, "bf16-mixed")
+    assert not lines[-1].startswith("teacher top-4: cached (")
+    assert len(list((tmp_path / "teacher-topk").glob("*.safetensors"))) == 3
+    for x, y in zip(first, half):
+        assert not torch.equal(x[TOPK_KEYS[0]], y[TOPK_KEYS[0]])
+        torch.testing.assert_close(x[TOPK_KEYS[0]].exp().sum(-1), y[TOPK_KEYS[0]].exp().sum(-1), atol=0.05, rtol=0)
 
 
 def test_default_method_is_modular_below_the_threshold_for_lms_only():

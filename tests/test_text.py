@@ -212,3 +212,24 @@ def test_window_capacity_is_the_largest_count_token_windows_gives():
     assert not even & odd and even | odd == every  # skip None: both halves, each window once
     with pytest.raises(ValueError, match="skip must be 0, 1 or None"):
         token_windows(tokenizer, texts, 2, 3, skip=2)
+
+
+def test_spilled_windows_fill_the_texts_up_to_what_each_holds():
+    from lors.data.text import token_windows, window_capacity
+    from lors.data.text.windows import filled_shares
+
+    assert filled_shares(7, [10, 10, 10]) == [3, 2, 2]  # equal shares while every part holds them
+    assert filled_shares(20, [3, 100, 9]) == [3, 9, 8]  # the small part gives all it has, the rest split the others
+    assert filled_shares(12, [3, 100, 9]) == [3, 5, 4] and filled_shares(112, [3, 100, 9]) == [3, 100, 9]
+    with pytest.raises(ValueError, match="113 windows asked of parts that hold 112"):
+        filled_shares(113, [3, 100, 9])
+    tokenizer = lambda text, add_special_tokens: {"input_ids": list(text.encode())}  # noqa: E731  bytes as ids
+    texts = ["abcdefghijklmnopqrstuvwxyz", "0123456789ABCDEFGHIJ"]  # 8 and 6 slots of 3 tokens
+    for skip, capacity in ((0, 7), (None, 14)):  # every (every other) slot of both texts
+        assert window_capacity(tokenizer, texts, 3, skip=skip, spill=True) == capacity
+        windows = token_windows(tokenizer, texts, capacity, 3, skip=skip, spill=True)
+        assert len({tuple(w) for w in windows.tolist()}) == capacity
+    every = {tuple(w) for w in token_windows(tokenizer, texts, 14, 3, skip=None, spill=True).tolist()}
+    assert every == {tuple(w) for w in token_windows(tokenizer, texts, "all", 3).tolist()}
+    equal = token_windows(tokenizer, texts, 8, 3, skip=None)  # within equal shares spilling changes nothing
+    assert torch.equal(token_windows(tokenizer, texts, 8, 3, skip=None, spill=True), equal)

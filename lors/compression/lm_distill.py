@@ -26,7 +26,7 @@ def distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pro
 
     train, key = distill_batches(tokenizer, texts, cfg, base_sha)
     if cfg.distill_topk:
-        train = cached_teacher(teacher, train, key, log)
+        train = cached_teacher(teacher, train, key, log, cfg.distill_precision)
     student.get_input_embeddings().weight.requires_grad_(False)  # tied to the head; too few tokens to move it
     repeats = f"; each seen {cfg.distill_steps / len(train):.1f} times" if cfg.distill_steps > len(train) else ""
     log(f"distillation: {cfg.distill_steps} steps x {cfg.batch_size} x {cfg.window} tokens ({cfg.distill_loss}, "
@@ -48,22 +48,24 @@ def distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pro
 
 def distill_batches(tokenizer, texts, cfg: CompressConfig, base_sha: Optional[str] = None) -> tuple[list, dict]:
     """(the distillation batches of a causal LM, the key of their teacher cache): one batch a step, of windows
-    spread over every slot of the calibration sources in equal shares (the calibration windows may be among them),
-    up to as many as the smallest source holds (:func:`window_capacity`; SmolLM2 and the mixed sources: 244
-    batches), so a longer run sees them again."""
-    count = min(cfg.distill_steps * cfg.batch_size, window_capacity(tokenizer, texts, cfg.window, skip=None))
-    windows = token_windows(tokenizer, texts, count, cfg.window, skip=None)
+    spread over every slot of the calibration sources (the calibration windows may be among them), in equal shares
+    as far as each source holds them, a source that runs out leaving the rest to the others (``spill``, interleaved
+    in proportion), up to every slot of every source (:func:`window_capacity`; SmolLM2 and the mixed sources: 1,021
+    batches), so only a longer run sees a window twice."""
+    count = min(cfg.distill_steps * cfg.batch_size,
+                window_capacity(tokenizer, texts, cfg.window, skip=None, spill=True))
+    windows = token_windows(tokenizer, texts, count, cfg.window, skip=None, spill=True)
     batches = [{"input_ids": b["input_ids"]} for b in as_batches(windows, cfg.batch_size)]  # the loss calls the model
     key = dict(base=base_sha, calibration=cfg.calibration, window=cfg.window, windows=len(windows),
                batch_size=cfg.batch_size, k=cfg.distill_topk, temperature=cfg.temperature)
     return batches, key
 
 
-def cached_teacher(teacher, batches: list[dict], key: dict, log) -> list[dict]:
-    """``batches`` with the teacher's top-k log-probs (:func:`lors.tasks.distill.cache_topk`), computed once per
-    ``key`` (base weights, windows, k, temperature) and kept as safetensors in the cache folder, so every
-    student of the same teacher and data reuses them. The key also holds a digest of the batches' token ids: a change
-    of the text sources can never reuse a stale cache."""
+def cached_teacher(teacher, batches: list[dict], key: dict, log, precision: str = "fp32") -> list[dict]:
+    """``batches`` with the teacher's top-k log-probs (:func:`lors.tasks.distill.cache_topk`, run in ``precision``),
+    computed once per ``key`` (base weights, windows, k, temperature; and the precision unless fp32) and kept as
+    safetensors in the cache folder, so every student of the same teacher and data reuses them. The key also holds a
+    digest of the batches' token ids: a change of the text sources can never reuse a stale cache."""
     from safetensors.torch import load_file, save_file
 
     from ..tasks.distill import TOPK_KEYS, cache_topk
@@ -71,6 +73,8 @@ def cached_teacher(teacher, batches: list[dict], key: dict, log) -> list[dict]:
 
     tokens = torch.cat([b["input_ids"] for b in batches]).numpy().tobytes()
     key = {**key, "text": hashlib.sha256(tokens).hexdigest()[:16]}
+    if precision != "fp32":  # fp32 caches keep the names they had before the precision was part of the key
+        key["precision"] = precision
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "teacher-topk" / f"{name}.safetensors"
     if path.is_file():
@@ -80,7 +84,7 @@ def cached_teacher(teacher, batches: list[dict], key: dict, log) -> list[dict]:
             log(f"teacher top-{key['k']}: cached ({path})")
             return [{**b, **{k: tensors[f"{k}.{i}"] for k in TOPK_KEYS}} for i, b in enumerate(batches)]
     start = time.time()
-    cached = cache_topk(teacher, batches, key["k"], key["temperature"], log=log)
+    cached = cache_topk(teacher, batches, key["k"], key["temperature"], log=log, precision=precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({f"{k}.{i}": b[k].contiguous() for i, b in enumerate(cached) for k in TOPK_KEYS}, str(path),
               metadata={"key": json.dumps(key, sort_keys=True)})

@@ -106,9 +106,11 @@ def topk_kl_loss(student_logits: torch.Tensor, teacher_logp: torch.Tensor, teach
 
 @torch.no_grad()
 def cache_topk(teacher: nn.Module, batches: Sequence[dict], k: int, temperature: float = 1.0,
-               forward: Optional[Callable] = None, log: Optional[Callable[[str], None]] = None) -> list[dict]:
+               forward: Optional[Callable] = None, log: Optional[Callable[[str], None]] = None,
+               precision: str = "fp32") -> list[dict]:
     """Copies of ``batches`` (dicts) with the teacher's top-``k`` next-token log-probabilities at ``temperature``
-    and their token ids added (``TOPK_KEYS``: float32 (B, T, k) and int32 (B, T, k)); one teacher pass."""
+    and their token ids added (``TOPK_KEYS``: float32 (B, T, k) and int32 (B, T, k)); one teacher pass, under the
+    autocast of ``precision`` (the one the student trains in: the teacher a full-logit run would use)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     teacher.eval()
@@ -116,7 +118,9 @@ def cache_topk(teacher: nn.Module, batches: Sequence[dict], k: int, temperature:
     for i, batch in enumerate(batches):
         if not isinstance(batch, dict):
             raise TypeError("cache_topk needs dict batches (Hugging Face model inputs)")
-        logp = F.log_softmax((forward or logits)(teacher, batch).float() / temperature, -1)
+        with precision_context(next(iter(batch.values())).device, precision):
+            out = (forward or logits)(teacher, batch)
+        logp = F.log_softmax(out.float() / temperature, -1)
         values, index = logp.topk(min(k, logp.shape[-1]), dim=-1)
         cached.append({**batch, TOPK_KEYS[0]: values, TOPK_KEYS[1]: index.to(torch.int32)})
         if log and (i + 1) % 50 == 0:

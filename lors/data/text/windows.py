@@ -86,16 +86,33 @@ def _token_ids(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
-def window_capacity(tokenizer, texts: list[str] | str, length: int, skip: Optional[int] = 0) -> int:
-    """The largest ``count`` :func:`token_windows` gives for ``texts`` and ``skip``: equal shares of every text's
-    ``length``-token slots, one in two of them with ``skip`` 0 or 1, all of them with ``skip=None``."""
+def window_capacity(tokenizer, texts: list[str] | str, length: int, skip: Optional[int] = 0,
+                    spill: bool = False) -> int:
+    """The largest ``count`` :func:`token_windows` gives for ``texts``, ``skip`` and ``spill``: equal shares of every
+    text's ``length``-token slots (one in two of them with ``skip`` 0 or 1, all of them with ``skip=None``), or with
+    ``spill`` every slot of every text."""
     texts = [texts] if isinstance(texts, str) else list(texts)
     step = 1 if skip is None else 2
-    return len(texts) * min(_token_ids(tokenizer, t).numel() // length // step for t in texts)
+    slots = [_token_ids(tokenizer, t).numel() // length // step for t in texts]
+    return sum(slots) if spill else len(texts) * min(slots)
+
+
+def filled_shares(count: int, capacities: list[int]) -> list[int]:
+    """``count`` split as evenly as ``capacities`` allow: a part that holds less than an equal share gives all it
+    holds and the others split the rest (water-filling; the earlier parts take a remainder's extra one)."""
+    if count > sum(capacities):
+        raise ValueError(f"{count} windows asked of parts that hold {sum(capacities)} ({capacities})")
+    shares, left, open_parts = list(capacities), count, sorted(range(len(capacities)), key=lambda i: capacities[i])
+    while open_parts and capacities[open_parts[0]] * len(open_parts) <= left:  # the smallest parts give all
+        left -= capacities[open_parts.pop(0)]
+    each, extra = divmod(left, max(len(open_parts), 1))
+    for rank, i in enumerate(sorted(open_parts)):  # the rest share equally, the earlier parts the extra ones
+        shares[i] = each + (rank < extra)
+    return shares
 
 
 def token_windows(tokenizer, texts: list[str] | str, count: int | str, length: int,
-                  skip: Optional[int] = 0) -> torch.Tensor:
+                  skip: Optional[int] = 0, spill: bool = False) -> torch.Tensor:
     """``count`` windows of ``length`` token ids (count, length) of a Hugging Face tokenizer, spread evenly over
     each text.
 
@@ -103,7 +120,9 @@ def token_windows(tokenizer, texts: list[str] | str, count: int | str, length: i
     between those of a call with ``skip=0`` (``skip=1``: a disjoint second set, e.g. held-out calibration);
     ``skip=None`` spreads them over every slot (twice as many fit; they may be any of the other two's).
     ``count="all"``: every consecutive window of every text, in order (the whole text but its last
-    ``< length`` tokens), e.g. to score a whole evaluation text.
+    ``< length`` tokens), e.g. to score a whole evaluation text. ``spill=True`` lets a text that holds fewer than its
+    equal share give all it holds and the others make up the rest (:func:`filled_shares`), the windows of all texts
+    interleaved in proportion to their shares, so any run of consecutive windows mixes the texts alike.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     if count == "all":
@@ -115,15 +134,19 @@ def token_windows(tokenizer, texts: list[str] | str, count: int | str, length: i
         raise ValueError(f"need count >= 1 (or 'all') and length >= 2, got {count!r} and {length}")
     if skip not in (None, 0, 1):
         raise ValueError(f"skip must be 0, 1 or None, got {skip!r}")
-    shares = [count // len(texts) + (i < count % len(texts)) for i in range(len(texts))]
     step, per_text = (1 if skip is None else 2), []
-    for text, share in zip(texts, shares):
-        ids = _token_ids(tokenizer, text)
+    ids_all = [_token_ids(tokenizer, t) for t in texts]
+    shares = filled_shares(count, [ids.numel() // length // step for ids in ids_all]) if spill else \
+        [count // len(texts) + (i < count % len(texts)) for i in range(len(texts))]
+    for ids, share in zip(ids_all, shares):
         slots = ids.numel() // length
         if slots < step * share:
             raise ValueError(f"a text of {ids.numel():,} tokens holds fewer than {step * share} windows of {length}")
         picks = torch.linspace(0, slots - step, share).round().long() // step * step + (skip or 0)  # even / odd
         per_text.append(ids[: slots * length].view(slots, length)[picks])
+    if spill:  # window i of a text with share s sits at (i + 0.5) / s of the run; ties keep the texts' order
+        keyed = sorted(((i + 0.5) / len(p), j, i) for j, p in enumerate(per_text) for i in range(len(p)))
+        return torch.stack([per_text[j][i] for _, j, i in keyed])
     order = [w for group in zip(*[list(p) for p in per_text]) for w in group]  # interleave the sources
     rest = [w for p in per_text for w in list(p)[min(shares):]]
     return torch.stack(order + rest)
