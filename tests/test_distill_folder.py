@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import lors
+from lors.compression.config import LM_DISTILL_LR
 from lors.engine.trainer import native_bf16
 
 transformers = pytest.importorskip("transformers")
@@ -67,13 +68,13 @@ def test_distilling_a_saved_folder_moves_it_toward_the_base_and_records_the_chai
     first = meta["source"]["distillations"]
     assert [(d["from"], d["steps"], d["lr"]) for d in first] == [(str(small.resolve()), 6, 1e-3)]
     assert meta["source"]["sha256"] == json.loads((small / "lors.json").read_text())["source"]["sha256"]
-    # a distilled folder distils again: the chain grows, the defaults (LM lr 3e-5, cached top-k) apply
+    # a distilled folder distils again: the chain grows, the defaults (LM lr LM_DISTILL_LR, cached top-k) apply
     assert main(["distill", "--model", str(out), "--steps", "2", "--topk", "8", "--eval-windows", "2",
                  "--eval-prompts", "0", "--no-progress", "--out", str(again)]) == 0
     chain = json.loads((again / "lors.json").read_text())["source"]["distillations"]
     native = "bf16-mixed" if native_bf16("cpu") else "fp32"  # the LM default where the CPU multiplies bfloat16
     assert [(d["steps"], d["lr"], d["topk"], d["precision"]) for d in chain] == [(6, 1e-3, None, "fp32"),
-                                                                                 (2, 3e-5, 8, native)]
+                                                                                 (2, LM_DISTILL_LR, 8, native)]
     assert json.loads((again / "results.json").read_text())["rows"][1]["model"] == "distilled (as saved)"
 
 
