@@ -50,8 +50,8 @@ def distill_batches(tokenizer, texts, cfg: CompressConfig, base_sha: Optional[st
     """(the distillation batches of a causal LM, the key of their teacher cache): one batch a step, of windows
     spread over every slot of the calibration sources (the calibration windows may be among them), in equal shares
     as far as each source holds them, a source that runs out leaving the rest to the others (``spill``, interleaved
-    in proportion), up to every slot of every source (:func:`window_capacity`; SmolLM2 and the mixed sources: 1,021
-    batches), so only a longer run sees a window twice."""
+    in proportion), up to every slot of every source (:func:`window_capacity`; SmolLM2 and the mixed sources: 4,086
+    windows, 1,022 batches), so only a longer run sees a window twice."""
     count = min(cfg.distill_steps * cfg.batch_size,
                 window_capacity(tokenizer, texts, cfg.window, skip=None, spill=True))
     windows = token_windows(tokenizer, texts, count, cfg.window, skip=None, spill=True)
