@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--topk", type=int, default=64)
     ap.add_argument("--cache-steps", type=int, default=470, help="the steps of the run that wrote the cache")
+    ap.add_argument("--cache-precision", choices=("fp32", "bf16-mixed"), default=None,
+                    help="the precision the cache was made in (default: the LM default, as lors distill makes it)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -52,7 +54,7 @@ def main() -> None:
 
     import lors.tasks.distill as distill_module
     distill_module.cache_topk = no_teacher  # never run a teacher here: the cached top-k or nothing
-    batches = cached_teacher(nn.Identity(), batches, key, print, cfg.distill_precision)
+    batches = cached_teacher(nn.Identity(), batches, key, print, args.cache_precision or cfg.distill_precision)
     tokens = args.steps * cfg.batch_size * cfg.window
     results = {}
     for precision in ("fp32", "bf16-mixed", "fp32", "bf16-mixed"):

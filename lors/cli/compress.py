@@ -149,7 +149,7 @@ def add_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a folder written by lors compress --out (or lors distill --out)")
     p.add_argument("--steps", type=int, required=True, help="distillation steps (batches of the calibration "
                    "sources; LMs: 4 x 256 tokens a step, SmolLM2's sources hold 1,022 batches, more steps repeat "
-                   "them; 470 fit 30 min on 2 AVX512-BF16 cores)")
+                   "them; about 465 fit 30 min on 2 AVX512-BF16 cores)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (5e-5 LMs, 1e-4 encoders)")
     p.add_argument("--topk", type=int, default=None, help="LMs: cache the teacher's top-k log-probs once instead of "
                    "running it every step (default: full logits)")
