@@ -1,22 +1,30 @@
 """MiniLM at 50 %: which distillation loss, learning rate and data recover the sentence embeddings best.
 
-    OMP_NUM_THREADS=1 python benchmarks/minilm_distill.py --steps 300 \
-        cos:cos:1e-4:train cos3e-5:cos:3e-5:train sim:cos+sim:1e-4:train hidden:cos+hidden:1e-4:train \
-        bible:cos:1e-4:train+bible
+    OMP_NUM_THREADS=1 lors compress --model minilm --budget 0.5 --out runs/minilm_s/lct50s_c4096
+    OMP_NUM_THREADS=1 python benchmarks/minilm_distill.py --start runs/minilm_s/lct50s_c4096 --steps 1000 \
+        base:mse+cos:1e-4:train more:mse+cos:1e-4:train+pydoc+crops
 
-Compresses all-MiniLM-L6-v2 to 50 % of its encoder with the default recipe once (kept in ``--start``, reloaded by
-``lors.from_pretrained`` on later runs), then distils a copy per variant ``NAME:LOSS:LR:DATA`` for ``--steps`` steps
-of 32 sentences (AdamW, 5 % warm-up then cosine, gradients clipped at 1) and scores the 1,000 held-out sentences
-every 100 steps, as ``lors compress --model minilm`` does (mean / min cosine to the original's embeddings, top-1
-agreement, recall@10). Losses, summed:
+Distils a copy of the compressed start (a ``lors compress --out`` folder) per variant ``NAME:LOSS:LR:DATA`` for
+``--steps`` steps of 32 sentences (AdamW, 5 % warm-up then cosine, gradients clipped at 1, the student in eval mode
+as ``lors distill`` runs it) and scores the 1,000 held-out sentences every 100 steps, as ``lors compress --model
+minilm`` does (mean / min cosine to the original's embeddings, top-1 agreement, recall@10); at the end it also
+scores 1,000 of the training sentences (the gap between the two says whether more data or more capacity is what is
+missing). Losses, summed:
 
 * ``cos``: 1 - cosine of the mean-pooled, normalised sentence embeddings;
+* ``mse``: the last layer's token states, mean squared error divided by the teacher's mean square
+  (``mse+cos`` is ``lors distill``'s encoder loss);
 * ``sim``: 10 x the mean squared difference of the batch's cosine-similarity matrices (relational: the
   neighbourhoods recall@10 measures);
 * ``hidden``: every layer's token states, MSE divided by the teacher's mean square, averaged over layers.
 
-Data: ``train`` is the 4,309 training sentences (the held-out sentences' sources never enter); ``train+bible`` adds
-the sentences of the Bible's training books. Writes ``NAME.json`` (one row per 100 steps) to ``--out``.
+Data, ``+``-joined: ``train`` is the 4,309 training sentences (the held-out sentences' sources never enter);
+``bible`` the sentences of the Bible's training books; ``pydoc`` the 1,254 sentences of Python's reference topics;
+``stdpkg`` the ~4,800 docstring sentences of the standard library's packages (``email``, ``asyncio``, ``json``, ...:
+the files below a folder, which the sentence split never reads; no tests, ``idlelib``, ``lib2to3``); a sentence that
+is among the held-out ones is dropped from every source; ``crops`` adds, for every sentence of the others, two
+random spans of at least half its words (new inputs from the same text). Writes ``NAME.json`` (one row per 100
+steps, then the training-sentence scores) to ``--out``.
 """
 from __future__ import annotations
 
@@ -30,8 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-LOSS_TERMS = ("cos", "sim", "hidden")
-DATA = ("train", "train+bible")
+LOSS_TERMS = ("cos", "mse", "sim", "hidden")
+DATA = ("train", "bible", "pydoc", "stdpkg", "crops")
 
 
 def parse_variant(text: str) -> tuple[str, tuple[str, ...], float, str]:
@@ -39,10 +47,11 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...], float, str]:
     if len(parts) != 4:
         raise ValueError(f"a variant is NAME:LOSS:LR:DATA, got {text!r}")
     name, loss, lr, data = parts
-    terms = tuple(loss.split("+"))
-    if not set(terms) <= set(LOSS_TERMS) or data not in DATA:
-        raise ValueError(f"variant {text!r}: LOSS is '+'-joined terms of {LOSS_TERMS}, DATA one of {DATA}")
-    return name, terms, float(lr), data
+    terms, sources = tuple(loss.split("+")), tuple(data.split("+"))
+    if not set(terms) <= set(LOSS_TERMS) or not set(sources) <= set(DATA) or sources == ("crops",):
+        raise ValueError(f"variant {text!r}: LOSS is '+'-joined terms of {LOSS_TERMS}, DATA '+'-joined sources of "
+                         f"{DATA} (crops with at least one other)")
+    return name, terms, float(lr), sources
 
 
 def pooled(model, batch, states: bool):
@@ -52,18 +61,21 @@ def pooled(model, batch, states: bool):
 
 
 def loss_of(terms, student, teacher, batch) -> torch.Tensor:
-    states = "hidden" in terms
+    states = "hidden" in terms or "mse" in terms
     with torch.no_grad():
         t_emb, t_states = pooled(teacher, batch, states)
     s_emb, s_states = pooled(student, batch, states)
+    mask = batch["attention_mask"].bool()
     t, s = F.normalize(t_emb, dim=-1), F.normalize(s_emb, dim=-1)
     loss = s.new_zeros(())
     if "cos" in terms:
         loss = loss + (1 - (t * s).sum(-1)).mean()
     if "sim" in terms:
         loss = loss + 10 * (s @ s.T - t @ t.T).pow(2).mean()
-    if states:
-        mask = batch["attention_mask"].bool()
+    if "mse" in terms:
+        a, b = s_states[-1], t_states[-1]
+        loss = loss + (a - b).pow(2).mean(-1)[mask].mean() / b.pow(2).mean()
+    if "hidden" in terms:
         for a, b in zip(s_states[1:], t_states[1:]):
             loss = loss + (a - b).pow(2).mean(-1)[mask].mean() / b.pow(2).mean() / (len(s_states) - 1)
     return loss
@@ -71,18 +83,16 @@ def loss_of(terms, student, teacher, batch) -> torch.Tensor:
 
 def main(argv=None) -> dict:
     import lors
-    from lors.compression import CompressConfig
     from lors.compression.evaluate import embed, embedding_agreement, token_batches
-    from lors.compression.pipeline import compress
     from lors.compression.pretrained import load_encoder
     from lors.compression.run import held_out_sentences
-    from lors.data.text import calibration_text
-    from lors.data.text.sources import sentences_of
+    from lors.data.text import (calibration_text, english_sentences, pydoc_documents, sentence_crops, sentences_of,
+                                stdlib_package_texts)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("variants", nargs="+", help="NAME:LOSS:LR:DATA, e.g. cos:cos:1e-4:train")
+    p.add_argument("variants", nargs="+", help="NAME:LOSS:LR:DATA, e.g. base:mse+cos:1e-4:train")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--start", default="runs/minilm_distill/start", help="folder of the compressed start (reused)")
+    p.add_argument("--start", required=True, help="the compressed start: a folder of lors compress --model minilm")
     p.add_argument("--out", default="runs/minilm_distill")
     args = p.parse_args(argv)
     try:
@@ -91,30 +101,34 @@ def main(argv=None) -> dict:
         p.error(str(e))
     if args.steps < 100:
         p.error(f"--steps must be at least 100 (scores every 100 steps), got {args.steps}")
+    if not Path(args.start, "lors.json").is_file():
+        p.error(f"--start {args.start!r} is not a lors compress folder (no lors.json)")
 
     torch.manual_seed(0)
     teacher, tokenizer = load_encoder("minilm", progress=False)
     train, held = held_out_sentences(0, 1000)
-    cfg = CompressConfig(budget=0.5).resolve("encoder", teacher)
-    eval_batches = token_batches(tokenizer, held, 64)
-    reference = embed(teacher, eval_batches)
-    if Path(args.start, "lors.json").is_file():
-        start = lors.from_pretrained(args.start)
-    else:
-        start, _ = compress(teacher, token_batches(tokenizer, train[:256], 32), cfg,
-                            validation=token_batches(tokenizer, train[256:384], 32), log=print)
-        lors.save_pretrained(start, args.start, tokenizer, cfg)
+    eval_batches, seen_batches = token_batches(tokenizer, held, 64), token_batches(tokenizer, train[:1000], 64)
+    reference, seen_reference = embed(teacher, eval_batches), embed(teacher, seen_batches)
+    start = lors.from_pretrained(args.start)
     print("start", embedding_agreement(reference, embed(start, eval_batches)), flush=True)
-    bible = [s for t in calibration_text("bible") for s in sentences_of(t.replace("\n", " "))]
-    print(f"{len(train):,} training sentences, {len(bible):,} Bible sentences", flush=True)
+    pydoc = dict.fromkeys(s for t in pydoc_documents().values() for s in sentences_of(t))
+    all_held = set(english_sentences()[1])
+    stdpkg = dict.fromkeys(s for t in stdlib_package_texts().values() for s in sentences_of(t))
+    texts = {"train": train, "pydoc": list(pydoc), "stdpkg": list(stdpkg),
+             "bible": [s for t in calibration_text("bible") for s in sentences_of(t.replace("\n", " "))]}
+    texts = {k: v if k == "train" else [s for s in v if s not in all_held] for k, v in texts.items()}
+    print(", ".join(f"{len(v):,} {k} sentences" for k, v in texts.items()), flush=True)
 
     results = {}
     for name, terms, lr, data in variants:
-        sentences = train if data == "train" else train + bible
-        student = copy.deepcopy(start).train()
+        sentences = [s for source in data if source != "crops" for s in texts[source]]
+        if "crops" in data:
+            sentences += sentence_crops(sentences, 2, 0)
+        student = copy.deepcopy(start).eval()  # no dropout, as lors distill trains
         opt = torch.optim.AdamW([q for q in student.parameters() if q.requires_grad], lr=lr, weight_decay=0.0)
         order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(0)).tolist()
         warm, began, rows = max(1, args.steps // 20), time.time(), []
+        print(f"{name}: {len(sentences):,} sentences", flush=True)
         for step in range(args.steps):
             scale = (step + 1) / warm if step < warm else \
                 0.5 * (1 + math.cos(math.pi * (step - warm) / (args.steps - warm)))
@@ -129,10 +143,12 @@ def main(argv=None) -> dict:
             opt.step()
             if (step + 1) % 100 == 0:
                 row = embedding_agreement(reference, embed(student, eval_batches))
-                student.train()
                 row.update(step=step + 1, loss=loss.item(), minutes=(time.time() - began) / 60)
                 rows.append(row)
                 print(name, {k: round(v, 4) for k, v in row.items()}, flush=True)
+        seen = embedding_agreement(seen_reference, embed(student, seen_batches))
+        rows.append({"training_sentences": seen})
+        print(name, "1,000 training sentences:", {k: round(v, 4) for k, v in seen.items()}, flush=True)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / f"{name}.json").write_text(json.dumps(rows, indent=1))
         results[name] = rows

@@ -1,5 +1,6 @@
 """lors compress on encoders: text data split by source, budgeted ranks, the CLI on a HF folder; MiniLM optional."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ import lors
 from lors.compression import CompressConfig, embed, embedding_agreement
 from lors.compression.evaluate import token_batches
 from lors.compression.pretrained import load_encoder
-from lors.data.text import english_sentences, sentences_of
+from lors.data.text import (english_sentences, extra_sentences, pydoc_documents, sentence_crops, sentences_of,
+                            stdlib_package_texts)
 
 pytestmark = pytest.mark.filterwarnings("ignore:LORS stack", "ignore:calibration saw no inputs")
 
@@ -26,6 +28,54 @@ def test_english_sentences_split_by_source_without_overlap():
     assert len(train) > 1000 and len(held) > 300
     assert not set(train) & set(held)
     assert english_sentences(0) == (train, held) and english_sentences(1) != (train, held)  # the split seed decides
+
+
+def test_extra_sentences_come_from_outside_the_split():
+    train, held = english_sentences()
+    extra = extra_sentences()
+    assert len(extra) > 1000 and len(set(extra)) == len(extra)
+    assert not set(extra) & (set(train) | set(held))
+    pydoc = {s for t in pydoc_documents().values() for s in sentences_of(t)}
+    assert pydoc - set(train) - set(held) <= set(extra) and len(set(extra) - pydoc) > 1000  # pydoc + packages
+    names = list(stdlib_package_texts())
+    assert names and all(n.startswith("stdpkg:") and "/" in n for n in names)  # files inside package folders only
+    assert not any(part in ("test", "tests", "idlelib", "pydoc_data") for n in names for part in n[7:].split("/")[:-1])
+
+
+def test_sentence_crops_are_seeded_spans_of_at_least_half_the_words():
+    sentences = ["one two three four five six seven", "alpha beta", "a b c d e f g h i j k"]
+    crops = sentence_crops(sentences, copies=3, seed=1)
+    assert len(crops) == 9 and crops == sentence_crops(sentences, copies=3, seed=1)
+    assert crops != sentence_crops(sentences, copies=3, seed=2)
+    for i, crop in enumerate(crops):
+        words, got = sentences[i // 3].split(), crop.split()
+        assert (len(words) + 1) // 2 <= len(got) < len(words)
+        starts = [j for j in range(len(words)) if words[j:j + len(got)] == got]
+        assert starts, (crop, sentences[i // 3])  # consecutive words of its sentence
+    with pytest.raises(ValueError, match="copies"):
+        sentence_crops(sentences, copies=0)
+    with pytest.raises(ValueError, match="at least 2 words"):
+        sentence_crops(["Alone."])
+
+
+def test_encoder_distillation_data_train_or_extended():
+    from lors.compression.run import distill_sentences
+
+    train = english_sentences()[0][:50]
+    cfg = CompressConfig(budget=0.5, distill_steps=1).resolve("encoder")
+    assert cfg.distill_data == "extended"  # the default
+    plain = distill_sentences(train, dataclasses.replace(cfg, distill_data="train"))
+    assert plain == train
+    extended = distill_sentences(train, cfg)
+    pool = train + extra_sentences()
+    assert len(extended) == 3 * len(pool) and set(pool) <= set(extended)  # every sentence and two crops of each
+    assert extended == distill_sentences(train, cfg) != distill_sentences(train, dataclasses.replace(cfg, seed=1))
+    with pytest.raises(ValueError, match="distill_data must be one of 'train', 'extended'"):
+        CompressConfig(budget=0.5, distill_steps=1, distill_data="all")
+    with pytest.raises(ValueError, match="distill_data applies to sentence encoders only"):
+        CompressConfig(budget=0.5, distill_steps=1, distill_data="train").resolve("lm")
+    with pytest.raises(ValueError, match="distill_data applies to distillation only"):
+        CompressConfig(budget=0.5, distill_data="train")
 
 
 def tiny_bert_folder(tmp_path):
@@ -110,6 +160,7 @@ def test_compress_cli_default_recipe_and_flag_errors(tmp_path, capsys):
                           "--group-size applies to methods 'lors' and 'basis' (shared weights), not the default method"),
                          (["--budget", "0.6", "--fast", "--sequential"], "--fast"),
                          (["--budget", "0.6", "--lr", "1e-3"], "--lr"),
+                         (["--budget", "0.6", "--distill-data", "train"], "--distill-data applies to distillation"),
                          (["--budget", "0.6", "--out", str(out / "results.json")], "--out"),
                          (["--budget", "0.6", "--calibration-windows", "8"], "--calibration-windows"),  # LM-only
                          (["--budget", "0.6", "--eval-text", "pydoc"], "--eval-text"),

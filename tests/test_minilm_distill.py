@@ -13,13 +13,14 @@ from minilm_distill import loss_of, parse_variant  # noqa: E402
 
 
 def test_variants_are_parsed_and_bad_ones_refused():
-    assert parse_variant("a:cos+sim:3e-5:train+bible") == ("a", ("cos", "sim"), 3e-5, "train+bible")
-    for bad in ("a:cos:1e-4", "a:kl:1e-4:train", "a:cos:1e-4:wiki"):
+    assert parse_variant("a:cos+sim:3e-5:train+bible") == ("a", ("cos", "sim"), 3e-5, ("train", "bible"))
+    assert parse_variant("b:mse+cos:1e-4:train+pydoc+stdpkg+crops")[3] == ("train", "pydoc", "stdpkg", "crops")
+    for bad in ("a:cos:1e-4", "a:kl:1e-4:train", "a:cos:1e-4:wiki", "a:cos:1e-4:crops"):
         with pytest.raises(ValueError, match="variant|NAME:LOSS:LR:DATA"):
             parse_variant(bad)
 
 
-@pytest.mark.parametrize("terms", [("cos",), ("sim",), ("hidden",), ("cos", "sim", "hidden")])
+@pytest.mark.parametrize("terms", [("cos",), ("mse",), ("sim",), ("hidden",), ("cos", "mse", "sim", "hidden")])
 def test_each_loss_is_zero_at_the_teacher_and_positive_away_from_it(terms):
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

@@ -14,7 +14,8 @@ from ..errors import ConfigError
 
 RECIPE_FLAGS = ("method", "budget", "rank", "epsilon", "form", "init", "shrinkage", "allocation", "group_size",
                 "calibration", "calibration_windows", "calibration_sentences", "distill_steps", "distill_loss",
-                "temperature", "lr", "distill_topk", "distill_precision", "recon_steps", "recon_lr", "seed")
+                "temperature", "lr", "distill_topk", "distill_precision", "distill_data", "recon_steps", "recon_lr",
+                "seed")
 
 
 def flag(field: str) -> str:
@@ -105,7 +106,9 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
 
 
 DISTILL_FLAGS = {"distill_steps": "--steps", "distill_topk": "--topk", "distill_loss": "--loss",
-                 "distill_precision": "--precision"}
+                 "distill_precision": "--precision", "distill_data": "--data"}
+DATA_HELP = ("encoders: distil on the training sentences ('train') or on those, pydoc's and the standard library "
+             "packages' sentences and two random crops of each ('extended', the default)")
 PRECISION_HELP = ("bf16-mixed: matmuls in bfloat16, weights and optimizer fp32 (faster than fp32 on "
                   "AVX512-BF16 CPUs); default: bf16-mixed for LMs where the hardware has native bfloat16, else fp32")
 
@@ -129,7 +132,7 @@ def cmd_distill(args) -> int:
         raise ConfigError("--resume continues a distillation checkpointed in --out: give --out")
     try:
         run_distill(args.model, args.steps, lr=args.lr, topk=args.topk, loss=args.loss, temperature=args.temperature,
-                    seed=args.seed, precision=args.precision, base=args.base, eval_texts=args.eval_text,
+                    seed=args.seed, precision=args.precision, data=args.data, base=args.base, eval_texts=args.eval_text,
                     eval_windows=args.eval_windows, eval_prompts=args.eval_prompts,
                     eval_sentences=args.eval_sentences, out=args.out,
                     dtype=args.dtype, progress=not args.no_progress, resume=args.resume)
@@ -139,7 +142,7 @@ def cmd_distill(args) -> int:
 
 
 def add_distill(p: argparse.ArgumentParser) -> None:
-    from ..compression.config import DISTILL_LOSSES
+    from ..compression.config import DISTILL_DATA, DISTILL_LOSSES
     from ..compression.export import DTYPES
     from ..engine.trainer import PRECISIONS
 
@@ -156,6 +159,7 @@ def add_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", default=None, choices=DISTILL_LOSSES, help="LM distillation loss (kl)")
     p.add_argument("--temperature", type=float, default=None, help="LM distillation temperature (1)")
     p.add_argument("--precision", default=None, choices=PRECISIONS, help=PRECISION_HELP)
+    p.add_argument("--data", default=None, choices=DISTILL_DATA, help=DATA_HELP)
     p.add_argument("--seed", type=int, default=None, help="default: the folder's recorded seed")
     p.add_argument("--base", default=None, help="the base model (default: the one the folder records; its weights "
                    "must be the recorded ones)")
@@ -168,7 +172,7 @@ def add_distill(p: argparse.ArgumentParser) -> None:
 
 def add_compress(p: argparse.ArgumentParser) -> None:
     from ..apply.budget import ALLOCATIONS, FORMS
-    from ..compression.config import DISTILL_LOSSES, INITS, METHODS
+    from ..compression.config import DISTILL_DATA, DISTILL_LOSSES, INITS, METHODS
     from ..compression.export import DTYPES
     from ..engine.trainer import PRECISIONS
     from ..data.text.calibration import CALIBRATION_SOURCES
@@ -215,6 +219,7 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-topk", type=int, default=None, help="LM distillation: cache the teacher's top-k "
                    "log-probs once instead of running it every step (default: full logits)")
     p.add_argument("--distill-precision", default=None, choices=PRECISIONS, help=PRECISION_HELP)
+    p.add_argument("--distill-data", default=None, choices=DISTILL_DATA, help=DATA_HELP)
     p.add_argument("--recon-steps", type=int, default=None, help="block reconstruction: Adam steps per block toward "
                    "the original block's outputs after its sequential refit (0: none)")
     p.add_argument("--recon-lr", type=float, default=None, help="block reconstruction learning rate (1e-3)")

@@ -32,6 +32,7 @@ KINDS = ("lm", "encoder")
 METHODS = (*BUDGET_METHODS, "modular")  # modular (MoDeGPT): MLP neurons, attention features per head
 INITS = ("calibrated", "svd")
 DISTILL_LOSSES = ("kl", "kl+hidden")
+DISTILL_DATA = ("train", "extended")  # encoders: the training sentences, or those + extra sentences + crops
 MODULAR_BELOW = 0.7  # LM budgets below this default to "modular" (SmolLM2 60 %: x2.00 / x1.73 -> x1.76 / x1.75;
                      # 50 %: x2.81 / x2.10 -> x2.19 / x2.07; at 80 % lct is level: x1.24 / x1.20 against x1.23 / x1.24)
 SENSITIVITY_DEFAULT = "sensitivity"  # loss-aware ranks (SmolLM2 80 %, recon: x1.40 -> x1.24 pydoc; MiniLM 50 %:
@@ -46,7 +47,8 @@ LM_DISTILL_LR = 5e-5  # SmolLM2 modular 80 %, 470 steps: x1.145 / x1.066 pydoc /
 LM_DISTILL_PRECISION = "bf16-mixed"
 FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMARKS.md)
 LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature", "distill_topk")
-ENCODER_ONLY = ("calibration_sentences",)
+ENCODER_ONLY = ("calibration_sentences", "distill_data")
+ENCODER_DISTILL_DATA = "extended"  # MiniLM 50 %, 1,000 steps: held-out agreement up (BENCHMARKS.md)
 CALIBRATION_SENTENCES = 4096  # MiniLM 50 %: 256 -> 0.885 mean cosine, 1024 -> 0.920, 4096 -> 0.931 (19 min, 6.9 GB);
                               # lors compress (run.py) takes all the training split holds (less 128) when fewer
 
@@ -101,6 +103,8 @@ class CompressConfig:
     lr: Optional[float] = None              # distillation lr (default LM_DISTILL_LR for LMs; 1e-4 for encoders:
                                             # on MiniLM 50 % 5e-4 lost 0.08 cosine in 100 steps, 1e-4 gained 0.01)
     distill_topk: Optional[int] = None      # LMs, kl: cache the teacher's top-k log-probs once (None: full logits)
+    distill_data: Optional[str] = None      # encoders: "train" (the training sentences) or "extended" (default: with
+                                            # pydoc's and the stdlib packages' sentences and two crops of each)
     distill_precision: Optional[str] = None  # fp32 | bf16-mixed (default: bf16-mixed for LMs on hardware with native
                                              # bfloat16, see native_bf16; else fp32)
     seed: int = 0
@@ -149,6 +153,8 @@ class CompressConfig:
             _choice(self, "distill_loss", DISTILL_LOSSES)
         if self.distill_precision is not None:
             _choice(self, "distill_precision", PRECISIONS)
+        if self.distill_data is not None:
+            _choice(self, "distill_data", DISTILL_DATA)
         self._check_combinations()
         return self
 
@@ -177,7 +183,7 @@ class CompressConfig:
             raise FieldError(bad, "needs init 'calibrated' (init 'svd' fits the weights, not calibration inputs); "
                              "set sequential=False, shrinkage=0")
         if self.distill_steps == 0:
-            for name in ("lr", "distill_loss", "temperature", "distill_topk", "distill_precision"):
+            for name in ("lr", "distill_loss", "temperature", "distill_topk", "distill_precision", "distill_data"):
                 if getattr(self, name) is not None:
                     raise FieldError(name, "applies to distillation only; set distill_steps > 0")
         if self.distill_topk is not None and self.distill_loss not in (None, "kl"):
@@ -224,12 +230,13 @@ class CompressConfig:
                         recon_steps=recon, **(dict(recon_lr=RECON_LR) if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
-                                temperature=1.0, lr=LM_DISTILL_LR) if lm else dict(lr=1e-4)),
+                                temperature=1.0, lr=LM_DISTILL_LR) if lm else
+                           dict(lr=1e-4, distill_data=ENCODER_DISTILL_DATA)),
                         distill_precision=LM_DISTILL_PRECISION if lm and native_bf16("cpu") else "fp32")
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.distill_steps == 0:
             filled = {k: v for k, v in filled.items()
-                      if k not in ("lr", "distill_loss", "temperature", "distill_precision")}
+                      if k not in ("lr", "distill_loss", "temperature", "distill_precision", "distill_data")}
         return dataclasses.replace(self, **filled)
 
     def setting(self) -> str:

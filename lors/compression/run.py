@@ -75,7 +75,8 @@ def run(model: str = "smollm2", config: Optional[CompressConfig] = None, gguf_fi
 
 def run_distill(folder: str | Path, steps: int, lr: Optional[float] = None, topk: Optional[int] = None,
                 loss: Optional[str] = None, temperature: Optional[float] = None, seed: Optional[int] = None,
-                precision: Optional[str] = None, base: Optional[str] = None, eval_texts: Optional[Sequence[str]] = None,
+                precision: Optional[str] = None, data: Optional[str] = None, base: Optional[str] = None,
+                eval_texts: Optional[Sequence[str]] = None,
                 eval_windows: Optional[int | str] = None, eval_prompts: Optional[int] = None,
                 eval_sentences: Optional[int] = None, out: Optional[str | Path] = None, dtype: Optional[str] = None,
                 progress: bool = True, resume: bool = False, log: Callable[[str], None] = print) -> dict:
@@ -85,8 +86,8 @@ def run_distill(folder: str | Path, steps: int, lr: Optional[float] = None, topk
     the budget allows.
 
     The recipe is the folder's recorded ``compress_config`` with the distillation fields replaced: ``lr``,
-    ``topk`` (cached teacher top-k, LMs), ``loss`` and ``temperature`` (LMs) and ``precision`` (``fp32`` /
-    ``bf16-mixed``) take their defaults unless given;
+    ``topk`` (cached teacher top-k, LMs), ``loss`` and ``temperature`` (LMs), ``precision`` (``fp32`` /
+    ``bf16-mixed``) and ``data`` (encoders: ``"train"`` / ``"extended"``) take their defaults unless given;
     ``seed`` is the recorded one unless given. ``base``: the base model (default: the one the folder records; a
     base whose weights differ from the recorded sha256 is refused). Returns ``{"rows", "history", "samples",
     "model", "peak_memory_gb", "start"}``; rows are the original, the folder as loaded, and the distilled model.
@@ -110,7 +111,7 @@ def run_distill(folder: str | Path, steps: int, lr: Optional[float] = None, topk
     if not isinstance(steps, int) or steps < 1:
         raise FieldError("distill_steps", f"must be a positive integer, got {steps!r}")
     fields = {**recorded, "lr": lr, "distill_topk": topk, "distill_loss": loss, "temperature": temperature,
-              "distill_precision": precision, "distill_steps": steps,
+              "distill_precision": precision, "distill_data": data, "distill_steps": steps,
               "seed": recorded.get("seed", 0) if seed is None else seed}
     cfg = CompressConfig.from_dict(fields).resolve("lm" if lm else "encoder")
     now = base_source(name, gguf_file)
@@ -142,7 +143,7 @@ def run_distill(folder: str | Path, steps: int, lr: Optional[float] = None, topk
     result["start"] = str(folder)
     step = {"from": str(Path(folder).resolve()), "steps": steps, "lr": cfg.lr, "topk": cfg.distill_topk,
             "loss": cfg.distill_loss, "temperature": cfg.temperature, "precision": cfg.distill_precision,
-            "seed": cfg.seed}
+            "data": cfg.distill_data, "seed": cfg.seed}
     source = {**now, "distillations": [*source.get("distillations", []), step]}
     return _finish(result, cfg, source, out, dtype, lm, log)
 
@@ -315,12 +316,32 @@ def _run_encoder(name, cfg: CompressConfig, eval_sentences, out, progress, resum
             "tokenizer": tokenizer, "config": cfg}
 
 
+def distill_sentences(train: list[str], cfg: CompressConfig) -> list[str]:
+    """The sentences an encoder is distilled on: ``train`` as given (``cfg.distill_data == "train"``), or with
+    ``"extended"`` ``train`` and :func:`lors.data.text.extra_sentences`, each with two random crops
+    (:func:`lors.data.text.sentence_crops`), shuffled by ``cfg.seed``."""
+    from ..data.text import extra_sentences, sentence_crops
+
+    if cfg.distill_data == "train":
+        return list(train)
+    pool = list(train) + extra_sentences(SPLIT_SEED)
+    pool += sentence_crops(pool, 2, cfg.seed)
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    return [pool[i] for i in order]
+
+
 def _distill_encoder(student, teacher, ev: _EncoderEvaluation, cfg: CompressConfig, out, progress, resume,
                      log) -> list:
     from ..tasks.distill import distill
 
     evaluate = lambda m: {k: round(v, 5) for k, v in ev.agreement(m).items()}  # noqa: E731
-    return distill(student, teacher, token_batches(ev.tokenizer, ev.train, cfg.batch_size), cfg.distill_steps,
+    sentences = distill_sentences(ev.train, cfg)
+    seen = cfg.distill_steps * cfg.batch_size
+    used = sentences[:seen]  # step s takes batch s % len: the rest would go unused
+    log(f"distillation data ({cfg.distill_data}): {len(sentences):,} sentences, {len(used):,} of them in "
+        f"{cfg.distill_steps} steps of {cfg.batch_size}" + (f", each {seen / len(used):.1f} times"
+                                                            if seen > len(used) else ""))
+    return distill(student, teacher, token_batches(ev.tokenizer, used, cfg.batch_size), cfg.distill_steps,
                    lr=cfg.lr, checkpoint_every=100, evaluate=evaluate, progress=progress, seed=cfg.seed,
                    resume=resume, run_dir=Path(out) / "distill" if out else None, precision=cfg.distill_precision,
                    log=log)

@@ -7,12 +7,17 @@
 * :func:`file_documents`: the UTF-8 ``*.txt`` files under a folder (or one file); a document is a file.
 * :func:`stdlib_texts`: the docstrings of the standard library's top-level modules, read with ``ast`` (nothing is
   imported or executed); a document is a module.
+* :func:`stdlib_package_texts`: the same of the files inside the standard library's package folders (``email``,
+  ``asyncio``, ``json``, ...), which :func:`stdlib_texts` never reads; a document is a file.
 * :func:`package_texts`: the long descriptions of a pinned list of distributions (:data:`PACKAGES`: the ones
   ``pip install lors[test]`` brings), so the text does not change when something else is installed; a document is a
   distribution.
 
-:func:`english_sentences` cuts the last two into prose sentences (the sentence encoders' calibration and evaluation
-text), split by document with :func:`lors.data.text.split.split_documents`. The sources are read once per process.
+:func:`english_sentences` cuts the package descriptions and top-level docstrings into prose sentences (the sentence
+encoders' calibration and evaluation text), split by document with :func:`lors.data.text.split.split_documents`;
+:func:`extra_sentences` gives more sentences from outside that split (pydoc, the package folders' docstrings) and
+:func:`sentence_crops` new inputs cut from sentences, both for distilling an encoder. The sources are read once per
+process.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import ast
 import functools
 import importlib.metadata
 import json
+import random
 import re
 import sysconfig
 from pathlib import Path
@@ -89,16 +95,40 @@ def stdlib_texts() -> dict[str, str]:
     """``{"std:<module>": module, class and function docstrings}`` of the standard library's top-level files."""
     texts = {}
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        docs = [ast.get_docstring(node) for node in ast.walk(tree)
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
-        body = "\n\n".join(d for d in docs if d)
+        body = _docstrings(path)
         if body:
             texts[f"std:{path.stem}"] = body
     return texts
+
+
+STDLIB_PACKAGES_LEFT_OUT = ("site-packages", "dist-packages", "idlelib", "lib2to3", "pydoc_data", "test", "tests")
+
+
+@functools.lru_cache(maxsize=1)
+def stdlib_package_texts() -> dict[str, str]:
+    """``{"stdpkg:<path>": docstrings}`` of the ``*.py`` files inside the standard library's package folders, the
+    text :func:`stdlib_texts` leaves out; folders named in :data:`STDLIB_PACKAGES_LEFT_OUT` (tests, installed
+    distributions, IDLE, lib2to3, the pydoc evaluation text) are skipped."""
+    root, texts = Path(sysconfig.get_paths()["stdlib"]), {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if len(parts) == 1 or set(parts[:-1]) & set(STDLIB_PACKAGES_LEFT_OUT):
+            continue
+        body = _docstrings(path)
+        if body:
+            texts[f"stdpkg:{'/'.join(parts)}"] = body
+    return texts
+
+
+def _docstrings(path: Path) -> str:
+    """The module, class and function docstrings of a Python file, read with ``ast``; "" if it does not parse."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return ""
+    docs = [ast.get_docstring(node) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    return "\n\n".join(d for d in docs if d)
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,3 +180,30 @@ def _sentences(split_seed: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     train = {s: None for n in sorted(sides["train"]) for s in sentences_of(docs[n])}
     held = {s: None for n in sorted(sides["test"]) for s in sentences_of(docs[n]) if s not in train}
     return tuple(train), tuple(held)
+
+
+def extra_sentences(split_seed: int = SPLIT_SEED) -> list[str]:
+    """Prose sentences from outside :func:`english_sentences`' documents: Python's reference topics and the standard
+    library's package docstrings (:func:`stdlib_package_texts`), none equal to a training or held-out sentence of
+    that split; unlabeled text to distil a sentence encoder on (MiniLM at 50 %: BENCHMARKS.md)."""
+    train, held = _sentences(split_seed)
+    seen = set(train) | set(held)
+    docs = {**pydoc_documents(), **stdlib_package_texts()}
+    return list(dict.fromkeys(s for name in sorted(docs) for s in sentences_of(docs[name]) if s not in seen))
+
+
+def sentence_crops(sentences: list[str], copies: int = 2, seed: int = 0) -> list[str]:
+    """``copies`` random spans of consecutive words of every sentence, each at least half its words and at least one
+    word short of it: new inputs from the same text (seeded)."""
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    rng, out = random.Random(seed), []
+    for sentence in sentences:
+        words = sentence.split()
+        if len(words) < 2:
+            raise ValueError(f"a sentence to crop needs at least 2 words, got {sentence!r}")
+        for _ in range(copies):
+            n = rng.randint((len(words) + 1) // 2, len(words) - 1)
+            i = rng.randint(0, len(words) - n)
+            out.append(" ".join(words[i:i + n]))
+    return out
