@@ -16,7 +16,14 @@ missing). Losses, summed:
   (``mse+cos`` is ``lors distill``'s encoder loss);
 * ``sim``: 10 x the mean squared difference of the batch's cosine-similarity matrices (relational: the
   neighbourhoods recall@10 measures);
-* ``hidden``: every layer's token states, MSE divided by the teacher's mean square, averaged over layers.
+* ``hidden``: every layer's token states, MSE divided by the teacher's mean square, averaged over layers;
+* ``bank``: neighbourhoods against a bank, the original's embeddings of every (uncropped) sentence of the variant's
+  data: KL(teacher || student) between the softmax of the batch's similarities to the bank at temperature
+  ``BANK_TEMPERATURE`` (a sentence's own entry masked), the original's embedding of the sentence on one side, the
+  student's on the other. Unlike ``sim`` (32 random sentences, rarely near each other), the bank holds near
+  neighbours, whose order is what recall@10 scores.
+
+A term may carry a weight, ``TERM*W`` (e.g. ``mse+cos+bank*0.1``); the default weight is 1.
 
 Data, ``+``-joined: ``train`` is the 4,309 training sentences (the held-out sentences' sources never enter);
 ``bible`` the sentences of the Bible's training books; ``pydoc`` the 1,254 sentences of Python's reference topics;
@@ -38,19 +45,30 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-LOSS_TERMS = ("cos", "mse", "sim", "hidden")
+LOSS_TERMS = ("cos", "mse", "sim", "hidden", "bank")
+BANK_TEMPERATURE = 0.05
 DATA = ("train", "bible", "pydoc", "stdpkg", "crops")
 
 
-def parse_variant(text: str) -> tuple[str, tuple[str, ...], float, str]:
+def parse_variant(text: str) -> tuple[str, dict[str, float], float, tuple[str, ...]]:
+    """``NAME:LOSS:LR:DATA`` -> (name, {term: weight}, lr, sources)."""
     parts = text.split(":")
     if len(parts) != 4:
         raise ValueError(f"a variant is NAME:LOSS:LR:DATA, got {text!r}")
     name, loss, lr, data = parts
-    terms, sources = tuple(loss.split("+")), tuple(data.split("+"))
-    if not set(terms) <= set(LOSS_TERMS) or not set(sources) <= set(DATA) or sources == ("crops",):
-        raise ValueError(f"variant {text!r}: LOSS is '+'-joined terms of {LOSS_TERMS}, DATA '+'-joined sources of "
-                         f"{DATA} (crops with at least one other)")
+    sources, terms = tuple(data.split("+")), {}
+    for item in loss.split("+"):
+        term, _, weight = item.partition("*")
+        try:
+            terms[term] = float(weight) if weight else 1.0
+        except ValueError:
+            terms[term] = -1.0
+        if term not in LOSS_TERMS or terms[term] <= 0:
+            terms = None
+            break
+    if terms is None or not set(sources) <= set(DATA) or sources == ("crops",):
+        raise ValueError(f"variant {text!r}: LOSS is '+'-joined terms of {LOSS_TERMS}, each optionally *WEIGHT (> 0), "
+                         f"DATA '+'-joined sources of {DATA} (crops with at least one other)")
     return name, terms, float(lr), sources
 
 
@@ -60,7 +78,18 @@ def pooled(model, batch, states: bool):
     return (out.last_hidden_state * mask).sum(1) / mask.sum(1), out.hidden_states if states else None
 
 
-def loss_of(terms, student, teacher, batch) -> torch.Tensor:
+def bank_kl(t: torch.Tensor, s: torch.Tensor, bank: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || student) of the softmax over ``bank`` similarities at ``BANK_TEMPERATURE``; ``t``, ``s``
+    (B, D) normalised embeddings, ``bank`` (N, D), ``own`` (B,) each sentence's bank row (-1: none), masked."""
+    mask = torch.zeros(len(t), len(bank), dtype=torch.bool)
+    has = own >= 0
+    mask[has.nonzero().squeeze(1), own[has]] = True
+    logp_t = (t @ bank.T / BANK_TEMPERATURE).masked_fill(mask, float("-inf")).log_softmax(-1)
+    logp_s = (s @ bank.T / BANK_TEMPERATURE).masked_fill(mask, float("-inf")).log_softmax(-1)
+    return (logp_t.exp() * (logp_t - logp_s)).masked_fill(mask, 0.0).sum(-1).mean()
+
+
+def loss_of(terms: dict, student, teacher, batch, bank=None, own=None) -> torch.Tensor:
     states = "hidden" in terms or "mse" in terms
     with torch.no_grad():
         t_emb, t_states = pooled(teacher, batch, states)
@@ -69,15 +98,17 @@ def loss_of(terms, student, teacher, batch) -> torch.Tensor:
     t, s = F.normalize(t_emb, dim=-1), F.normalize(s_emb, dim=-1)
     loss = s.new_zeros(())
     if "cos" in terms:
-        loss = loss + (1 - (t * s).sum(-1)).mean()
+        loss = loss + terms["cos"] * (1 - (t * s).sum(-1)).mean()
     if "sim" in terms:
-        loss = loss + 10 * (s @ s.T - t @ t.T).pow(2).mean()
+        loss = loss + terms["sim"] * 10 * (s @ s.T - t @ t.T).pow(2).mean()
     if "mse" in terms:
         a, b = s_states[-1], t_states[-1]
-        loss = loss + (a - b).pow(2).mean(-1)[mask].mean() / b.pow(2).mean()
+        loss = loss + terms["mse"] * (a - b).pow(2).mean(-1)[mask].mean() / b.pow(2).mean()
     if "hidden" in terms:
         for a, b in zip(s_states[1:], t_states[1:]):
-            loss = loss + (a - b).pow(2).mean(-1)[mask].mean() / b.pow(2).mean() / (len(s_states) - 1)
+            loss = loss + terms["hidden"] * (a - b).pow(2).mean(-1)[mask].mean() / b.pow(2).mean() / (len(s_states) - 1)
+    if "bank" in terms:
+        loss = loss + terms["bank"] * bank_kl(t, s, bank, own)
     return loss
 
 
@@ -122,6 +153,12 @@ def main(argv=None) -> dict:
     results = {}
     for name, terms, lr, data in variants:
         sentences = [s for source in data if source != "crops" for s in texts[source]]
+        bank, rows_of = None, {}
+        if "bank" in terms:
+            rows_of = {s: i for i, s in enumerate(dict.fromkeys(sentences))}
+            began = time.time()
+            bank = embed(teacher, token_batches(tokenizer, list(rows_of), 64))
+            print(f"{name}: bank of {len(bank):,} teacher embeddings in {time.time() - began:.0f} s", flush=True)
         if "crops" in data:
             sentences += sentence_crops(sentences, 2, 0)
         student = copy.deepcopy(start).eval()  # no dropout, as lors distill trains
@@ -136,7 +173,8 @@ def main(argv=None) -> dict:
                 group["lr"] = lr * scale
             picked = [sentences[order[(step * 32 + i) % len(order)]] for i in range(32)]
             batch = dict(tokenizer(picked, padding=True, truncation=True, max_length=64, return_tensors="pt"))
-            loss = loss_of(terms, student, teacher, batch)
+            own = torch.tensor([rows_of.get(s, -1) for s in picked])
+            loss = loss_of(terms, student, teacher, batch, bank, own)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

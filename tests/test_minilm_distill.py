@@ -9,29 +9,52 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from minilm_distill import loss_of, parse_variant  # noqa: E402
+from minilm_distill import BANK_TEMPERATURE, bank_kl, loss_of, parse_variant  # noqa: E402
 
 
 def test_variants_are_parsed_and_bad_ones_refused():
-    assert parse_variant("a:cos+sim:3e-5:train+bible") == ("a", ("cos", "sim"), 3e-5, ("train", "bible"))
+    assert parse_variant("a:cos+sim:3e-5:train+bible") == ("a", {"cos": 1.0, "sim": 1.0}, 3e-5, ("train", "bible"))
     assert parse_variant("b:mse+cos:1e-4:train+pydoc+stdpkg+crops")[3] == ("train", "pydoc", "stdpkg", "crops")
-    for bad in ("a:cos:1e-4", "a:kl:1e-4:train", "a:cos:1e-4:wiki", "a:cos:1e-4:crops"):
+    assert parse_variant("c:mse+cos+bank*0.1:1e-4:train")[1] == {"mse": 1.0, "cos": 1.0, "bank": 0.1}
+    for bad in ("a:cos:1e-4", "a:kl:1e-4:train", "a:cos:1e-4:wiki", "a:cos:1e-4:crops", "a:cos*x:1e-4:train",
+                "a:cos*0:1e-4:train", "a:cos*-1:1e-4:train"):
         with pytest.raises(ValueError, match="variant|NAME:LOSS:LR:DATA"):
             parse_variant(bad)
 
 
-@pytest.mark.parametrize("terms", [("cos",), ("mse",), ("sim",), ("hidden",), ("cos", "mse", "sim", "hidden")])
+def test_bank_kl_matches_a_direct_sum_and_masks_each_sentences_own_row():
+    torch.manual_seed(0)
+    t, s = (torch.nn.functional.normalize(torch.randn(3, 8), dim=-1) for _ in range(2))
+    bank = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    own = torch.tensor([2, -1, 0])
+    expected = 0.0
+    for i in range(3):
+        keep = [j for j in range(5) if j != own[i]]
+        p = torch.softmax(t[i] @ bank[keep].T / BANK_TEMPERATURE, -1)
+        q = torch.softmax(s[i] @ bank[keep].T / BANK_TEMPERATURE, -1)
+        expected += float((p * (p / q).log()).sum()) / 3
+    assert bank_kl(t, s, bank, own).item() == pytest.approx(expected, rel=1e-5)
+    assert bank_kl(t, t, bank, own).item() == pytest.approx(0.0, abs=1e-6)
+    first = bank_kl(t[:1], s[:1], bank, own[:1]).item()
+    bank[2] = t[0]  # its own row (the sentence itself) must not count, however close
+    assert bank_kl(t[:1], s[:1], bank, own[:1]).item() == pytest.approx(first, rel=1e-6)
+
+
+@pytest.mark.parametrize("terms", [("cos",), ("mse",), ("sim",), ("hidden",), ("bank",),
+                                   ("cos", "mse", "sim", "hidden", "bank")])
 def test_each_loss_is_zero_at_the_teacher_and_positive_away_from_it(terms):
     torch.manual_seed(0)
+    terms = dict.fromkeys(terms, 1.0)
     cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     teacher = transformers.BertModel(cfg).eval()
     batch = {"input_ids": torch.randint(1, 50, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long)}
     batch["attention_mask"][0, 5:] = 0
-    assert loss_of(terms, copy.deepcopy(teacher), teacher, batch).item() == pytest.approx(0.0, abs=1e-6)
+    bank, own = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1), torch.tensor([0, -1, 3, 5])
+    assert loss_of(terms, copy.deepcopy(teacher), teacher, batch, bank, own).item() == pytest.approx(0.0, abs=1e-6)
     student = copy.deepcopy(teacher)
     with torch.no_grad():
         student.encoder.layer[0].intermediate.dense.weight.add_(0.5 * torch.randn(32, 16))
-    loss = loss_of(terms, student, teacher, batch)
+    loss = loss_of(terms, student, teacher, batch, bank, own)
     loss.backward()
     assert loss.item() > 1e-5 and student.encoder.layer[0].intermediate.dense.weight.grad.abs().sum() > 0
