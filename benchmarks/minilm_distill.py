@@ -21,7 +21,13 @@ missing). Losses, summed:
   data: KL(teacher || student) between the softmax of the batch's similarities to the bank at temperature
   ``BANK_TEMPERATURE`` (a sentence's own entry masked), the original's embedding of the sentence on one side, the
   student's on the other. Unlike ``sim`` (32 random sentences, rarely near each other), the bank holds near
-  neighbours, whose order is what recall@10 scores.
+  neighbours, whose order is what recall@10 scores;
+* ``cov``: the pooled embeddings' error ``e = s - t`` in the metric of the bank's covariance ``C`` (normalised to a
+  mean eigenvalue of 1), ``e C e / 2``: an error along the directions in which sentences differ most counts most. A
+  sentence's similarity to the others moves by ``e . n`` for each other sentence ``n``, and over them the spread of
+  that change is ``e C e``: this is the relational ``sim`` term with the whole bank for the batch, in closed form.
+  (``cos`` weighs every direction alike; the students' errors lie more in the top principal directions than
+  isotropic noise's, ``benchmarks/recall_vs_cosine.py``.)
 
 A term may carry a weight, ``TERM*W`` (e.g. ``mse+cos+bank*0.1``); the default weight is 1.
 
@@ -45,7 +51,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-LOSS_TERMS = ("cos", "mse", "sim", "hidden", "bank")
+LOSS_TERMS = ("cos", "mse", "sim", "hidden", "bank", "cov")
 BANK_TEMPERATURE = 0.05
 DATA = ("train", "bible", "pydoc", "stdpkg", "crops")
 
@@ -89,7 +95,14 @@ def bank_kl(t: torch.Tensor, s: torch.Tensor, bank: torch.Tensor, own: torch.Ten
     return (logp_t.exp() * (logp_t - logp_s)).masked_fill(mask, 0.0).sum(-1).mean()
 
 
-def loss_of(terms: dict, student, teacher, batch, bank=None, own=None) -> torch.Tensor:
+def bank_metric(bank: torch.Tensor) -> torch.Tensor:
+    """The covariance of the bank's rows (N, D), scaled to a mean eigenvalue of 1: the ``cov`` term's metric."""
+    centred = bank - bank.mean(0)
+    cov = centred.T @ centred / len(bank)
+    return cov * len(cov) / cov.trace()
+
+
+def loss_of(terms: dict, student, teacher, batch, bank=None, own=None, metric=None) -> torch.Tensor:
     states = "hidden" in terms or "mse" in terms
     with torch.no_grad():
         t_emb, t_states = pooled(teacher, batch, states)
@@ -109,6 +122,8 @@ def loss_of(terms: dict, student, teacher, batch, bank=None, own=None) -> torch.
             loss = loss + terms["hidden"] * (a - b).pow(2).mean(-1)[mask].mean() / b.pow(2).mean() / (len(s_states) - 1)
     if "bank" in terms:
         loss = loss + terms["bank"] * bank_kl(t, s, bank, own)
+    if "cov" in terms:
+        loss = loss + terms["cov"] * 0.5 * ((s - t) @ metric * (s - t)).sum(-1).mean()
     return loss
 
 
@@ -153,12 +168,13 @@ def main(argv=None) -> dict:
     results = {}
     for name, terms, lr, data in variants:
         sentences = [s for source in data if source != "crops" for s in texts[source]]
-        bank, rows_of = None, {}
-        if "bank" in terms:
+        bank, rows_of, metric = None, {}, None
+        if "bank" in terms or "cov" in terms:
             rows_of = {s: i for i, s in enumerate(dict.fromkeys(sentences))}
             began = time.time()
             bank = embed(teacher, token_batches(tokenizer, list(rows_of), 64))
             print(f"{name}: bank of {len(bank):,} teacher embeddings in {time.time() - began:.0f} s", flush=True)
+            metric = bank_metric(bank)
         if "crops" in data:
             sentences += sentence_crops(sentences, 2, 0)
         student = copy.deepcopy(start).eval()  # no dropout, as lors distill trains
@@ -174,7 +190,7 @@ def main(argv=None) -> dict:
             picked = [sentences[order[(step * 32 + i) % len(order)]] for i in range(32)]
             batch = dict(tokenizer(picked, padding=True, truncation=True, max_length=64, return_tensors="pt"))
             own = torch.tensor([rows_of.get(s, -1) for s in picked])
-            loss = loss_of(terms, student, teacher, batch, bank, own)
+            loss = loss_of(terms, student, teacher, batch, bank, own, metric)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

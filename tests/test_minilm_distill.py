@@ -9,7 +9,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from minilm_distill import BANK_TEMPERATURE, bank_kl, loss_of, parse_variant  # noqa: E402
+from minilm_distill import BANK_TEMPERATURE, bank_kl, bank_metric, loss_of, parse_variant  # noqa: E402
 
 
 def test_variants_are_parsed_and_bad_ones_refused():
@@ -40,8 +40,19 @@ def test_bank_kl_matches_a_direct_sum_and_masks_each_sentences_own_row():
     assert bank_kl(t[:1], s[:1], bank, own[:1]).item() == pytest.approx(first, rel=1e-6)
 
 
-@pytest.mark.parametrize("terms", [("cos",), ("mse",), ("sim",), ("hidden",), ("bank",),
-                                   ("cos", "mse", "sim", "hidden", "bank")])
+def test_cov_metric_is_the_spread_of_similarity_changes_over_the_bank():
+    torch.manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(50, 6) * torch.tensor([3.0, 2, 1, 1, 0.5, 0.1]), dim=-1)
+    metric = bank_metric(bank)
+    assert metric.trace().item() == pytest.approx(6.0, rel=1e-5)
+    e = torch.randn(6)
+    spread = (bank @ e).var(unbiased=False)  # how much the similarities to the bank's rows move, across the rows
+    total_variance = (bank - bank.mean(0)).pow(2).sum(1).mean()
+    assert (e @ metric @ e).item() == pytest.approx((spread * 6 / total_variance).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("terms", [("cos",), ("mse",), ("sim",), ("hidden",), ("bank",), ("cov",),
+                                   ("cos", "mse", "sim", "hidden", "bank", "cov")])
 def test_each_loss_is_zero_at_the_teacher_and_positive_away_from_it(terms):
     torch.manual_seed(0)
     terms = dict.fromkeys(terms, 1.0)
@@ -51,10 +62,11 @@ def test_each_loss_is_zero_at_the_teacher_and_positive_away_from_it(terms):
     batch = {"input_ids": torch.randint(1, 50, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long)}
     batch["attention_mask"][0, 5:] = 0
     bank, own = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1), torch.tensor([0, -1, 3, 5])
-    assert loss_of(terms, copy.deepcopy(teacher), teacher, batch, bank, own).item() == pytest.approx(0.0, abs=1e-6)
+    extra = (bank, own, bank_metric(bank))
+    assert loss_of(terms, copy.deepcopy(teacher), teacher, batch, *extra).item() == pytest.approx(0.0, abs=1e-6)
     student = copy.deepcopy(teacher)
     with torch.no_grad():
         student.encoder.layer[0].intermediate.dense.weight.add_(0.5 * torch.randn(32, 16))
-    loss = loss_of(terms, student, teacher, batch, bank, own)
+    loss = loss_of(terms, student, teacher, batch, *extra)
     loss.backward()
     assert loss.item() > 1e-5 and student.encoder.layer[0].intermediate.dense.weight.grad.abs().sum() > 0
