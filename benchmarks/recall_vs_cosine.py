@@ -6,8 +6,9 @@ The 1,000 held-out sentences of split seed 0 are embedded by the original all-Mi
 embedding is then turned by the same angle toward a random direction (one seeded unit vector per sentence,
 orthogonal to it), so that every cosine to the original is the target, and scored as ``lors compress`` scores a
 student (mean / min cosine, top-1 agreement, recall@10). Every folder given (``lors compress`` / ``lors distill``
-output) is scored the same way, with the mean cosine isotropic noise needs for the same recall@10, and the share of
-the student's error that lies in the original embeddings' top principal directions (where they spread the most).
+output) is scored the same way, with the mean cosine isotropic noise needs for the same recall@10, and by bands of
+the original embeddings' principal directions (0-10, 10-50, 50-100, 100-200, 200-384, by spread): the share of
+the student's error energy in the band, and the scores of the original with only that part of the error added.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 TARGETS = (0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
+BANDS = ((0, 10), (10, 50), (50, 100), (100, 200), (200, None))
 
 
 def noisy(reference: torch.Tensor, target: float, seed: int = 0) -> torch.Tensor:
@@ -40,6 +42,20 @@ def cosine_for_recall(reference: torch.Tensor, recall: float, seed: int = 0) -> 
         low, high = (mid, high) if embedding_agreement(reference, noisy(reference, mid, seed))["recall@10"] < recall \
             else (low, mid)
     return (low + high) / 2
+
+
+def band_scores(reference: torch.Tensor, student: torch.Tensor, basis: torch.Tensor) -> list[dict]:
+    """Per band of ``basis`` rows (principal directions, largest spread first): the share of the error
+    ``student - reference`` in the band and the agreement of ``reference`` plus only that part of the error."""
+    from lors.compression.evaluate import embedding_agreement
+
+    error, rows = student - reference, []
+    for low, high in BANDS:
+        part = basis[low:high]
+        moved = error @ part.T @ part
+        rows.append({"band": f"{low}-{high or len(basis)}", "energy": float(moved.pow(2).sum() / error.pow(2).sum()),
+                     **embedding_agreement(reference, F.normalize(reference + moved, dim=-1))})
+    return rows
 
 
 def main(argv=None) -> dict:
@@ -69,13 +85,14 @@ def main(argv=None) -> dict:
         student = embed(lors.from_pretrained(folder), batches)
         row = {"folder": folder, **embedding_agreement(reference, student)}
         row["noise_cosine_same_recall"] = cosine_for_recall(reference, row["recall@10"])
-        error = student - reference
-        row["error_in_top_pcs"] = {k: float((error @ basis[:k].T).pow(2).sum() / error.pow(2).sum())
-                                   for k in (10, 50, 100, 200)}
-        result["students"].append(row)
         print(f"{folder}: mean cosine {row['cos_mean']:.4f}, recall@10 {row['recall@10']:.1f} % = isotropic noise at "
-              f"mean cosine {row['noise_cosine_same_recall']:.4f}; error energy in the top 10 / 50 / 100 / 200 "
-              "principal directions: " + " / ".join(f"{v:.2f}" for v in row["error_in_top_pcs"].values()))
+              f"mean cosine {row['noise_cosine_same_recall']:.4f}")
+        row["bands"] = band_scores(reference, student, basis)
+        for band in row["bands"]:
+            print(f"  error in principal directions {band['band']}: {100 * band['energy']:.1f} % of its energy; the "
+                  f"original plus only that part: mean cosine {band['cos_mean']:.4f}, "
+                  f"recall@10 {band['recall@10']:.1f} %")
+        result["students"].append(row)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     return result
