@@ -101,7 +101,8 @@ def main(argv=None) -> dict:
         print(f"{folder}: KL {total['kl'] / n:.4f} a token, extra NLL {total['extra_nll'] / n:.4f} "
               f"(x{math.exp(total['extra_nll'] / n):.3f} perplexity)")
         code_kl, prose_kl = total["kl_code"] / total["code_tokens"], (total["kl"] - total["kl_code"]) / prose
-        print(f"  code lines: {100 * total['code_tokens'] / n:.1f} % of tokens, KL {code_kl:.4f}; prose: KL {prose_kl:.4f}")
+        print(f"  code lines: {100 * total['code_tokens'] / n:.1f} % of tokens, KL {code_kl:.4f}; "
+              f"prose: KL {prose_kl:.4f}")
         for k, t in total["topk"].items():
             print(f"  top-{k} + bucket: {100 * t['kl'] / total['kl']:.0f} % of the KL; "
                   f"{100 * t['targets_outside'] / n:.1f} % of the targets outside it, carrying "
