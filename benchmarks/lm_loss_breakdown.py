@@ -69,6 +69,7 @@ def add(total: dict, part: dict) -> dict:
 
 def main(argv=None) -> dict:
     import lors
+    from lors.compression.export import read_meta
     from lors.compression.pretrained import load_causal_lm
     from lors.data.text import eval_text, token_windows
 
@@ -78,9 +79,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--windows", type=int, default=64, help="windows of 256 tokens spread over the text")
     ap.add_argument("--out", default=None, help="write the sums as JSON here")
     args = ap.parse_args(argv)
-    for folder in args.folders:
-        if not Path(folder, "lors.json").is_file():
-            ap.error(f"{folder!r} is not a lors compress / distill folder (no lors.json)")
+    try:  # each folder's lors.json, with the library's one-line error
+        for folder in args.folders:
+            read_meta(folder)
+    except (FileNotFoundError, ValueError) as e:
+        ap.error(str(e))
     teacher, tokenizer = load_causal_lm("smollm2", progress=False)
     windows = token_windows(tokenizer, eval_text(args.text), args.windows, 256)
     code = torch.stack([code_positions(tokenizer, w) for w in windows])[:, 1:]

@@ -129,6 +129,7 @@ def loss_of(terms: dict, student, teacher, batch, bank=None, own=None, metric=No
 
 def main(argv=None) -> dict:
     import lors
+    from lors.compression.export import read_meta
     from lors.compression.evaluate import embed, embedding_agreement, token_batches
     from lors.compression.pretrained import load_encoder
     from lors.compression.run import held_out_sentences
@@ -147,8 +148,10 @@ def main(argv=None) -> dict:
         p.error(str(e))
     if args.steps < 100:
         p.error(f"--steps must be at least 100 (scores every 100 steps), got {args.steps}")
-    if not Path(args.start, "lors.json").is_file():
-        p.error(f"--start {args.start!r} is not a lors compress folder (no lors.json)")
+    try:
+        read_meta(args.start)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(f"--start: {e}")
 
     torch.manual_seed(0)
     teacher, tokenizer = load_encoder("minilm", progress=False)

@@ -60,6 +60,7 @@ def band_scores(reference: torch.Tensor, student: torch.Tensor, basis: torch.Ten
 
 def main(argv=None) -> dict:
     import lors
+    from lors.compression.export import read_meta
     from lors.compression.evaluate import embed, embedding_agreement, token_batches
     from lors.compression.pretrained import load_encoder
     from lors.compression.run import held_out_sentences
@@ -68,9 +69,11 @@ def main(argv=None) -> dict:
     p.add_argument("folders", nargs="*", help="compressed MiniLM folders to place on the curve")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
-    for folder in args.folders:
-        if not Path(folder, "lors.json").is_file():
-            p.error(f"{folder!r} is not a lors compress / distill folder (no lors.json)")
+    try:  # each folder's lors.json, with the library's one-line error
+        for folder in args.folders:
+            read_meta(folder)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(str(e))
     teacher, tokenizer = load_encoder("minilm", progress=False)
     batches = token_batches(tokenizer, held_out_sentences(0, 1000)[1], 64)
     reference = embed(teacher, batches)
