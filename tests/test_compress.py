@@ -7,6 +7,7 @@ import torch
 
 import lors
 from lors.compression import CompressConfig, embed, embedding_agreement
+from lors.compression.config import FieldError
 from lors.compression.evaluate import token_batches
 from lors.compression.pretrained import load_encoder
 from lors.data.text import (english_sentences, extra_sentences, pydoc_documents, sentence_crops, sentences_of,
@@ -56,6 +57,13 @@ def test_sentence_crops_are_seeded_spans_of_at_least_half_the_words():
         sentence_crops(sentences, copies=0)
     with pytest.raises(ValueError, match="at least 2 words"):
         sentence_crops(["Alone."])
+
+
+def test_seed_applies_to_encoders_and_is_refused_for_causal_lms():
+    assert CompressConfig(budget=0.5, seed=3).resolve("encoder").seed == 3
+    assert CompressConfig(budget=0.5).resolve("lm").seed == 0
+    with pytest.raises(FieldError, match="seed changes nothing for causal LMs .*seed 3 would repeat seed 0's run"):
+        CompressConfig(budget=0.5, seed=3, distill_steps=10).resolve("lm")
 
 
 def test_encoder_distillation_data_train_or_extended():
