@@ -198,7 +198,8 @@ def add_compress(p: argparse.ArgumentParser) -> None:
                         "refitted, attention features kept per head (else lct)")
     p.add_argument("--form", default=None, choices=FORMS, help="lct: store rank r as U V (factors) or in "
                    "r (in + out - r) numbers (pivoted; default with --budget)")
-    p.add_argument("--init", default=None, choices=INITS, help="calibrated (default): fit the outputs; svd: the weights")
+    p.add_argument("--init", default=None, choices=INITS,
+                   help="calibrated (default): fit the outputs; svd: the weights")
     p.add_argument("--sequential", default=None, action=argparse.BooleanOptionalAction,
                    help="refit block by block on the compressed network's inputs (default on)")
     p.add_argument("--shrinkage", default=None, help="shrink calibration moments toward their diagonal: a number in "
