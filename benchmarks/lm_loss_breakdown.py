@@ -87,19 +87,18 @@ def main(argv=None) -> dict:
     teacher, tokenizer = load_causal_lm("smollm2", progress=False)
     windows = token_windows(tokenizer, eval_text(args.text), args.windows, 256)
     code = torch.stack([code_positions(tokenizer, w) for w in windows])[:, 1:]
-    with torch.no_grad():
-        reference = [teacher(input_ids=windows[i:i + 4]).logits.float().log_softmax(-1)[:, :-1]
-                     for i in range(0, len(windows), 4)]
-    results = {}
-    for folder in args.folders:
-        model, total = lors.from_pretrained(folder).eval(), {}
-        with torch.no_grad():
-            for j, i in enumerate(range(0, len(windows), 4)):
+    models = {folder: lors.from_pretrained(folder).eval() for folder in args.folders}
+    results = {folder: {} for folder in args.folders}
+    with torch.no_grad():  # batch by batch: the original's log-probs of one batch at a time (not 3 GB of them)
+        for i in range(0, len(windows), 4):
+            p = teacher(input_ids=windows[i:i + 4]).logits.float().log_softmax(-1)[:, :-1]
+            v = p.shape[-1]
+            targets, on_code = windows[i:i + 4, 1:].reshape(-1), code[i:i + 4].reshape(-1)
+            for folder, model in models.items():
                 q = model(input_ids=windows[i:i + 4]).logits.float().log_softmax(-1)[:, :-1]
-                v = q.shape[-1]
-                total = add(total, breakdown(reference[j].reshape(-1, v), q.reshape(-1, v),
-                                             windows[i:i + 4, 1:].reshape(-1), code[i:i + 4].reshape(-1)))
-        results[folder] = total
+                results[folder] = add(results[folder], breakdown(p.reshape(-1, v), q.reshape(-1, v), targets,
+                                                                 on_code))
+    for folder, total in results.items():
         n, prose = total["tokens"], total["tokens"] - total["code_tokens"]
         print(f"{folder}: KL {total['kl'] / n:.4f} a token, extra NLL {total['extra_nll'] / n:.4f} "
               f"(x{math.exp(total['extra_nll'] / n):.3f} perplexity)")
