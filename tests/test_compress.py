@@ -66,7 +66,7 @@ def test_seed_applies_to_encoders_and_is_refused_for_causal_lms():
         CompressConfig(budget=0.5, seed=3, distill_steps=10).resolve("lm")
 
 
-def test_encoder_distillation_data_train_or_extended():
+def test_distillation_data_train_or_extended():
     from lors.compression.run import distill_sentences
 
     train = english_sentences()[0][:50]
@@ -80,8 +80,9 @@ def test_encoder_distillation_data_train_or_extended():
     assert extended == distill_sentences(train, cfg) != distill_sentences(train, dataclasses.replace(cfg, seed=1))
     with pytest.raises(ValueError, match="distill_data must be one of 'train', 'extended'"):
         CompressConfig(budget=0.5, distill_steps=1, distill_data="all")
-    with pytest.raises(ValueError, match="distill_data applies to sentence encoders only"):
-        CompressConfig(budget=0.5, distill_steps=1, distill_data="train").resolve("lm")
+    lm = CompressConfig(budget=0.5, distill_steps=1).resolve("lm")
+    assert lm.distill_data == "train"  # causal LMs: the calibration sources by default
+    assert CompressConfig(budget=0.5, distill_steps=1, distill_data="extended").resolve("lm").distill_data == "extended"
     with pytest.raises(ValueError, match="distill_data applies to distillation only"):
         CompressConfig(budget=0.5, distill_data="train")
 

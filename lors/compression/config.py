@@ -24,7 +24,7 @@ from ..apply.budget import METHODS as BUDGET_METHODS
 from ..apply.modular import modular_applies
 from ..apply.reconstruct import RECON_LR
 from ..apply.sequential import RIDGE
-from ..data.text.calibration import CALIBRATION_SOURCES
+from ..data.text.calibration import CALIBRATION_SOURCES, DISTILL_DATA
 from ..engine.trainer import PRECISIONS, native_bf16
 from ..errors import ConfigError
 
@@ -32,7 +32,9 @@ KINDS = ("lm", "encoder")
 METHODS = (*BUDGET_METHODS, "modular")  # modular (MoDeGPT): MLP neurons, attention features per head
 INITS = ("calibrated", "svd")
 DISTILL_LOSSES = ("kl", "kl+hidden")
-DISTILL_DATA = ("train", "extended")  # encoders: the training sentences, or those + extra sentences + crops
+# DISTILL_DATA ("train", "extended"): encoders: the training sentences, or those + extra sentences + crops; causal
+# LMs: the calibration sources, or those + the stdlib package folders' docstrings
+LM_DISTILL_DATA = "train"
 MODULAR_BELOW = 0.7  # LM budgets below this default to "modular" (SmolLM2 60 %: x2.00 / x1.73 -> x1.76 / x1.75;
                      # 50 %: x2.81 / x2.10 -> x2.19 / x2.07; at 80 % lct is level: x1.24 / x1.20 against x1.23 / x1.24)
 SENSITIVITY_DEFAULT = "sensitivity"  # loss-aware ranks (SmolLM2 80 %, recon: x1.40 -> x1.24 pydoc; MiniLM 50 %:
@@ -47,7 +49,7 @@ LM_DISTILL_LR = 5e-5  # SmolLM2 modular 80 %, 470 steps: x1.145 / x1.066 pydoc /
 LM_DISTILL_PRECISION = "bf16-mixed"
 FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMARKS.md)
 LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature", "distill_topk")
-ENCODER_ONLY = ("calibration_sentences", "distill_data")
+ENCODER_ONLY = ("calibration_sentences",)
 ENCODER_DISTILL_DATA = "extended"  # MiniLM 50 %, 1,000 steps: mean cosine 0.940 -> 0.946, recall@10 78.6 -> 79.4 %
 CALIBRATION_SENTENCES = 4096  # MiniLM 50 %: 256 -> 0.885 mean cosine, 1024 -> 0.920, 4096 -> 0.931 (19 min, 6.9 GB);
                               # lors compress (run.py) takes all the training split holds (less 128) when fewer
@@ -104,7 +106,9 @@ class CompressConfig:
                                             # on MiniLM 50 % 5e-4 lost 0.08 cosine in 100 steps, 1e-4 gained 0.01)
     distill_topk: Optional[int] = None      # LMs, kl: cache the teacher's top-k log-probs once (None: full logits)
     distill_data: Optional[str] = None      # encoders: "train" (the training sentences) or "extended" (default: with
-                                            # pydoc's and the stdlib packages' sentences and two crops of each)
+                                            # pydoc's and the stdlib packages' sentences and two crops of each);
+                                            # LMs: "train" (the calibration sources) or "extended" (and the stdlib
+                                            # package folders' docstrings); default LM_DISTILL_DATA
     distill_precision: Optional[str] = None  # fp32 | bf16-mixed (default: bf16-mixed for LMs on hardware with native
                                              # bfloat16, see native_bf16; else fp32)
     seed: int = 0                           # encoders: which training sentences calibrate, their order, the crops;
@@ -236,7 +240,7 @@ class CompressConfig:
                         recon_steps=recon, **(dict(recon_lr=RECON_LR) if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
-                                temperature=1.0, lr=LM_DISTILL_LR) if lm else
+                                temperature=1.0, lr=LM_DISTILL_LR, distill_data=LM_DISTILL_DATA) if lm else
                            dict(lr=1e-4, distill_data=ENCODER_DISTILL_DATA)),
                         distill_precision=LM_DISTILL_PRECISION if lm and native_bf16("cpu") else "fp32")
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}

@@ -31,7 +31,7 @@ def distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pro
     repeats = f"; each seen {cfg.distill_steps / len(train):.1f} times" if cfg.distill_steps > len(train) else ""
     log(f"distillation: {cfg.distill_steps} steps x {cfg.batch_size} x {cfg.window} tokens ({cfg.distill_loss}, "
         f"T={cfg.temperature}, lr {cfg.lr}, {cfg.distill_precision}) on {len(train)} batches of the calibration "
-        f"sources{repeats}")
+        f"sources{' and the stdlib package docstrings' if cfg.distill_data == 'extended' else ''}{repeats}")
     history = distill(student, teacher, train, cfg.distill_steps, lr=cfg.lr, loss=cfg.distill_loss,
                       temperature=cfg.temperature, checkpoint_every=50, progress=progress, seed=cfg.seed,
                       resume=resume, run_dir=Path(out) / "distill" if out else None,

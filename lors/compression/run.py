@@ -26,7 +26,7 @@ import torch
 
 from ..accounting import count_parameters
 from ..apply.budget import stack_linears
-from ..data.text import SPLIT_SEED, calibration_text, eval_text, token_windows
+from ..data.text import SPLIT_SEED, calibration_text, distillation_text, eval_text, token_windows
 from . import config as defaults
 from .config import CompressConfig, FieldError
 from .evaluate import (COLLAPSE, EVAL_PROMPTS, EVAL_WINDOWS, embed, embedding_agreement, greedy_samples,
@@ -127,8 +127,8 @@ def run_distill(folder: str | Path, steps: int, lr: Optional[float] = None, topk
                            eval_windows or EVAL_WINDOWS, EVAL_PROMPTS if eval_prompts is None else eval_prompts, log)
         rows = [ev.row("original", teacher), ev.row(start, student)]
         ev.sample(start, student)
-        history = distill_lm(student, teacher, tokenizer, calibration_text(cfg.calibration), cfg, out, progress,
-                              resume, log, now["sha256"] if cfg.distill_topk else None)
+        history = distill_lm(student, teacher, tokenizer, distillation_text(cfg.calibration, cfg.distill_data), cfg,
+                              out, progress, resume, log, now["sha256"] if cfg.distill_topk else None)
         rows.append(ev.row(f"+ distillation ({steps} steps)", student, sum(h["epoch_time"] for h in history)))
         ev.sample(rows[-1]["model"], student)
         result = {**ev.finish(rows), "history": history, "model": student, "tokenizer": tokenizer}
@@ -250,8 +250,8 @@ def _run_lm(name, gguf_file, config: CompressConfig, eval_texts, eval_windows, e
     ev.sample(cfg.setting(), student)
     history = []
     if cfg.distill_steps > 0:
-        history = distill_lm(student, teacher, tokenizer, texts, cfg, out, progress, resume, log,
-                              base_sha if cfg.distill_topk else None)
+        history = distill_lm(student, teacher, tokenizer, distillation_text(cfg.calibration, cfg.distill_data), cfg,
+                              out, progress, resume, log, base_sha if cfg.distill_topk else None)
         rows.append(ev.row(f"+ distillation ({cfg.distill_steps} steps)", student,
                            sum(h["epoch_time"] for h in history)))
         ev.sample(rows[-1]["model"], student)

