@@ -59,11 +59,11 @@ def test_sentence_crops_are_seeded_spans_of_at_least_half_the_words():
         sentence_crops(["Alone."])
 
 
-def test_seed_applies_to_encoders_and_is_refused_for_causal_lms():
+def test_seed_applies_to_encoders_and_is_refused_for_causal_lms_without_distillation():
     assert CompressConfig(budget=0.5, seed=3).resolve("encoder").seed == 3
     assert CompressConfig(budget=0.5).resolve("lm").seed == 0
-    with pytest.raises(FieldError, match="seed changes nothing for causal LMs .*seed 3 would repeat seed 0's run"):
-        CompressConfig(budget=0.5, seed=3, distill_steps=10).resolve("lm")
+    with pytest.raises(FieldError, match="seed orders the distillation .*seed 3 would repeat seed 0's run"):
+        CompressConfig(budget=0.5, seed=3).resolve("lm")
 
 
 def test_distillation_data_train_or_extended():

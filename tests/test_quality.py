@@ -212,6 +212,20 @@ def test_distillation_batches_never_ask_the_sources_for_more_windows_than_they_h
         assert all(abs(half.count(c) - n / 2) <= 1 for c, n in zip("abc", counts))
 
 
+
+def test_a_causal_lm_seed_reorders_the_distillation_batches_and_nothing_else():
+    from lors.compression.lm_distill import seeded_order
+
+    batches = [{"input_ids": torch.full((2, 4), i)} for i in range(40)]
+    assert seeded_order(batches, 0) == batches  # seed 0: as made, so every recorded run reproduces
+    one, two = seeded_order(batches, 1), seeded_order(batches, 2)
+    ids = lambda bs: [int(b["input_ids"][0, 0]) for b in bs]  # noqa: E731
+    assert sorted(ids(one)) == sorted(ids(two)) == list(range(40))  # the same data ...
+    assert ids(one) != ids(batches) and ids(one) != ids(two) and ids(seeded_order(batches, 1)) == ids(one)  # reordered
+    with pytest.raises(FieldError, match="seed orders the distillation batches of causal LMs .* set distill_steps > 0"):
+        CompressConfig(budget=0.5, seed=1).resolve("lm")
+    assert CompressConfig(budget=0.5, seed=1, distill_steps=5).resolve("lm").seed == 1
+
 # ---------------------------------------------------------------- modular decomposition (MoDeGPT type I)
 
 def test_neuron_refit_is_exact_when_the_dropped_neurons_are_combinations_of_the_kept_ones():

@@ -163,7 +163,8 @@ def add_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--data", default=None, choices=DISTILL_DATA, help=DATA_HELP)
     p.add_argument("--seed", type=int, default=None, help="encoders: the order of the distillation sentences and "
-                   "their crops (default: the folder's recorded seed); causal LMs draw nothing at random")
+                   "their crops; causal LMs: the order of the distillation batches (0: as made) (default: the "
+                   "folder's recorded seed)")
     p.add_argument("--base", default=None, help="the base model (default: the one the folder records; its weights "
                    "must be the recorded ones)")
     add_eval_flags(p)
@@ -228,7 +229,8 @@ def add_compress(p: argparse.ArgumentParser) -> None:
                    "the original block's outputs after its sequential refit (0: none)")
     p.add_argument("--recon-lr", type=float, default=None, help="block reconstruction learning rate (1e-3)")
     p.add_argument("--seed", type=int, default=None, help="encoders: which training sentences calibrate and their "
-                   "order (0); causal LMs draw nothing at random and refuse another seed")
+                   "order (0); causal LMs: the order of the distillation batches (0: as made), refused without "
+                   "distillation")
     p.add_argument("--out", default=None, help="write a self-contained model folder here (config, tokenizer, "
                    "tensors, record, provenance; load with lors.from_pretrained)")
     p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="storage of the tensors in --out")

@@ -112,8 +112,8 @@ class CompressConfig:
     distill_precision: Optional[str] = None  # fp32 | bf16-mixed (default: bf16-mixed for LMs on hardware with native
                                              # bfloat16, see native_bf16; else fp32)
     seed: int = 0                           # encoders: which training sentences calibrate, their order, the crops;
-                                            # causal LMs draw nothing at random (fixed windows in order, closed-form
-                                            # fits, no dropout): a seed other than 0 is refused there
+                                            # causal LMs: the order of the distillation batches (0: as made; the
+                                            # windows, the fits and the rest are fixed), refused without distillation
 
     def __post_init__(self):
         self.validate()
@@ -217,10 +217,10 @@ class CompressConfig:
                 other = "sentence encoders" if kind == "lm" else "causal LMs"
                 raise FieldError(name, f"applies to {other} only; this model is "
                                  f"{'a causal LM' if kind == 'lm' else 'an encoder'}")
-        if kind == "lm" and self.seed != 0:
-            raise FieldError("seed", f"changes nothing for causal LMs (their calibration and distillation windows are "
-                             f"fixed and taken in order, the fits are closed-form, distillation runs without dropout): "
-                             f"seed {self.seed} would repeat seed 0's run; it applies to sentence encoders")
+        if kind == "lm" and self.seed != 0 and self.distill_steps == 0:
+            raise FieldError("seed", f"orders the distillation batches of causal LMs and nothing else (their "
+                             f"calibration windows are fixed, the fits closed-form): without distillation seed "
+                             f"{self.seed} would repeat seed 0's run; set distill_steps > 0")
         if self.method is None:
             modular = (kind == "lm" and self.budget is not None and self.budget < MODULAR_BELOW
                        and self.init == "calibrated" and self.allocation != "spectrum"

@@ -27,11 +27,13 @@ def distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pro
     train, key = distill_batches(tokenizer, texts, cfg, base_sha)
     if cfg.distill_topk:
         train = cached_teacher(teacher, train, key, log, cfg.distill_precision)
+    train = seeded_order(train, cfg.seed)
     student.get_input_embeddings().weight.requires_grad_(False)  # tied to the head; too few tokens to move it
+    order = f", in seed-{cfg.seed} order" if cfg.seed else ""
     repeats = f"; each seen {cfg.distill_steps / len(train):.1f} times" if cfg.distill_steps > len(train) else ""
     log(f"distillation: {cfg.distill_steps} steps x {cfg.batch_size} x {cfg.window} tokens ({cfg.distill_loss}, "
         f"T={cfg.temperature}, lr {cfg.lr}, {cfg.distill_precision}) on {len(train)} batches of the calibration "
-        f"sources{' and the stdlib package docstrings' if cfg.distill_data == 'extended' else ''}{repeats}")
+        f"sources{' and the stdlib package docstrings' if cfg.distill_data == 'extended' else ''}{order}{repeats}")
     history = distill(student, teacher, train, cfg.distill_steps, lr=cfg.lr, loss=cfg.distill_loss,
                       temperature=cfg.temperature, checkpoint_every=50, progress=progress, seed=cfg.seed,
                       resume=resume, run_dir=Path(out) / "distill" if out else None,
@@ -44,6 +46,15 @@ def distill_lm(student, teacher, tokenizer, texts, cfg: CompressConfig, out, pro
     log(f"distillation: {cfg.distill_steps * cfg.batch_size * cfg.window / max(seconds, 1e-9):.0f} tokens/s on "
         f"average, {seconds / 60:.1f} min")
     return history
+
+
+def seeded_order(batches: list, seed: int) -> list:
+    """``batches`` as made for seed 0 (so every recorded run reproduces), else in a permutation drawn from ``seed``:
+    the same data in another order, the only thing a causal LM's distillation draws at random. Applied after the
+    teacher cache, which is made and kept in the batches' own order."""
+    if seed == 0:
+        return list(batches)
+    return [batches[i] for i in torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()]
 
 
 def distill_batches(tokenizer, texts, cfg: CompressConfig, base_sha: Optional[str] = None) -> tuple[list, dict]:
