@@ -269,7 +269,7 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys, monkeypatch):
     assert "ppl_pydoc" in printed and "sample [original]" in printed and "tokens/s" in printed
     results = json.loads((out / "results.json").read_text())
     names = [r["model"] for r in results["rows"]]
-    assert names == ["original", "lct sequential + block recon 128 + sensitivity allocation (50%)",
+    assert names == ["original", "lct sequential + block recon 128 (token loss) + sensitivity allocation (50%)",
                      "+ distillation (4 steps)"]
     assert 0.45 < results["rows"][1]["fraction"] <= 0.5 and all(r["ppl_pydoc"] > 1 for r in results["rows"])
     first, compressed = results["rows"][0], results["rows"][1]

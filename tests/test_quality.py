@@ -42,23 +42,24 @@ def block_data(model, teacher, batches):
     return blocks[0], inputs, targets
 
 
-def test_block_reconstruction_lowers_the_block_error_and_never_raises_it():
+@pytest.mark.parametrize("loss", ["token", "total"])
+def test_block_reconstruction_lowers_the_block_error_and_never_raises_it(loss):
     teacher = tiny_llama()
     batches = [{"input_ids": tokens(4, s), "use_cache": False} for s in range(3)]
     student, _ = lors.compress(teacher, torch.cat([b["input_ids"] for b in batches]),
                                CompressConfig(method="lct", budget=0.4, form="factors", shrinkage=0.0,
                                               sequential=False))
     block, inputs, targets = block_data(student, teacher, batches)
-    start = block_error(block, inputs, targets)
+    start = block_error(block, inputs, targets, loss=loss)
     assert start > 1e-4  # something to reconstruct
     trained = copy.deepcopy(block)
-    fit = reconstruct_block(trained, inputs, targets, steps=60, lr=3e-3)
+    fit = reconstruct_block(trained, inputs, targets, steps=60, lr=3e-3, loss=loss)
     assert fit.before == pytest.approx(start, rel=1e-6)
     assert fit.after < 0.9 * start and fit.steps == 60
-    assert block_error(trained, inputs, targets) == pytest.approx(fit.after, rel=1e-6)
+    assert block_error(trained, inputs, targets, loss=loss) == pytest.approx(fit.after, rel=1e-6)
     # a learning rate far too large makes training diverge: the closed-form start is put back, bit for bit
     wrecked = copy.deepcopy(block)
-    fit = reconstruct_block(wrecked, inputs, targets, steps=5, lr=10.0)
+    fit = reconstruct_block(wrecked, inputs, targets, steps=5, lr=10.0, loss=loss)
     assert fit.steps == 0 and fit.after == fit.before
     assert all(torch.equal(a, b) for a, b in zip(wrecked.state_dict().values(), block.state_dict().values()))
     # padded tokens are left out of the error: garbage targets there change nothing
@@ -68,8 +69,35 @@ def test_block_reconstruction_lowers_the_block_error_and_never_raises_it():
     noisy = [t.clone() for t in targets]
     for t in noisy:
         t[:, -3:] = 1e3
-    clean = block_error(block, inputs, targets, masks)
-    assert block_error(block, inputs, noisy, masks) == pytest.approx(clean, rel=1e-6)
+    clean = block_error(block, inputs, targets, masks, loss)
+    assert block_error(block, inputs, noisy, masks, loss) == pytest.approx(clean, rel=1e-6)
+
+
+def test_block_error_weightings_match_their_formulas_and_differ_on_a_huge_token():
+    """'token' averages each token's error relative to its own target; 'total' divides summed squares, so one token
+    of huge norm (as pretrained LMs' first token) decides it."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 5, 8, generator=g)
+    target[:, 0] *= 1000.0  # an attention-sink token
+    out = target + 0.1 * torch.randn(2, 5, 8, generator=g)
+    out[:, 0] = target[:, 0]  # the huge token is reproduced exactly; every other token is 10 % off
+    block = torch.nn.Identity()
+    inputs = [(out, (), {})]
+    err = (out - target).pow(2).sum(-1)
+    ref = target.pow(2).sum(-1)
+    token, total = (block_error(block, inputs, [target], loss=w) for w in ("token", "total"))
+    assert token == pytest.approx(float((err / ref).mean()), rel=1e-5)
+    assert total == pytest.approx(float(err.sum() / ref.sum()), rel=1e-5)
+    assert total < 1e-6 < 1e-3 < token  # 'total' barely sees the error on the ordinary tokens
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    keep = mask.bool()
+    assert block_error(block, inputs, [target], [mask], "token") == pytest.approx(
+        float((err[keep] / ref[keep]).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="loss must be one of token, total"):
+        block_error(block, inputs, [target], loss="mean")
+    with pytest.raises(ValueError, match="loss must be one of token, total"):
+        reconstruct_block(torch.nn.Linear(8, 8), inputs, [target], loss="sum")
 
 
 def test_block_reconstruction_is_exact_when_nothing_is_removed():
@@ -100,6 +128,21 @@ def test_compress_with_block_reconstruction_beats_the_closed_form_and_reports_ev
     assert kl(trained) < kl(closed)
 
 
+@pytest.mark.parametrize("loss", [None, "total"])
+def test_compress_trains_blocks_on_the_configured_loss(loss, monkeypatch):
+    import lors.apply.sequential as sequential
+    from lors.apply.reconstruct import RECON_LOSS
+    seen, real = [], sequential.reconstruct_block
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+    monkeypatch.setattr(sequential, "reconstruct_block", spy)
+    _, report = lors.compress(tiny_llama(), tokens(4, 1), CompressConfig(
+        method="lct", budget=0.5, form="factors", shrinkage=0.0, recon_steps=2, recon_loss=loss))
+    assert seen == [loss or RECON_LOSS] * 3 and report.config["recon_loss"] == (loss or RECON_LOSS)
+
+
 def test_block_reconstruction_fields_are_refused_where_they_cannot_apply():
     with pytest.raises(FieldError, match="recon_steps .*sequential"):
         CompressConfig(budget=0.5, sequential=False, recon_steps=4)
@@ -109,6 +152,16 @@ def test_block_reconstruction_fields_are_refused_where_they_cannot_apply():
         CompressConfig(budget=0.5, recon_lr=1e-3, recon_steps=0)
     with pytest.raises(FieldError, match="recon_lr applies to block reconstruction"):
         CompressConfig(budget=0.5, recon_lr=1e-3, sequential=False, shrinkage=0.2).resolve("lm")
+    with pytest.raises(FieldError, match="recon_loss applies to block reconstruction"):
+        CompressConfig(budget=0.5, recon_loss="total", recon_steps=0)
+    with pytest.raises(FieldError, match="recon_loss applies to block reconstruction"):
+        CompressConfig.fast(budget=0.5, recon_loss="total").resolve("lm")
+    with pytest.raises(FieldError, match="recon_loss must be one of 'token', 'total'"):
+        CompressConfig(budget=0.5, recon_loss="mse")
+    from lors.apply.reconstruct import RECON_LOSS
+    assert CompressConfig(budget=0.5).resolve("lm").recon_loss == RECON_LOSS
+    assert CompressConfig(budget=0.5, recon_loss="total").resolve("lm").recon_loss == "total"
+    assert "(total loss)" in CompressConfig(budget=0.5, recon_loss="total").resolve("lm").setting()
     # the default applies where reconstruction can run, and nowhere else
     from lors.compression.config import RECON_STEPS
     assert CompressConfig(budget=0.5).resolve("lm").recon_steps == RECON_STEPS
@@ -384,7 +437,7 @@ def test_compress_cli_modular_recon_and_cached_distillation(tmp_path, monkeypatc
     assert results["peak_memory_gb"] > 0.1
     for r in results["rows"]:
         assert r["collapsed"] == (r["collapsed_samples"] > 0) and 0 <= r["collapsed_samples"] <= 4
-    label = "modular pivoted sequential + block recon 3 + sensitivity allocation (50%)"
+    label = "modular pivoted sequential + block recon 3 (token loss) + sensitivity allocation (50%)"
     assert [r["model"] for r in results["rows"]][1] == label
     assert len(results["report"]["block_errors"]) == 3
     assert len(list((tmp_path / "cache" / "teacher-topk").glob("*.safetensors"))) == 1

@@ -34,7 +34,7 @@ from ..nn.static import StackLayer
 from .calibration import batch_mask, default_forward, real_rows
 from .heads import Sliced
 from .linears import dense_weight, is_linear, set_submodule
-from .reconstruct import RECON_LR, BlockFit, reconstruct_block
+from .reconstruct import RECON_LOSS, RECON_LR, BlockFit, reconstruct_block
 from .reconstruct import run_block as _run
 
 RIDGE = 1e-2  # lambda of the correction, relative to mean(diag C)
@@ -197,15 +197,15 @@ def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targe
                      batches: Sequence, forward: Optional[Callable] = None, correct: bool = True,
                      shrinkage: float = 0.0, ridge: float = RIDGE,
                      log: Optional[Callable[[str], None]] = None, recon_steps: int = 0, recon_lr: float = RECON_LR,
-                     fits: Optional[list[BlockFit]] = None) -> nn.Module:
+                     fits: Optional[list[BlockFit]] = None, recon_loss: str = RECON_LOSS) -> nn.Module:
     """Refit the compressed ``model``'s ``targets`` in every block of ``container``, in order, on the inputs the
     compressed blocks below produce (see the module docstring); ``teacher`` is the original model (unchanged).
     ``model`` and ``teacher`` must have the same blocks at ``container``. ``shrinkage`` moves each measured
     ``C`` toward its diagonal before the fit (``(1 - s) C + s diag(C)``); ``ridge`` is the correction's lambda
     relative to ``mean(diag C)`` (larger: closer to ``T = W``). With ``recon_steps > 0`` each block, once refitted,
     is trained toward the original block's outputs (:func:`lors.apply.reconstruct.reconstruct_block`) before the
-    next block's inputs are made; each block's :class:`~lors.apply.reconstruct.BlockFit` is appended to ``fits``.
-    Returns ``model``."""
+    next block's inputs are made, on the error weighting ``recon_loss`` (``"token"`` or ``"total"``); each block's
+    :class:`~lors.apply.reconstruct.BlockFit` is appended to ``fits``. Returns ``model``."""
     was_training = model.training
     model.eval()
     teacher.eval()
@@ -244,7 +244,7 @@ def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targe
         hidden_o = [_run(original, *x) for x in inputs_o]
         fitted = ""
         if recon_steps > 0:
-            result = reconstruct_block(block, inputs_c, hidden_o, masks, recon_steps, recon_lr)
+            result = reconstruct_block(block, inputs_c, hidden_o, masks, recon_steps, recon_lr, recon_loss)
             fitted = f"; block error {result.before:.4f} -> {result.after:.4f}"
             if fits is not None:
                 fits.append(result)

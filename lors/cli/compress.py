@@ -15,7 +15,7 @@ from ..errors import ConfigError
 RECIPE_FLAGS = ("method", "budget", "rank", "epsilon", "form", "init", "shrinkage", "allocation", "group_size",
                 "calibration", "calibration_windows", "calibration_sentences", "distill_steps", "distill_loss",
                 "temperature", "lr", "distill_topk", "distill_precision", "distill_data", "recon_steps", "recon_lr",
-                "seed")
+                "recon_loss", "seed")
 
 
 def flag(field: str) -> str:
@@ -176,6 +176,7 @@ def add_distill(p: argparse.ArgumentParser) -> None:
 
 def add_compress(p: argparse.ArgumentParser) -> None:
     from ..apply.budget import ALLOCATIONS, FORMS
+    from ..apply.reconstruct import RECON_LOSSES
     from ..compression.config import DISTILL_DATA, DISTILL_LOSSES, INITS, METHODS
     from ..compression.export import DTYPES
     from ..engine.trainer import PRECISIONS
@@ -228,6 +229,9 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recon-steps", type=int, default=None, help="block reconstruction: Adam steps per block toward "
                    "the original block's outputs after its sequential refit (0: none)")
     p.add_argument("--recon-lr", type=float, default=None, help="block reconstruction learning rate (1e-3)")
+    p.add_argument("--recon-loss", default=None, choices=RECON_LOSSES, help="block reconstruction's error: 'token' "
+                   "(each token relative to its own norm, as the next block's norm sees it; default) or 'total' "
+                   "(summed over tokens, dominated by the few of huge norm)")
     p.add_argument("--seed", type=int, default=None, help="encoders: which training sentences calibrate and their "
                    "order (0); causal LMs: the order of the distillation batches (0: as made), refused without "
                    "distillation")

@@ -22,7 +22,7 @@ from typing import Optional, Union
 from ..apply.budget import ALLOCATIONS, FORMS
 from ..apply.budget import METHODS as BUDGET_METHODS
 from ..apply.modular import modular_applies
-from ..apply.reconstruct import RECON_LR
+from ..apply.reconstruct import RECON_LOSS, RECON_LOSSES, RECON_LR
 from ..apply.sequential import RIDGE
 from ..data.text.calibration import CALIBRATION_SOURCES, DISTILL_DATA
 from ..engine.trainer import PRECISIONS, native_bf16
@@ -86,6 +86,8 @@ class CompressConfig:
     recon_steps: Optional[int] = None       # Adam steps per block toward the original's outputs after its
                                             # sequential refit (default RECON_STEPS where it applies, else 0)
     recon_lr: Optional[float] = None        # block reconstruction lr (default 1e-3)
+    recon_loss: Optional[str] = None        # block reconstruction's error weighting: token | total (default
+                                            # RECON_LOSS; lors.apply.reconstruct)
     shrinkage: Union[float, str] = "auto"   # moments toward their diagonal: a number in [0, 1] or "auto"
     allocation: Optional[str] = None        # uniform | spectrum | sensitivity: how the budget spreads (default:
                                             # sensitivity for calibrated lct / modular budgets -- LMs: the loss's
@@ -199,8 +201,11 @@ class CompressConfig:
             raise FieldError("recon_steps", "trains each block after its sequential refit: needs method 'lct' or "
                              f"'modular' and "
                              f"sequential=True (got method {self.method!r}, sequential={self.sequential}; {bad})")
-        if self.recon_lr is not None and self.recon_steps == 0:  # None: filled by resolve
-            raise FieldError("recon_lr", "applies to block reconstruction only; set recon_steps > 0")
+        if self.recon_loss is not None:
+            _choice(self, "recon_loss", RECON_LOSSES)
+        for name in ("recon_lr", "recon_loss"):
+            if getattr(self, name) is not None and self.recon_steps == 0:  # None: filled by resolve
+                raise FieldError(name, "applies to block reconstruction only; set recon_steps > 0")
 
     def resolve(self, kind: str, model=None) -> "CompressConfig":
         """A copy with every kind-specific default filled for ``kind`` (``"lm"`` or ``"encoder"``); a field set
@@ -231,13 +236,14 @@ class CompressConfig:
         lm = kind == "lm"
         recon = self.recon_steps if self.recon_steps is not None else \
             RECON_STEPS if self.sequential and self.method in ("lct", "modular") else 0
-        if self.recon_lr is not None and recon == 0:
-            raise FieldError("recon_lr", "applies to block reconstruction only; set recon_steps > 0")
+        for name in ("recon_lr", "recon_loss"):
+            if getattr(self, name) is not None and recon == 0:
+                raise FieldError(name, "applies to block reconstruction only; set recon_steps > 0")
         sensitive = self.budget is not None and self.init == "calibrated" and self.method in ("lct", "modular")
         pivoted = self.method in ("lct", "modular") and self.budget is not None
         defaults = dict(allocation=SENSITIVITY_DEFAULT if sensitive else "uniform",
                         form="pivoted" if pivoted else "factors",
-                        recon_steps=recon, **(dict(recon_lr=RECON_LR) if recon > 0 else {}),
+                        recon_steps=recon, **(dict(recon_lr=RECON_LR, recon_loss=RECON_LOSS) if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
                                 temperature=1.0, lr=LM_DISTILL_LR, distill_data=LM_DISTILL_DATA) if lm else
@@ -255,7 +261,8 @@ class CompressConfig:
                 else f"epsilon {self.epsilon}")
         parts = [self.method or "default", self.form if self.form == "pivoted" else None,
                  "svd" if self.init == "svd" else None, "sequential" if self.sequential else "one-shot",
-                 f"+ block recon {self.recon_steps}" if self.recon_steps else None,
+                 f"+ block recon {self.recon_steps} ({self.recon_loss or RECON_LOSS} loss)"
+                 if self.recon_steps else None,
                  f"+ {self.allocation} allocation" if self.allocation not in (None, "uniform") else None]
         return f"{' '.join(p for p in parts if p)} ({size})"
 

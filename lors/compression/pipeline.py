@@ -29,6 +29,7 @@ from ..apply.lors import convert
 from ..apply.heads import NORMED, attention_parts, decompose_attention, head_geometry
 from ..apply.modular import decompose_mlps, mlp_parts, modular_sizes
 from ..apply.reconstruct import RECON_LR
+from .config import RECON_LOSS
 from ..apply.sequential import sequential_refit
 from ..nn.lowrank import LowRankLinear
 from .config import CompressConfig
@@ -174,7 +175,7 @@ def fit(model: nn.Module, cfg: CompressConfig, moments: Optional[dict], shrinkag
                                   sharing="basis" if cfg.method == "basis" else "residual"), calibration=moments)
     if sequential:
         sequential_refit(model, teacher, container, targets, batches, None, cfg.correct, shrinkage, cfg.ridge, log,
-                         cfg.recon_steps, cfg.recon_lr or RECON_LR, fits)
+                         cfg.recon_steps, cfg.recon_lr or RECON_LR, fits, cfg.recon_loss or RECON_LOSS)
     if cfg.form == "pivoted" and any(isinstance(m, LowRankLinear) for m in model.modules()):
         pivot(model)  # (a modular fit may have factorised nothing)
     return model
