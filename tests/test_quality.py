@@ -131,7 +131,7 @@ def test_compress_with_block_reconstruction_beats_the_closed_form_and_reports_ev
 @pytest.mark.parametrize("loss", [None, "total"])
 def test_compress_trains_blocks_on_the_configured_loss(loss, monkeypatch):
     import lors.apply.sequential as sequential
-    from lors.apply.reconstruct import RECON_LOSS
+    from lors.compression.config import LM_RECON_LOSS as RECON_LOSS
     seen, real = [], sequential.reconstruct_block
 
     def spy(*args):
@@ -158,9 +158,10 @@ def test_block_reconstruction_fields_are_refused_where_they_cannot_apply():
         CompressConfig.fast(budget=0.5, recon_loss="total").resolve("lm")
     with pytest.raises(FieldError, match="recon_loss must be one of 'token', 'total'"):
         CompressConfig(budget=0.5, recon_loss="mse")
-    from lors.apply.reconstruct import RECON_LOSS
-    assert CompressConfig(budget=0.5).resolve("lm").recon_loss == RECON_LOSS
+    assert CompressConfig(budget=0.5).resolve("lm").recon_loss == "token"  # the measured defaults
+    assert CompressConfig(budget=0.5, method="lct").resolve("encoder").recon_loss == "total"
     assert CompressConfig(budget=0.5, recon_loss="total").resolve("lm").recon_loss == "total"
+    assert CompressConfig(budget=0.5, method="lct", recon_loss="token").resolve("encoder").recon_loss == "token"
     assert "(total loss)" in CompressConfig(budget=0.5, recon_loss="total").resolve("lm").setting()
     # the default applies where reconstruction can run, and nowhere else
     from lors.compression.config import RECON_STEPS

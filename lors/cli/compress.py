@@ -230,8 +230,8 @@ def add_compress(p: argparse.ArgumentParser) -> None:
                    "the original block's outputs after its sequential refit (0: none)")
     p.add_argument("--recon-lr", type=float, default=None, help="block reconstruction learning rate (1e-3)")
     p.add_argument("--recon-loss", default=None, choices=RECON_LOSSES, help="block reconstruction's error: 'token' "
-                   "(each token relative to its own norm, as the next block's norm sees it; default) or 'total' "
-                   "(summed over tokens, dominated by the few of huge norm)")
+                   "(each token relative to its own norm, as the next block's norm sees it; causal LMs' default) or "
+                   "'total' (summed over tokens, dominated by the few of huge norm; encoders' default)")
     p.add_argument("--seed", type=int, default=None, help="encoders: which training sentences calibrate and their "
                    "order (0); causal LMs: the order of the distillation batches (0: as made), refused without "
                    "distillation")

@@ -4,7 +4,8 @@ The defaults are the best recipe measured on SmolLM2-135M (BENCHMARKS.md): LCT f
 fitted to the layers' outputs (whitened SVD), refitted block by block on the compressed network's own inputs
 (``sequential``), with the calibration moments shrunk toward their diagonals by an amount chosen on held-out
 calibration text (``shrinkage="auto"``), and each block trained toward the original block's outputs right after
-its refit (``recon_steps``, :mod:`lors.apply.reconstruct`). For a causal LM kept below :data:`MODULAR_BELOW` of its
+its refit (``recon_steps``, :mod:`lors.apply.reconstruct`; each token's error relative to its own norm for causal
+LMs, summed errors for encoders: ``recon_loss``). For a causal LM kept below :data:`MODULAR_BELOW` of its
 linears the default method is ``"modular"`` (MoDeGPT-style: whole MLP neurons kept and ``down`` refitted, value-output
 features per head), which measured better there; above it, and for encoders, ``"lct"``.
 :meth:`CompressConfig.fast` is the one-shot variant.
@@ -22,7 +23,7 @@ from typing import Optional, Union
 from ..apply.budget import ALLOCATIONS, FORMS
 from ..apply.budget import METHODS as BUDGET_METHODS
 from ..apply.modular import modular_applies
-from ..apply.reconstruct import RECON_LOSS, RECON_LOSSES, RECON_LR
+from ..apply.reconstruct import RECON_LOSSES, RECON_LR
 from ..apply.sequential import RIDGE
 from ..data.text.calibration import CALIBRATION_SOURCES, DISTILL_DATA
 from ..engine.trainer import PRECISIONS, native_bf16
@@ -50,6 +51,10 @@ LM_DISTILL_PRECISION = "bf16-mixed"
 FAST_SHRINKAGE = 0.2  # what "auto" chose for SmolLM2 at 80 % and 60 % (BENCHMARKS.md)
 LM_ONLY = ("calibration", "calibration_windows", "window", "distill_loss", "temperature", "distill_topk")
 ENCODER_ONLY = ("calibration_sentences",)
+# block reconstruction's error weighting (lors.apply.reconstruct): per token for causal LMs (SmolLM2 80 %, modular:
+# pydoc x1.225 -> x1.217, Bible x1.248 -> x1.233), summed for encoders (MiniLM 50 %: 0.932 / 77.4 % vs 0.929 / 77.0 %;
+# a post-LN encoder's block outputs are LayerNorm'd, so no token dominates the sum)
+LM_RECON_LOSS, ENCODER_RECON_LOSS = "token", "total"
 ENCODER_DISTILL_DATA = "extended"  # MiniLM 50 %, 1,000 steps: mean cosine 0.940 -> 0.946, recall@10 78.6 -> 79.4 %
 CALIBRATION_SENTENCES = 4096  # MiniLM 50 %: 256 -> 0.885 mean cosine, 1024 -> 0.920, 4096 -> 0.931 (19 min, 6.9 GB);
                               # lors compress (run.py) takes all the training split holds (less 128) when fewer
@@ -87,7 +92,7 @@ class CompressConfig:
                                             # sequential refit (default RECON_STEPS where it applies, else 0)
     recon_lr: Optional[float] = None        # block reconstruction lr (default 1e-3)
     recon_loss: Optional[str] = None        # block reconstruction's error weighting: token | total (default
-                                            # RECON_LOSS; lors.apply.reconstruct)
+                                            # LMs token, encoders total; lors.apply.reconstruct)
     shrinkage: Union[float, str] = "auto"   # moments toward their diagonal: a number in [0, 1] or "auto"
     allocation: Optional[str] = None        # uniform | spectrum | sensitivity: how the budget spreads (default:
                                             # sensitivity for calibrated lct / modular budgets -- LMs: the loss's
@@ -243,7 +248,9 @@ class CompressConfig:
         pivoted = self.method in ("lct", "modular") and self.budget is not None
         defaults = dict(allocation=SENSITIVITY_DEFAULT if sensitive else "uniform",
                         form="pivoted" if pivoted else "factors",
-                        recon_steps=recon, **(dict(recon_lr=RECON_LR, recon_loss=RECON_LOSS) if recon > 0 else {}),
+                        recon_steps=recon, **(dict(recon_lr=RECON_LR,
+                                                   recon_loss=LM_RECON_LOSS if lm else ENCODER_RECON_LOSS)
+                                              if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
                                 temperature=1.0, lr=LM_DISTILL_LR, distill_data=LM_DISTILL_DATA) if lm else
@@ -261,7 +268,7 @@ class CompressConfig:
                 else f"epsilon {self.epsilon}")
         parts = [self.method or "default", self.form if self.form == "pivoted" else None,
                  "svd" if self.init == "svd" else None, "sequential" if self.sequential else "one-shot",
-                 f"+ block recon {self.recon_steps} ({self.recon_loss or RECON_LOSS} loss)"
+                 f"+ block recon {self.recon_steps}" + (f" ({self.recon_loss} loss)" if self.recon_loss else "")
                  if self.recon_steps else None,
                  f"+ {self.allocation} allocation" if self.allocation not in (None, "uniform") else None]
         return f"{' '.join(p for p in parts if p)} ({size})"

@@ -28,8 +28,7 @@ from ..apply.lct import lct, pivot, rebuild
 from ..apply.lors import convert
 from ..apply.heads import NORMED, attention_parts, decompose_attention, head_geometry
 from ..apply.modular import decompose_mlps, mlp_parts, modular_sizes
-from ..apply.reconstruct import RECON_LR
-from .config import RECON_LOSS
+from ..apply.reconstruct import RECON_LOSS, RECON_LR
 from ..apply.sequential import sequential_refit
 from ..nn.lowrank import LowRankLinear
 from .config import CompressConfig
