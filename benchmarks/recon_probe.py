@@ -40,8 +40,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     try:
         settings = [(int(s), float(lr), loss) for s, lr, loss in (item.split(":") for item in args.settings.split(","))]
-        assert all(loss in RECON_LOSSES for _, _, loss in settings)
-    except (ValueError, AssertionError):
+    except ValueError:
+        settings = []
+    if not settings or any(loss not in RECON_LOSSES for _, _, loss in settings):
         p.error(f"--settings: expected steps:lr:loss triples (loss: {' or '.join(RECON_LOSSES)}) such as "
                 f"128:1e-3:token, got {args.settings!r}")
     probed = {int(b) for b in args.blocks.split(",")}

@@ -52,7 +52,7 @@ def _check_loss(loss: str) -> None:
         raise ValueError(f"loss must be one of {', '.join(RECON_LOSSES)}, got {loss!r}")
 
 
-def _error_terms(out: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor], loss: str = "total"):
+def _error_terms(out: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor], loss: str):
     """(numerator, denominator) of the relative error over the real tokens of one batch: ``"total"``, the summed
     squared error and summed squared target; ``"token"``, the summed per-token ratios and the token count."""
     err, ref = (out - target).pow(2).sum(-1), target.pow(2).sum(-1)
@@ -107,7 +107,7 @@ def reconstruct_block(block: nn.Module, inputs: Sequence[tuple], targets: Sequen
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=lr)
-    scale = [float(_error_terms(t, t, m, loss)[1]) for t, m in zip(targets, masks)]
+    scale = [float(_error_terms(t, t, m, loss)[1]) for t, m in zip(targets, masks)]  # each batch's denominator
     try:
         with torch.enable_grad():
             for step in range(steps):
