@@ -1,6 +1,7 @@
 """Compressing causal LMs: sequential refit, alternating LORS fit, basis sharing, budgets, KL distillation, the CLI."""
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -72,6 +73,29 @@ def test_sequential_refit_lowers_the_output_error_after_truncation():
         sequential_refit(student, teacher, container, targets, calib)
         assert lors.count_parameters(student) == count  # same ranks, same structure
         assert (student(x).logits - ref).norm() < 0.9 * before, method
+
+
+def test_sequential_refit_logs_each_blocks_drift_per_token():
+    """The log's hidden-state drift is the rms over tokens of each block output's error relative to its own norm
+    (computed here from ``output_hidden_states``, independently of the library's error helpers)."""
+    teacher = tiny_llama()
+    container, targets, paths = stack_linears(teacher)
+    calib = batches(3)
+    moments = input_moments(teacher, paths, calib)
+    student = rebuild(copy.deepcopy(teacher), budget_ranks(teacher, "lct", 0.5, moments), calibration=moments)
+    lines = []
+    sequential_refit(student, teacher, container, targets, calib, log=lines.append)
+    drifts = [float(re.search(r"hidden-state drift \(token, rms\) ([0-9.]+)", line).group(1)) for line in lines]
+    n = teacher.config.num_hidden_layers
+    assert len(drifts) == n and "block error" not in lines[0]  # no reconstruction asked for
+    x = torch.cat([b["input_ids"] for b in calib])
+    with torch.no_grad():
+        hs = student(x, output_hidden_states=True).hidden_states
+        ht = teacher(x, output_hidden_states=True).hidden_states
+    for i in range(1, n):  # block i-1's output (the last entry is after the final norm)
+        per_token = (hs[i] - ht[i]).pow(2).sum(-1) / ht[i].pow(2).sum(-1)
+        assert drifts[i - 1] == pytest.approx(float(per_token.mean().sqrt()), abs=1e-4)
+    assert drifts[1] > 1e-3  # something drifted: the check above could fail
 
 
 def test_corrected_target_is_the_ridge_least_squares_map():

@@ -65,16 +65,23 @@ def _error_terms(out: torch.Tensor, target: torch.Tensor, mask: Optional[torch.T
 
 
 @torch.no_grad()
-def block_error(block: nn.Module, inputs: Sequence[tuple], targets: Sequence[torch.Tensor],
-                masks: Optional[Sequence] = None, loss: str = RECON_LOSS) -> float:
-    """The block's relative output error over every batch's real tokens: ``"total"``, ``sum ||block(x) - y||^2 /
-    sum ||y||^2``; ``"token"``, the mean over tokens of ``||block(x)_t - y_t||^2 / ||y_t||^2``."""
+def relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                   masks: Optional[Sequence] = None, loss: str = RECON_LOSS) -> float:
+    """The relative error of ``outputs`` against ``targets`` (per batch) over every batch's real tokens: ``"total"``,
+    ``sum ||out - y||^2 / sum ||y||^2``; ``"token"``, the mean over tokens of ``||out_t - y_t||^2 / ||y_t||^2``."""
     _check_loss(loss)
     num = den = 0.0
-    for b, (x, t) in enumerate(zip(inputs, targets)):
-        e, r = _error_terms(run_block(block, *x), t, masks[b] if masks is not None else None, loss)
+    for b, (out, t) in enumerate(zip(outputs, targets)):
+        e, r = _error_terms(out, t, masks[b] if masks is not None else None, loss)
         num, den = num + float(e), den + float(r)
     return num / max(den, 1e-30)
+
+
+@torch.no_grad()
+def block_error(block: nn.Module, inputs: Sequence[tuple], targets: Sequence[torch.Tensor],
+                masks: Optional[Sequence] = None, loss: str = RECON_LOSS) -> float:
+    """:func:`relative_error` of ``block``'s outputs on ``inputs`` (one call per batch) against ``targets``."""
+    return relative_error([run_block(block, *x) for x in inputs], targets, masks, loss)
 
 
 def reconstruct_block(block: nn.Module, inputs: Sequence[tuple], targets: Sequence[torch.Tensor],

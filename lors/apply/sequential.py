@@ -22,6 +22,7 @@ refits layer ``i``'s coefficients.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Optional, Sequence
 
@@ -34,7 +35,7 @@ from ..nn.static import StackLayer
 from .calibration import batch_mask, default_forward, real_rows
 from .heads import Sliced
 from .linears import dense_weight, is_linear, set_submodule
-from .reconstruct import RECON_LOSS, RECON_LR, BlockFit, reconstruct_block
+from .reconstruct import RECON_LOSS, RECON_LR, BlockFit, reconstruct_block, relative_error
 from .reconstruct import run_block as _run
 
 RIDGE = 1e-2  # lambda of the correction, relative to mean(diag C)
@@ -245,14 +246,13 @@ def sequential_refit(model: nn.Module, teacher: nn.Module, container: str, targe
         fitted = ""
         if recon_steps > 0:
             result = reconstruct_block(block, inputs_c, hidden_o, masks, recon_steps, recon_lr, recon_loss)
-            fitted = f"; block error {result.before:.4f} -> {result.after:.4f}"
+            fitted = f"; block error ({recon_loss}) {result.before:.3g} -> {result.after:.3g}"
             if fits is not None:
                 fits.append(result)
         hidden_c = [_run(block, *x) for x in inputs_c]
         if log:
-            drift = sum((c - o).pow(2).sum() for c, o in zip(hidden_c, hidden_o)) / \
-                sum(o.pow(2).sum() for o in hidden_o)
-            log(f"  block {i + 1}/{len(blocks)} refitted{fitted}; hidden-state drift {drift.sqrt():.4f} "
-                f"({time.time() - start:.0f} s)")
+            drift = relative_error(hidden_c, hidden_o, masks, recon_loss)  # as reconstruction weighs it
+            log(f"  block {i + 1}/{len(blocks)} refitted{fitted}; hidden-state drift ({recon_loss}, rms) "
+                f"{math.sqrt(drift):.4f} ({time.time() - start:.0f} s)")
     model.train(was_training)
     return model
