@@ -7,7 +7,7 @@ import torch
 
 import lors
 from lors.compression import CompressConfig, embed, embedding_agreement
-from lors.compression.config import FieldError
+from lors.compression.config import ENCODER_RECON_STEPS, FieldError
 from lors.compression.evaluate import token_batches
 from lors.compression.pretrained import load_encoder
 from lors.data.text import (english_sentences, extra_sentences, pydoc_documents, sentence_crops, sentences_of,
@@ -155,7 +155,7 @@ def test_compress_cli_default_recipe_and_flag_errors(tmp_path, capsys):
     folder, out = tiny_bert_folder(tmp_path), tmp_path / "piv"
     assert main(["compress", "--model", str(folder), "--budget", "0.6", "--calibration-sentences", "64",
                  "--eval-sentences", "64", "--out", str(out), "--no-progress"]) == 0
-    recipe = "lct pivoted sequential + block recon 128 (total loss) + sensitivity allocation (60%)"
+    recipe = f"lct pivoted sequential + block recon {ENCODER_RECON_STEPS} (total loss) + sensitivity allocation (60%)"
     assert recipe in capsys.readouterr().out
     results = __import__("json").loads((out / "results.json").read_text())
     assert len(results["report"]["shrinkage_scores"]) == 5

@@ -11,6 +11,7 @@ from lors.apply.budget import budget_ranks, max_rank, stack_linears
 from lors.apply.calibration import input_moments
 from lors.apply.lct import rebuild
 from lors.apply.sequential import corrected_target, sequential_refit
+from lors.compression.config import LM_RECON_STEPS
 from lors.compression.evaluate import PROMPTS
 from lors.data.text import eval_text, sentence_openings
 from lors.nn.basis import BasisSharedStack
@@ -293,8 +294,8 @@ def test_compress_cli_on_a_causal_lm_folder(tmp_path, capsys, monkeypatch):
     assert "ppl_pydoc" in printed and "sample [original]" in printed and "tokens/s" in printed
     results = json.loads((out / "results.json").read_text())
     names = [r["model"] for r in results["rows"]]
-    assert names == ["original", "lct sequential + block recon 128 (token loss) + sensitivity allocation (50%)",
-                     "+ distillation (4 steps)"]
+    recipe = f"lct sequential + block recon {LM_RECON_STEPS} (token loss) + sensitivity allocation (50%)"
+    assert names == ["original", recipe, "+ distillation (4 steps)"]
     assert 0.45 < results["rows"][1]["fraction"] <= 0.5 and all(r["ppl_pydoc"] > 1 for r in results["rows"])
     first, compressed = results["rows"][0], results["rows"][1]
     prompts = results["evaluation"]["prompts"]  # the four fixed prompts and two openings of the held-out text

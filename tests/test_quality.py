@@ -164,9 +164,13 @@ def test_block_reconstruction_fields_are_refused_where_they_cannot_apply():
     assert CompressConfig(budget=0.5, method="lct", recon_loss="token").resolve("encoder").recon_loss == "token"
     assert "(total loss)" in CompressConfig(budget=0.5, recon_loss="total").resolve("lm").setting()
     # the default applies where reconstruction can run, and nowhere else
-    from lors.compression.config import RECON_STEPS
-    assert CompressConfig(budget=0.5).resolve("lm").recon_steps == RECON_STEPS
-    assert CompressConfig(budget=0.5, method="modular").resolve("encoder").recon_steps == RECON_STEPS
+    from lors.compression.config import ENCODER_RECON_LR, ENCODER_RECON_STEPS, LM_RECON_LR, LM_RECON_STEPS
+    lm, encoder = CompressConfig(budget=0.5).resolve("lm"), CompressConfig(budget=0.5, method="lct").resolve("encoder")
+    assert (lm.recon_steps, lm.recon_lr) == (LM_RECON_STEPS, LM_RECON_LR)
+    assert (encoder.recon_steps, encoder.recon_lr) == (ENCODER_RECON_STEPS, ENCODER_RECON_LR)
+    assert CompressConfig(budget=0.5, method="modular").resolve("encoder").recon_steps == ENCODER_RECON_STEPS
+    set_by_hand = CompressConfig(budget=0.5, method="lct", recon_steps=7, recon_lr=2e-3).resolve("encoder")
+    assert (set_by_hand.recon_steps, set_by_hand.recon_lr) == (7, 2e-3)
     assert CompressConfig.fast(budget=0.5).resolve("lm").recon_steps == 0
     assert CompressConfig(budget=0.5, method="lors").resolve("lm").recon_steps == 0
     with pytest.raises(FieldError, match="recon_steps must be an integer"):

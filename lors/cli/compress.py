@@ -177,14 +177,15 @@ def add_distill(p: argparse.ArgumentParser) -> None:
 def add_compress(p: argparse.ArgumentParser) -> None:
     from ..apply.budget import ALLOCATIONS, FORMS
     from ..apply.reconstruct import RECON_LOSSES
-    from ..compression.config import DISTILL_DATA, DISTILL_LOSSES, INITS, METHODS
+    from ..compression.config import (DISTILL_DATA, DISTILL_LOSSES, ENCODER_RECON_LR, ENCODER_RECON_STEPS, INITS,
+                                      LM_RECON_LR, LM_RECON_STEPS, METHODS)
     from ..compression.export import DTYPES
     from ..engine.trainer import PRECISIONS
     from ..data.text.calibration import CALIBRATION_SOURCES
 
     p.description = ("Compress a pretrained model. With --model and --budget only, the best measured recipe runs: "
                      "LCT factors in pivoted storage (modular MLP neurons and per-head value features for causal LMs "
-                     "below 70 %% kept), whitened fit, ranks by loss sensitivity, sequential refit, shrinkage "
+                     "below 70 % kept), whitened fit, ranks by loss sensitivity, sequential refit, shrinkage "
                      "chosen on held-out calibration text, block-wise reconstruction (--fast: one-shot, shrinkage "
                      "0.2, minutes faster, worse). lors distill continues a saved folder's distillation.")
     p.add_argument("--model", default="minilm",
@@ -227,8 +228,10 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-precision", default=None, choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--distill-data", default=None, choices=DISTILL_DATA, help=DATA_HELP)
     p.add_argument("--recon-steps", type=int, default=None, help="block reconstruction: Adam steps per block toward "
-                   "the original block's outputs after its sequential refit (0: none)")
-    p.add_argument("--recon-lr", type=float, default=None, help="block reconstruction learning rate (1e-3)")
+                   f"the original block's outputs after its sequential refit (0: none; default {LM_RECON_STEPS} "
+                   f"causal LMs, {ENCODER_RECON_STEPS} encoders)")
+    p.add_argument("--recon-lr", type=float, default=None, help=f"block reconstruction learning rate "
+                   f"({LM_RECON_LR:g} causal LMs, {ENCODER_RECON_LR:g} encoders)")
     p.add_argument("--recon-loss", default=None, choices=RECON_LOSSES, help="block reconstruction's error: 'token' "
                    "(each token relative to its own norm, as the next block's norm sees it; causal LMs' default) or "
                    "'total' (summed over tokens, dominated by the few of huge norm; encoders' default)")

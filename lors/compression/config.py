@@ -23,7 +23,7 @@ from typing import Optional, Union
 from ..apply.budget import ALLOCATIONS, FORMS
 from ..apply.budget import METHODS as BUDGET_METHODS
 from ..apply.modular import modular_applies
-from ..apply.reconstruct import RECON_LOSSES, RECON_LR
+from ..apply.reconstruct import RECON_LOSSES
 from ..apply.sequential import RIDGE
 from ..data.text.calibration import CALIBRATION_SOURCES, DISTILL_DATA
 from ..engine.trainer import PRECISIONS, native_bf16
@@ -40,7 +40,11 @@ MODULAR_BELOW = 0.7  # LM budgets below this default to "modular" (SmolLM2 60 %:
                      # 50 %: x2.81 / x2.10 -> x2.19 / x2.07; at 80 % lct is level: x1.24 / x1.20 against x1.23 / x1.24)
 SENSITIVITY_DEFAULT = "sensitivity"  # loss-aware ranks (SmolLM2 80 %, recon: x1.40 -> x1.24 pydoc; MiniLM 50 %:
                                      # mean cosine 0.829 -> 0.885)
-RECON_STEPS = 128  # block reconstruction by default (sequential lct / modular): SmolLM2 80 % x1.57 -> x1.40 (pydoc)
+# block reconstruction by default (sequential lct / modular), steps per block and Adam's lr, per kind. Causal LMs:
+# 128 at 1e-3 (SmolLM2 80 %: x1.57 -> x1.40 pydoc when it came in). Encoders: 1024 at 3e-4 (MiniLM 50 %: mean cosine /
+# recall@10 0.932 / 77.4 % at 128 and 1e-3, 0.939 / 79.0 % at 512, 0.942 / 80.0 % at 1024; 17 -> 29 min; BENCHMARKS.md)
+LM_RECON_STEPS, LM_RECON_LR = 128, 1e-3
+ENCODER_RECON_STEPS, ENCODER_RECON_LR = 1024, 3e-4
 LM_DISTILL_LR = 5e-5  # SmolLM2 modular 80 %, 470 steps: x1.145 / x1.066 pydoc / Bible, 5 of 36 samples looping
                       # (3e-5: x1.149 / x1.083, 10 looping; BENCHMARKS.md); at 120 steps 1e-4 raised the KL to the
                       # original (0.263 -> 0.283 pydoc) where 3e-5 lowered it (-> 0.244)
@@ -89,8 +93,9 @@ class CompressConfig:
     correct: bool = True                    # sequential: fit toward the original layers' outputs
     ridge: float = RIDGE                    # sequential: the correction's ridge, relative to mean(diag C)
     recon_steps: Optional[int] = None       # Adam steps per block toward the original's outputs after its
-                                            # sequential refit (default RECON_STEPS where it applies, else 0)
-    recon_lr: Optional[float] = None        # block reconstruction lr (default 1e-3)
+                                            # sequential refit (default LM_ / ENCODER_RECON_STEPS where it
+                                            # applies, else 0)
+    recon_lr: Optional[float] = None        # block reconstruction lr (default LM_ / ENCODER_RECON_LR)
     recon_loss: Optional[str] = None        # block reconstruction's error weighting: token | total (default
                                             # LMs token, encoders total; lors.apply.reconstruct)
     shrinkage: Union[float, str] = "auto"   # moments toward their diagonal: a number in [0, 1] or "auto"
@@ -240,7 +245,8 @@ class CompressConfig:
             raise FieldError("method", "'basis' is for causal LMs; encoders take 'lct' or 'lors'")
         lm = kind == "lm"
         recon = self.recon_steps if self.recon_steps is not None else \
-            RECON_STEPS if self.sequential and self.method in ("lct", "modular") else 0
+            (LM_RECON_STEPS if lm else ENCODER_RECON_STEPS) if self.sequential and self.method in ("lct", "modular") \
+            else 0
         for name in ("recon_lr", "recon_loss"):
             if getattr(self, name) is not None and recon == 0:
                 raise FieldError(name, "applies to block reconstruction only; set recon_steps > 0")
@@ -248,7 +254,7 @@ class CompressConfig:
         pivoted = self.method in ("lct", "modular") and self.budget is not None
         defaults = dict(allocation=SENSITIVITY_DEFAULT if sensitive else "uniform",
                         form="pivoted" if pivoted else "factors",
-                        recon_steps=recon, **(dict(recon_lr=RECON_LR,
+                        recon_steps=recon, **(dict(recon_lr=LM_RECON_LR if lm else ENCODER_RECON_LR,
                                                    recon_loss=LM_RECON_LOSS if lm else ENCODER_RECON_LOSS)
                                               if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
