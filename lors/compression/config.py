@@ -41,8 +41,10 @@ MODULAR_BELOW = 0.7  # LM budgets below this default to "modular" (SmolLM2 60 %:
 SENSITIVITY_DEFAULT = "sensitivity"  # loss-aware ranks (SmolLM2 80 %, recon: x1.40 -> x1.24 pydoc; MiniLM 50 %:
                                      # mean cosine 0.829 -> 0.885)
 # block reconstruction by default (sequential lct / modular), steps per block and Adam's lr, per kind. Causal LMs:
-# 128 at 1e-3 (SmolLM2 80 %: x1.57 -> x1.40 pydoc when it came in). Encoders: 1024 at 3e-4 (MiniLM 50 %: mean cosine /
-# recall@10 0.932 / 77.4 % at 128 and 1e-3, 0.939 / 79.0 % at 512, 0.942 / 80.0 % at 1024; 17 -> 29 min; BENCHMARKS.md)
+# 128 at 1e-3 (SmolLM2 80 %: x1.57 -> x1.40 pydoc when it came in; 512 at 3e-4 gave x1.217 -> x1.208 training-free
+# and x1.134 -> x1.133 after 470 distillation steps for 2.7x the time). Encoders: 1024 at 3e-4 (MiniLM 50 %: mean
+# cosine / recall@10 0.932 / 77.4 % at 128 and 1e-3, 0.939 / 79.0 % at 512, 0.942 / 80.0 % at 1024; 17 -> 29 min;
+# BENCHMARKS.md)
 LM_RECON_STEPS, LM_RECON_LR = 128, 1e-3
 ENCODER_RECON_STEPS, ENCODER_RECON_LR = 1024, 3e-4
 LM_DISTILL_LR = 5e-5  # SmolLM2 modular 80 %, 470 steps: x1.145 / x1.066 pydoc / Bible, 5 of 36 samples looping
@@ -244,9 +246,10 @@ class CompressConfig:
         if kind == "encoder" and self.method == "basis":
             raise FieldError("method", "'basis' is for causal LMs; encoders take 'lct' or 'lors'")
         lm = kind == "lm"
+        recon_steps, recon_lr, recon_loss = ((LM_RECON_STEPS, LM_RECON_LR, LM_RECON_LOSS) if lm else
+                                             (ENCODER_RECON_STEPS, ENCODER_RECON_LR, ENCODER_RECON_LOSS))
         recon = self.recon_steps if self.recon_steps is not None else \
-            (LM_RECON_STEPS if lm else ENCODER_RECON_STEPS) if self.sequential and self.method in ("lct", "modular") \
-            else 0
+            recon_steps if self.sequential and self.method in ("lct", "modular") else 0
         for name in ("recon_lr", "recon_loss"):
             if getattr(self, name) is not None and recon == 0:
                 raise FieldError(name, "applies to block reconstruction only; set recon_steps > 0")
@@ -254,9 +257,7 @@ class CompressConfig:
         pivoted = self.method in ("lct", "modular") and self.budget is not None
         defaults = dict(allocation=SENSITIVITY_DEFAULT if sensitive else "uniform",
                         form="pivoted" if pivoted else "factors",
-                        recon_steps=recon, **(dict(recon_lr=LM_RECON_LR if lm else ENCODER_RECON_LR,
-                                                   recon_loss=LM_RECON_LOSS if lm else ENCODER_RECON_LOSS)
-                                              if recon > 0 else {}),
+                        recon_steps=recon, **(dict(recon_lr=recon_lr, recon_loss=recon_loss) if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
                                 temperature=1.0, lr=LM_DISTILL_LR, distill_data=LM_DISTILL_DATA) if lm else
