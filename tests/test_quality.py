@@ -179,6 +179,31 @@ def test_block_reconstruction_fields_are_refused_where_they_cannot_apply():
         reconstruct_block(torch.nn.Linear(2, 2), [(torch.zeros(1, 2), (), {})], [], steps=1)
 
 
+def test_kl_losses_at_temperature_one_skip_the_division_and_keep_every_bit():
+    # bf16 logits as a bf16-mixed forward leaves them: T = 1 takes the no-division path, T = 2 divides; both must
+    # match the formula written out in float32 (value and gradient), so skipping the division changes nothing
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(2, 4, 40, generator=g).to(torch.bfloat16)
+    t = torch.randn(2, 4, 40, generator=g)
+    for temperature in (1.0, 2.0):
+        logp = F.log_softmax(t / temperature, -1)
+        values, index = logp.topk(6, -1)
+        x, ref = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+        got = topk_kl_loss(x, values, index, None, temperature)
+        r = F.log_softmax(ref.float() / temperature, -1)
+        r_k = r.gather(-1, index)
+        t_rest, s_rest = 1 - values.exp().sum(-1), 1 - r_k.exp().sum(-1)
+        want = ((values.exp() * (values - r_k)).sum(-1) + t_rest * (t_rest.log() - s_rest.log())).mean()
+        want = want * temperature ** 2
+        got.backward()
+        want.backward()
+        assert torch.equal(got, want) and torch.equal(x.grad, ref.grad)
+        full = kl_loss(s, t, None, temperature)
+        expected = (logp.exp() * (logp - F.log_softmax(s.float() / temperature, -1))).sum(-1).mean()
+        assert torch.equal(full, expected * temperature ** 2)
+    assert topk_kl_loss(s, values, index, None, 1.0) != topk_kl_loss(s, values, index, None, 2.0)
+
+
 def test_topk_kl_equals_the_full_kl_when_k_is_the_vocabulary():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 5, 11, generator=g, dtype=torch.float64), torch.randn(2, 5, 11, generator=g,

@@ -72,12 +72,19 @@ def logits_and_hidden(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tens
 def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: Optional[torch.Tensor],
             temperature: float = 1.0) -> torch.Tensor:
     """``T^2 KL(softmax(t / T) || softmax(s / T))`` summed over the vocabulary, averaged over (unmasked) tokens."""
-    s = F.log_softmax(student_logits.float() / temperature, -1)
-    t = F.log_softmax(teacher_logits.float() / temperature, -1)
+    s = F.log_softmax(_scaled(student_logits, temperature), -1)
+    t = F.log_softmax(_scaled(teacher_logits, temperature), -1)
     per_token = (t.exp() * (t - s)).sum(-1)  # (B, T)
     if mask is not None:
         per_token = per_token[mask.bool()]
     return per_token.mean() * temperature ** 2
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / T`` in float32; at ``T = 1`` no division (a pass over B x T x V numbers each way, ~6 % of a SmolLM2
+    distillation step on 2 cores, for a result identical to the bit)."""
+    logits = logits.float()
+    return logits if temperature == 1 else logits / temperature
 
 
 TOPK_KEYS = ("teacher_logp", "teacher_index")
@@ -90,7 +97,7 @@ def topk_kl_loss(student_logits: torch.Tensor, teacher_logp: torch.Tensor, teach
 
     ``teacher_logp`` (B, T, k) are the teacher's log-probabilities at temperature ``T`` of the tokens
     ``teacher_index`` (B, T, k); when ``k`` is the vocabulary the rest bucket is empty and this is :func:`kl_loss`."""
-    s = F.log_softmax(student_logits.float() / temperature, -1)
+    s = F.log_softmax(_scaled(student_logits, temperature), -1)
     index = teacher_index.long()
     s_k, t_k = s.gather(-1, index), teacher_logp.float()
     per_token = (t_k.exp() * (t_k - s_k)).sum(-1)
@@ -120,7 +127,7 @@ def cache_topk(teacher: nn.Module, batches: Sequence[dict], k: int, temperature:
             raise TypeError("cache_topk needs dict batches (Hugging Face model inputs)")
         with precision_context(next(iter(batch.values())).device, precision):
             out = (forward or logits)(teacher, batch)
-        logp = F.log_softmax(out.float() / temperature, -1)
+        logp = F.log_softmax(_scaled(out, temperature), -1)
         values, index = logp.topk(min(k, logp.shape[-1]), dim=-1)
         cached.append({**batch, TOPK_KEYS[0]: values, TOPK_KEYS[1]: index.to(torch.int32)})
         if log and (i + 1) % 50 == 0:
