@@ -167,6 +167,9 @@ def test_block_reconstruction_fields_are_refused_where_they_cannot_apply():
     from lors.compression.config import ENCODER_RECON_LR, ENCODER_RECON_STEPS, LM_RECON_LR, LM_RECON_STEPS
     lm, encoder = CompressConfig(budget=0.5).resolve("lm"), CompressConfig(budget=0.5, method="lct").resolve("encoder")
     assert (lm.recon_steps, lm.recon_lr) == (LM_RECON_STEPS, LM_RECON_LR)
+    from lors.compression.config import LM_CALIBRATION_WINDOWS
+    assert lm.calibration_windows == LM_CALIBRATION_WINDOWS and encoder.calibration_windows is None
+    assert CompressConfig(budget=0.5, calibration_windows=8).resolve("lm").calibration_windows == 8
     assert (encoder.recon_steps, encoder.recon_lr) == (ENCODER_RECON_STEPS, ENCODER_RECON_LR)
     assert CompressConfig(budget=0.5, method="modular").resolve("encoder").recon_steps == ENCODER_RECON_STEPS
     set_by_hand = CompressConfig(budget=0.5, method="lct", recon_steps=7, recon_lr=2e-3).resolve("encoder")

@@ -178,7 +178,7 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     from ..apply.budget import ALLOCATIONS, FORMS
     from ..apply.reconstruct import RECON_LOSSES
     from ..compression.config import (DISTILL_DATA, DISTILL_LOSSES, ENCODER_RECON_LR, ENCODER_RECON_STEPS, INITS,
-                                      LM_RECON_LR, LM_RECON_STEPS, METHODS)
+                                      LM_CALIBRATION_WINDOWS, LM_RECON_LR, LM_RECON_STEPS, METHODS)
     from ..compression.export import DTYPES
     from ..engine.trainer import PRECISIONS
     from ..data.text.calibration import CALIBRATION_SOURCES
@@ -214,7 +214,8 @@ def add_compress(p: argparse.ArgumentParser) -> None:
                         "on the LM loss or on the sentence embedding; uniform for --init svd)")
     p.add_argument("--group-size", type=int, default=None, help="lors/basis: share within groups of N blocks")
     p.add_argument("--calibration", default=None, choices=CALIBRATION_SOURCES, help="calibration text (LMs; mixed)")
-    p.add_argument("--calibration-windows", type=int, default=None, help="calibration windows of 256 tokens (LMs; 64)")
+    p.add_argument("--calibration-windows", type=int, default=None, help="calibration windows of 256 tokens (LMs; "
+                   f"{LM_CALIBRATION_WINDOWS}: 64 is 2.3x faster, x1.02 / x1.05 worse on SmolLM2 at 80 %%)")
     p.add_argument("--calibration-sentences", type=int, default=None,
                    help="calibration sentences (encoders; 4096, or all the training split holds less 128: more is "
                         "better, 1024 is 2.6x faster)")

@@ -46,6 +46,9 @@ SENSITIVITY_DEFAULT = "sensitivity"  # loss-aware ranks (SmolLM2 80 %, recon: x1
 # cosine / recall@10 0.932 / 77.4 % at 128 and 1e-3, 0.939 / 79.0 % at 512, 0.942 / 80.0 % at 1024; 17 -> 29 min;
 # BENCHMARKS.md)
 LM_RECON_STEPS, LM_RECON_LR = 128, 1e-3
+# calibration windows of 256 tokens for causal LMs (SmolLM2 80 %, modular, training-free: x1.217 / x1.233 pydoc /
+# Bible at 64, x1.205 / x1.176 at 128, x1.192 / x1.170 at 256; 29 -> 42 -> 67 min, peak 5.2 -> 8.7 GB; BENCHMARKS.md)
+LM_CALIBRATION_WINDOWS = 256
 ENCODER_RECON_STEPS, ENCODER_RECON_LR = 1024, 3e-4
 LM_DISTILL_LR = 5e-5  # SmolLM2 modular 80 %, 470 steps: x1.145 / x1.066 pydoc / Bible, 5 of 36 samples looping
                       # (3e-5: x1.149 / x1.083, 10 looping; BENCHMARKS.md); at 120 steps 1e-4 raised the KL to the
@@ -108,7 +111,7 @@ class CompressConfig:
     group_size: Optional[int] = None        # lors / basis: share within runs of this many blocks
     fit_iterations: Optional[int] = None    # lors: alternating fits of shared weight and residuals (default 2)
     calibration: Optional[str] = None       # LMs: calibration text source (default mixed)
-    calibration_windows: Optional[int] = None  # LMs: calibration windows (default 64)
+    calibration_windows: Optional[int] = None  # LMs: calibration windows (default LM_CALIBRATION_WINDOWS)
     window: Optional[int] = None            # LMs: tokens per window (default 256)
     calibration_sentences: Optional[int] = None  # encoders: calibration sentences (default: lors compress takes
                                                  # CALIBRATION_SENTENCES, or all its training split holds less 128)
@@ -259,7 +262,7 @@ class CompressConfig:
                         form="pivoted" if pivoted else "factors",
                         recon_steps=recon, **(dict(recon_lr=recon_lr, recon_loss=recon_loss) if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
-                        **(dict(calibration="mixed", calibration_windows=64, window=256, distill_loss="kl",
+                        **(dict(calibration="mixed", calibration_windows=LM_CALIBRATION_WINDOWS, window=256, distill_loss="kl",
                                 temperature=1.0, lr=LM_DISTILL_LR, distill_data=LM_DISTILL_DATA) if lm else
                            dict(lr=1e-4, distill_data=ENCODER_DISTILL_DATA)),
                         distill_precision=LM_DISTILL_PRECISION if lm and native_bf16("cpu") else "fp32")
