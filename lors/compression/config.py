@@ -263,7 +263,8 @@ class CompressConfig:
                         recon_steps=recon, **(dict(recon_lr=recon_lr, recon_loss=recon_loss) if recon > 0 else {}),
                         batch_size=4 if lm else 32, **(dict(fit_iterations=2) if self.method == "lors" else {}),
                         **(dict(calibration="mixed", calibration_windows=LM_CALIBRATION_WINDOWS, window=256,
-                                distill_loss="kl", temperature=1.0, lr=LM_DISTILL_LR, distill_data=LM_DISTILL_DATA) if lm else
+                                distill_loss="kl", temperature=1.0, lr=LM_DISTILL_LR,
+                                distill_data=LM_DISTILL_DATA) if lm else
                            dict(lr=1e-4, distill_data=ENCODER_DISTILL_DATA)),
                         distill_precision=LM_DISTILL_PRECISION if lm and native_bf16("cpu") else "fp32")
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
