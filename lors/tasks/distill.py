@@ -82,7 +82,7 @@ def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: Op
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``logits / T`` in float32; at ``T = 1`` no division (a pass over B x T x V numbers each way, ~6 % of a SmolLM2
-    distillation step on 2 cores, for a result identical to the bit)."""
+    distillation step in a one-thread profile, for a result identical to the bit)."""
     logits = logits.float()
     return logits if temperature == 1 else logits / temperature
 
