@@ -34,10 +34,12 @@ A term may carry a weight, ``TERM*W`` (e.g. ``mse+cos+bank*0.1``); the default w
 Data, ``+``-joined: ``train`` is the 4,309 training sentences (the held-out sentences' sources never enter);
 ``bible`` the sentences of the Bible's training books; ``pydoc`` the 1,254 sentences of Python's reference topics;
 ``stdpkg`` the ~4,800 docstring sentences of the standard library's packages (``email``, ``asyncio``, ``json``, ...:
-the files below a folder, which the sentence split never reads; no tests, ``idlelib``, ``lib2to3``); a sentence that
-is among the held-out ones is dropped from every source; ``crops`` adds, for every sentence of the others, two
-random spans of at least half its words (new inputs from the same text). Writes ``NAME.json`` (one row per 100
-steps, then the training-sentence scores) to ``--out``.
+the files below a folder, which the sentence split never reads; no tests, ``idlelib``, ``lib2to3``); ``deps`` the
+~100 K docstring sentences of the installed dependencies' Python files (:func:`lors.data.text.dependency_texts`:
+torch, sympy, transformers, scipy, ...; they follow the installed versions; none that another source has). A
+sentence that is among the held-out ones is dropped from every source; ``crops`` adds, for every sentence of the
+others, two random spans of at least half its words (new inputs from the same text). Writes ``NAME.json`` (one row
+per 100 steps, then the training-sentence scores) to ``--out``.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ import torch.nn.functional as F
 
 LOSS_TERMS = ("cos", "mse", "sim", "hidden", "bank", "cov")
 BANK_TEMPERATURE = 0.05
-DATA = ("train", "bible", "pydoc", "stdpkg", "crops")
+DATA = ("train", "bible", "pydoc", "stdpkg", "deps", "crops")
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, float], float, tuple[str, ...]]:
@@ -133,7 +135,7 @@ def main(argv=None) -> dict:
     from lors.compression.evaluate import embed, embedding_agreement, token_batches
     from lors.compression.pretrained import load_encoder
     from lors.compression.run import held_out_sentences
-    from lors.data.text import (calibration_text, english_sentences, pydoc_documents, sentence_crops, sentences_of,
+    from lors.data.text import (calibration_text, dependency_texts, english_sentences, pydoc_documents, sentence_crops, sentences_of,
                                 stdlib_package_texts)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -163,7 +165,9 @@ def main(argv=None) -> dict:
     pydoc = dict.fromkeys(s for t in pydoc_documents().values() for s in sentences_of(t))
     all_held = set(english_sentences()[1])
     stdpkg = dict.fromkeys(s for t in stdlib_package_texts().values() for s in sentences_of(t))
-    texts = {"train": train, "pydoc": list(pydoc), "stdpkg": list(stdpkg),
+    known = set(train) | set(pydoc) | set(stdpkg)
+    deps = dict.fromkeys(s for t in dependency_texts().values() for s in sentences_of(t) if s not in known)
+    texts = {"train": train, "pydoc": list(pydoc), "stdpkg": list(stdpkg), "deps": list(deps),
              "bible": [s for t in calibration_text("bible") for s in sentences_of(t.replace("\n", " "))]}
     texts = {k: v if k == "train" else [s for s in v if s not in all_held] for k, v in texts.items()}
     print(", ".join(f"{len(v):,} {k} sentences" for k, v in texts.items()), flush=True)

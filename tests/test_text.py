@@ -7,8 +7,8 @@ import torch
 from lors.cli.config import ConfigError, load_config
 from lors.cli.experiment import build_experiment
 from lors.cli.main import main
-from lors.data.text import (ByteTokenizer, TokenChunks, calibration_text, distillation_text, eval_text,
-                            pydoc_documents, split_documents, split_text, stdlib_package_texts)
+from lors.data.text import (ByteTokenizer, TokenChunks, calibration_text, dependency_texts, distillation_text,
+                            eval_text, pydoc_documents, split_documents, split_text, stdlib_package_texts)
 from lors.tasks.lm import LanguageModelTask
 
 
@@ -105,6 +105,22 @@ def test_extended_distillation_text_adds_the_stdlib_package_docstrings_and_no_ev
     assert distillation_text("stdlib", "extended")[1] == extended[3]
     with pytest.raises(ValueError, match="distillation data must be one of"):
         distillation_text("mixed", "all")
+
+
+def test_dependency_texts_are_each_files_docstrings_without_tests():
+    import ast
+    import importlib.metadata
+
+    texts = dependency_texts(("packaging", "pytest", "not-a-distribution"))
+    dist = importlib.metadata.distribution("packaging")
+    files = [f for f in dist.files if f.suffix == ".py"]
+    assert set(texts) <= {f"dep:packaging/{f.as_posix()}" for f in files} | {
+        f"dep:pytest/{f.as_posix()}" for f in importlib.metadata.distribution("pytest").files}
+    assert not any("/test/" in name or "/tests/" in name for name in texts)
+    version = next(f for f in files if f.as_posix().endswith("packaging/version.py"))
+    tree = ast.parse(open(dist.locate_file(version), encoding="utf-8").read())
+    docs = [ast.get_docstring(n) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))]
+    assert texts[f"dep:packaging/{version.as_posix()}"] == "\n\n".join(d for d in docs if d)
 
 
 def test_lors_eval_scores_the_test_split(tmp_path, capsys):
