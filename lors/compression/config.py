@@ -23,7 +23,7 @@ from typing import Optional, Union
 from ..apply.budget import ALLOCATIONS, FORMS
 from ..apply.budget import METHODS as BUDGET_METHODS
 from ..apply.modular import modular_applies
-from ..apply.reconstruct import RECON_LOSSES
+from ..apply.reconstruct import RECON_LOSSES, RECON_LR
 from ..apply.sequential import RIDGE
 from ..data.text.calibration import CALIBRATION_SOURCES, DISTILL_DATA
 from ..engine.trainer import PRECISIONS, native_bf16
@@ -45,7 +45,7 @@ SENSITIVITY_DEFAULT = "sensitivity"  # loss-aware ranks (SmolLM2 80 %, recon: x1
 # and x1.134 -> x1.133 after 470 distillation steps for 2.7x the time). Encoders: 1024 at 3e-4 (MiniLM 50 %: mean
 # cosine / recall@10 0.932 / 77.4 % at 128 and 1e-3, 0.939 / 79.0 % at 512, 0.942 / 80.0 % at 1024; 17 -> 29 min;
 # BENCHMARKS.md)
-LM_RECON_STEPS, LM_RECON_LR = 128, 1e-3
+LM_RECON_STEPS, LM_RECON_LR = 128, RECON_LR  # RECON_LR (1e-3): the library functions' default too
 # calibration windows of 256 tokens for causal LMs (SmolLM2 80 %, modular, training-free: x1.217 / x1.233 pydoc /
 # Bible at 64, x1.205 / x1.176 at 128, x1.192 / x1.170 at 256; 29 -> 42 -> 67 min, peak 5.2 -> 8.7 GB; BENCHMARKS.md)
 LM_CALIBRATION_WINDOWS = 256
