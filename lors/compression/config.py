@@ -37,7 +37,9 @@ DISTILL_LOSSES = ("kl", "kl+hidden")
 # LMs: the calibration sources, or those + the stdlib package folders' docstrings
 LM_DISTILL_DATA = "train"
 MODULAR_BELOW = 0.7  # LM budgets below this default to "modular" (SmolLM2 60 %: x2.00 / x1.73 -> x1.76 / x1.75;
-                     # 50 %: x2.81 / x2.10 -> x2.19 / x2.07; at 80 % lct is level: x1.24 / x1.20 against x1.23 / x1.24)
+                     # 50 %: x2.81 / x2.10 -> x2.19 / x2.07; at 80 % with 256 windows lct leads training-free,
+                     # x1.186 / x1.146 against x1.192 / x1.170, and the two split after 470 distillation steps,
+                     # x1.120 / x1.025 against x1.113 / x1.045; BENCHMARKS.md)
 SENSITIVITY_DEFAULT = "sensitivity"  # loss-aware ranks (SmolLM2 80 %, recon: x1.40 -> x1.24 pydoc; MiniLM 50 %:
                                      # mean cosine 0.829 -> 0.885)
 # block reconstruction by default (sequential lct / modular), steps per block and Adam's lr, per kind. Causal LMs:
