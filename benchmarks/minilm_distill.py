@@ -135,8 +135,8 @@ def main(argv=None) -> dict:
     from lors.compression.evaluate import embed, embedding_agreement, token_batches
     from lors.compression.pretrained import load_encoder
     from lors.compression.run import held_out_sentences
-    from lors.data.text import (calibration_text, dependency_texts, english_sentences, pydoc_documents, sentence_crops, sentences_of,
-                                stdlib_package_texts)
+    from lors.data.text import (calibration_text, dependency_texts, english_sentences, pydoc_documents,
+                                sentence_crops, sentences_of, stdlib_package_texts)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("variants", nargs="+", help="NAME:LOSS:LR:DATA, e.g. base:mse+cos:1e-4:train")

@@ -9,8 +9,8 @@
 """
 from .calibration import (BIBLE_HELD_OUT, CALIBRATION_SOURCES, DISTILL_DATA, EVAL_SOURCES, calibration_text,
                           distillation_text, eval_text, sentence_openings)
-from .sources import (PACKAGES, dependency_texts, english_sentences, extra_sentences, file_documents, kjv_documents, package_texts,
-                      pydoc_documents, sentence_crops, sentences_of, stdlib_package_texts, stdlib_texts)
+from .sources import (PACKAGES, dependency_texts, english_sentences, extra_sentences, file_documents, kjv_documents,
+                      package_texts, pydoc_documents, sentence_crops, sentences_of, stdlib_package_texts, stdlib_texts)
 from .split import SPLIT_SEED, SPLITS, split_documents, split_text
 from .tokenizers import TOKENIZERS, BpeTokenizer, ByteTokenizer, make_tokenizer
 from .windows import (CORPORA, TokenChunks, build_lm_dataset, corpus_split, load_corpus, token_windows,
@@ -18,7 +18,8 @@ from .windows import (CORPORA, TokenChunks, build_lm_dataset, corpus_split, load
 
 __all__ = ["BIBLE_HELD_OUT", "CALIBRATION_SOURCES", "CORPORA", "DISTILL_DATA", "EVAL_SOURCES", "PACKAGES", "SPLITS",
            "SPLIT_SEED", "TOKENIZERS", "BpeTokenizer", "ByteTokenizer", "TokenChunks", "build_lm_dataset",
-           "calibration_text", "corpus_split", "dependency_texts", "distillation_text", "english_sentences", "eval_text",
+           "calibration_text", "corpus_split", "dependency_texts", "distillation_text", "english_sentences",
+           "eval_text",
            "extra_sentences", "file_documents", "kjv_documents", "load_corpus", "make_tokenizer", "package_texts",
            "pydoc_documents", "sentence_crops", "sentence_openings", "sentences_of", "split_documents", "split_text",
            "stdlib_package_texts", "stdlib_texts", "token_windows", "window_capacity"]
