@@ -166,7 +166,8 @@ def main(argv=None) -> dict:
     all_held = set(english_sentences()[1])
     stdpkg = dict.fromkeys(s for t in stdlib_package_texts().values() for s in sentences_of(t))
     known = set(train) | set(pydoc) | set(stdpkg)
-    deps = dict.fromkeys(s for t in dependency_texts().values() for s in sentences_of(t) if s not in known)
+    deps = dict.fromkeys(s for t in dependency_texts().values() for s in sentences_of(t) if s not in known) \
+        if any("deps" in data for _, _, _, data in variants) else {}  # ~1 min to read: only when asked for
     texts = {"train": train, "pydoc": list(pydoc), "stdpkg": list(stdpkg), "deps": list(deps),
              "bible": [s for t in calibration_text("bible") for s in sentences_of(t.replace("\n", " "))]}
     texts = {k: v if k == "train" else [s for s in v if s not in all_held] for k, v in texts.items()}
