@@ -38,7 +38,9 @@ the files below a folder, which the sentence split never reads; no tests, ``idle
 ~100 K docstring sentences of the installed dependencies' Python files (:func:`lors.data.text.dependency_texts`:
 torch, sympy, transformers, scipy, ...; they follow the installed versions; none that another source has). A
 sentence that is among the held-out ones is dropped from every source; ``crops`` adds, for every sentence of the
-others, two random spans of at least half its words (new inputs from the same text). Writes ``NAME.json`` (one row
+others, two random spans of at least half its words (new inputs from the same text); ``swaps`` adds two copies of
+every sentence of the others with ``SWAP_RATE`` of its words replaced by words drawn from all of them (each word as
+often as it occurs there: TinyBERT's augmentation, with corpus words in place of a masked LM's guesses). Writes ``NAME.json`` (one row
 per 100 steps, then the training-sentence scores) to ``--out``.
 """
 from __future__ import annotations
@@ -47,6 +49,7 @@ import argparse
 import copy
 import json
 import math
+import random
 import time
 from pathlib import Path
 
@@ -55,7 +58,9 @@ import torch.nn.functional as F
 
 LOSS_TERMS = ("cos", "mse", "sim", "hidden", "bank", "cov")
 BANK_TEMPERATURE = 0.05
-DATA = ("train", "bible", "pydoc", "stdpkg", "deps", "crops")
+SWAP_RATE = 0.15
+DATA = ("train", "bible", "pydoc", "stdpkg", "deps", "crops", "swaps")
+NEW_INPUTS = ("crops", "swaps")  # made from the other sources' sentences
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, float], float, tuple[str, ...]]:
@@ -74,10 +79,27 @@ def parse_variant(text: str) -> tuple[str, dict[str, float], float, tuple[str, .
         if term not in LOSS_TERMS or terms[term] <= 0:
             terms = None
             break
-    if terms is None or not set(sources) <= set(DATA) or sources == ("crops",):
+    if terms is None or not set(sources) <= set(DATA) or set(sources) <= set(NEW_INPUTS):
         raise ValueError(f"variant {text!r}: LOSS is '+'-joined terms of {LOSS_TERMS}, each optionally *WEIGHT (> 0), "
-                         f"DATA '+'-joined sources of {DATA} (crops with at least one other)")
+                         f"DATA '+'-joined sources of {DATA} ({' and '.join(NEW_INPUTS)} with at least one other)")
     return name, terms, float(lr), sources
+
+
+def word_swaps(sentences: list[str], copies: int = 2, seed: int = 0, rate: float = SWAP_RATE) -> list[str]:
+    """``copies`` of every sentence with ``round(rate * words)`` of its words (at least one) replaced, at distinct
+    random positions, by words drawn from all the sentences' words (frequency-weighted; a drawn word may equal the
+    one it replaces). Seeded."""
+    rng = random.Random(seed)
+    vocabulary = [w for s in sentences for w in s.split()]
+    out = []
+    for sentence in sentences:
+        words = sentence.split()
+        for _ in range(copies):
+            new = list(words)
+            for i in rng.sample(range(len(words)), max(1, round(rate * len(words)))):
+                new[i] = rng.choice(vocabulary)
+            out.append(" ".join(new))
+    return out
 
 
 def pooled(model, batch, states: bool):
@@ -175,7 +197,7 @@ def main(argv=None) -> dict:
 
     results = {}
     for name, terms, lr, data in variants:
-        sentences = [s for source in data if source != "crops" for s in texts[source]]
+        sentences = [s for source in data if source not in NEW_INPUTS for s in texts[source]]
         bank, rows_of, metric = None, {}, None
         if "bank" in terms or "cov" in terms:
             rows_of = {s: i for i, s in enumerate(dict.fromkeys(sentences))}
@@ -183,8 +205,11 @@ def main(argv=None) -> dict:
             bank = embed(teacher, token_batches(tokenizer, list(rows_of), 64))
             print(f"{name}: bank of {len(bank):,} teacher embeddings in {time.time() - began:.0f} s", flush=True)
             metric = bank_metric(bank)
+        base = list(sentences)
         if "crops" in data:
-            sentences += sentence_crops(sentences, 2, 0)
+            sentences += sentence_crops(base, 2, 0)
+        if "swaps" in data:
+            sentences += word_swaps(base, 2, 0)
         student = copy.deepcopy(start).eval()  # no dropout, as lors distill trains
         opt = torch.optim.AdamW([q for q in student.parameters() if q.requires_grad], lr=lr, weight_decay=0.0)
         order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(0)).tolist()

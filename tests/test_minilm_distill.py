@@ -9,17 +9,36 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from minilm_distill import BANK_TEMPERATURE, bank_kl, bank_metric, loss_of, parse_variant  # noqa: E402
+from minilm_distill import BANK_TEMPERATURE, bank_kl, bank_metric, loss_of, parse_variant, word_swaps  # noqa: E402
 
 
 def test_variants_are_parsed_and_bad_ones_refused():
     assert parse_variant("a:cos+sim:3e-5:train+bible") == ("a", {"cos": 1.0, "sim": 1.0}, 3e-5, ("train", "bible"))
     assert parse_variant("b:mse+cos:1e-4:train+pydoc+stdpkg+crops")[3] == ("train", "pydoc", "stdpkg", "crops")
     assert parse_variant("c:mse+cos+bank*0.1:1e-4:train")[1] == {"mse": 1.0, "cos": 1.0, "bank": 0.1}
+    assert parse_variant("d:cos:1e-4:train+swaps")[3] == ("train", "swaps")
     for bad in ("a:cos:1e-4", "a:kl:1e-4:train", "a:cos:1e-4:wiki", "a:cos:1e-4:crops", "a:cos*x:1e-4:train",
+                "a:cos:1e-4:swaps", "a:cos:1e-4:crops+swaps",
                 "a:cos*0:1e-4:train", "a:cos*-1:1e-4:train"):
         with pytest.raises(ValueError, match="variant|NAME:LOSS:LR:DATA"):
             parse_variant(bad)
+
+
+def test_word_swaps_replace_a_seeded_share_of_words_with_corpus_words():
+    sentences = ["the quick brown fox jumps over the lazy dog today", "a list holds items in order",
+                 "one two"]
+    swapped = word_swaps(sentences, copies=3, seed=1, rate=0.3)
+    assert len(swapped) == 9 and swapped == word_swaps(sentences, copies=3, seed=1, rate=0.3)
+    assert swapped != word_swaps(sentences, copies=3, seed=2, rate=0.3)
+    vocabulary = {w for s in sentences for w in s.split()}
+    changed = 0
+    for i, new in enumerate(swapped):
+        old, new = sentences[i // 3].split(), new.split()
+        assert len(new) == len(old) and set(new) <= vocabulary
+        differ = sum(a != b for a, b in zip(old, new))
+        assert differ <= max(1, round(0.3 * len(old)))  # only the drawn positions change
+        changed += differ
+    assert changed >= 9 * 0.5  # most draws pick another word (a draw may return the word it replaces)
 
 
 def test_bank_kl_matches_a_direct_sum_and_masks_each_sentences_own_row():
