@@ -49,7 +49,8 @@ SENSITIVITY_DEFAULT = "sensitivity"  # loss-aware ranks (SmolLM2 80 %, recon: x1
 # BENCHMARKS.md)
 LM_RECON_STEPS, LM_RECON_LR = 128, RECON_LR  # RECON_LR (1e-3): the library functions' default too
 # calibration windows of 256 tokens for causal LMs (SmolLM2 80 %, modular, training-free: x1.217 / x1.233 pydoc /
-# Bible at 64, x1.205 / x1.176 at 128, x1.192 / x1.170 at 256; 29 -> 42 -> 67 min, peak 5.2 -> 8.7 GB; BENCHMARKS.md)
+# Bible at 64, x1.205 / x1.176 at 128, x1.192 / x1.170 at 256; 29 -> 42 -> 67 min, peak 5.2 -> 8.7 GB; 60 %: x1.716 /
+# x1.739 at 64, x1.692 / x1.619 at 256, but 24 of 36 samples loop against 17; BENCHMARKS.md)
 LM_CALIBRATION_WINDOWS = 256
 ENCODER_RECON_STEPS, ENCODER_RECON_LR = 1024, 3e-4
 LM_DISTILL_LR = 5e-5  # SmolLM2 modular 80 %, 470 steps: x1.145 / x1.066 pydoc / Bible, 5 of 36 samples looping
