@@ -40,8 +40,8 @@ torch, sympy, transformers, scipy, ...; they follow the installed versions; none
 sentence that is among the held-out ones is dropped from every source; ``crops`` adds, for every sentence of the
 others, two random spans of at least half its words (new inputs from the same text); ``swaps`` adds two copies of
 every sentence of the others with ``SWAP_RATE`` of its words replaced by words drawn from all of them (each word as
-often as it occurs there: TinyBERT's augmentation, with corpus words in place of a masked LM's guesses). Writes ``NAME.json`` (one row
-per 100 steps, then the training-sentence scores) to ``--out``.
+often as it occurs there: TinyBERT's augmentation, with corpus words in place of a masked LM's guesses). Writes
+``NAME.json`` (one row per 100 steps, then the training-sentence scores) to ``--out``.
 """
 from __future__ import annotations
 
