@@ -94,6 +94,8 @@ def word_swaps(sentences: list[str], copies: int = 2, seed: int = 0, rate: float
     out = []
     for sentence in sentences:
         words = sentence.split()
+        if not words:
+            raise ValueError(f"a sentence to swap words in needs at least 1 word, got {sentence!r}")
         for _ in range(copies):
             new = list(words)
             for i in rng.sample(range(len(words)), max(1, round(rate * len(words)))):

@@ -39,6 +39,8 @@ def test_word_swaps_replace_a_seeded_share_of_words_with_corpus_words():
         assert differ <= max(1, round(0.3 * len(old)))  # only the drawn positions change
         changed += differ
     assert changed >= 9 * 0.5  # most draws pick another word (a draw may return the word it replaces)
+    with pytest.raises(ValueError, match="at least 1 word"):
+        word_swaps(["a list", "  "])
 
 
 def test_bank_kl_matches_a_direct_sum_and_masks_each_sentences_own_row():

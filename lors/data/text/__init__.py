@@ -19,7 +19,6 @@ from .windows import (CORPORA, TokenChunks, build_lm_dataset, corpus_split, load
 __all__ = ["BIBLE_HELD_OUT", "CALIBRATION_SOURCES", "CORPORA", "DISTILL_DATA", "EVAL_SOURCES", "PACKAGES", "SPLITS",
            "SPLIT_SEED", "TOKENIZERS", "BpeTokenizer", "ByteTokenizer", "TokenChunks", "build_lm_dataset",
            "calibration_text", "corpus_split", "dependency_texts", "distillation_text", "english_sentences",
-           "eval_text",
-           "extra_sentences", "file_documents", "kjv_documents", "load_corpus", "make_tokenizer", "package_texts",
-           "pydoc_documents", "sentence_crops", "sentence_openings", "sentences_of", "split_documents", "split_text",
-           "stdlib_package_texts", "stdlib_texts", "token_windows", "window_capacity"]
+           "eval_text", "extra_sentences", "file_documents", "kjv_documents", "load_corpus", "make_tokenizer",
+           "package_texts", "pydoc_documents", "sentence_crops", "sentence_openings", "sentences_of",
+           "split_documents", "split_text", "stdlib_package_texts", "stdlib_texts", "token_windows", "window_capacity"]
